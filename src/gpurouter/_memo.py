@@ -1,0 +1,73 @@
+"""A tiny per-user memo on disk for values that are costly to compute and cheap to key.
+
+Used for the parsed config document (tomllib import + parse ~20 ms). `marshal` is built
+in, so reading a memo costs no import. Files live in the user's own cache directory, are
+opened without following symlinks, must be owned by the user, and are replaced atomically;
+anything unexpected is ignored, never trusted, and never an error.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def memo_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """`$XDG_CACHE_HOME/gpurouter` or `~/.cache/gpurouter`; None without a home."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or (os.path.join(env["HOME"], ".cache") if env.get("HOME") else None)
+    return os.path.join(base, "gpurouter") if base else None
+
+
+def recall(kind: str, identity: object, environ: Mapping[str, str] | None = None) -> object:
+    """The value remembered for `identity`, or None."""
+    directory = memo_dir(environ)
+    if directory is None:
+        return None
+    try:
+        fd = os.open(os.path.join(directory, f"{kind}.memo"), _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_size > 1 << 20 or (info.st_mode & 0o170000) != 0o100000:
+            return None
+        stored = marshal.loads(os.read(fd, info.st_size + 1))
+        if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == identity:
+            return stored[1]
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
+def remember(kind: str, identity: object, value: object, environ: Mapping[str, str] | None = None) -> None:
+    """Store `value` for `identity`; failures are silent (a memo is only an optimisation)."""
+    directory = memo_dir(environ)
+    if directory is None:
+        return
+    try:
+        payload = marshal.dumps((identity, value))
+    except ValueError:  # e.g. a TOML datetime: not worth memoising
+        return
+    temporary = os.path.join(directory, f".{kind}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, payload)
+        finally:
+            os.close(fd)
+        os.replace(temporary, os.path.join(directory, f"{kind}.memo"))
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass

@@ -1,0 +1,257 @@
+"""The click command line: parse, call one core function, render, map errors to exit codes.
+
+`run` and the interception form normally never get here (see `__main__.py`); click only
+renders `run --help` and reports `run` usage errors in its usual form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import click
+
+from gpurouter import __version__
+from gpurouter.errors import GpurouterError, NoFreeSlot
+from gpurouter.options import RUN_OPTIONS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+_FORWARDING = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+@contextlib.contextmanager
+def exit_codes(busy_exit_code: int = 75) -> Iterator[None]:
+    """GpurouterError -> 'gpurouter: ...' on stderr and its exit code; nothing else is caught."""
+    try:
+        yield
+    except GpurouterError as error:
+        click.echo(f"gpurouter: {error}", err=True)
+        sys.exit(busy_exit_code if isinstance(error, NoFreeSlot) else error.exit_code)
+
+
+def run_options(function: F) -> F:
+    """The options of `run` and `route`, from the one table in options.py."""
+    for name, metavar, help_text in reversed(RUN_OPTIONS):
+        if metavar is None:
+            function = click.option(name, is_flag=True, help=help_text)(function)
+        else:
+            function = click.option(name, metavar=metavar.upper() if "|" not in metavar else metavar,
+                                    help=help_text)(function)  # fmt: skip
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpurouter")
+def cli() -> None:
+    """Probe a job's input, pick GPU or CPU arguments, take a flock slot, exec the job.
+
+    \b
+    Example:
+        gpurouter run -- whisper-ctranslate2 talk.wav
+        ln -s "$(command -v gpurouter)" /usr/local/bin/whisper-ctranslate2   # or: gpurouter install
+    """
+
+
+@cli.command(context_settings=_FORWARDING)
+@run_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], **opts: Any) -> None:
+    """Route COMMAND to GPU or CPU, take a slot, and exec it.
+
+    Exit codes: the job's own; 75 no free slot; 78 bad config; 2 usage; 126/127 binary
+    not executable / not found; 125 gpurouter failed before exec.
+
+    \b
+    Example:
+        gpurouter run --wait 10m -- whisper-ctranslate2 talk.wav
+    """
+    from gpurouter.fastpath import run_command
+
+    sys.exit(run_command({k: v for k, v in opts.items() if v not in (None, False)}, list(command)))
+
+
+@cli.command(context_settings=_FORWARDING)
+@run_options
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def route(command: tuple[str, ...], as_json: bool, **opts: Any) -> None:
+    """Dry run: print the decision for COMMAND; execute nothing, take no slot.
+
+    \b
+    Example:
+        gpurouter route -- whisper-ctranslate2 talk.wav
+    """
+    from gpurouter import config
+    from gpurouter.fastpath import prepare
+
+    opts = {k: v for k, v in opts.items() if v not in (None, False)}
+    with exit_codes():
+        settings = config.load(opts.get("config"))
+        decision = prepare(settings, opts, list(command), os.environ)
+    summary = decision.summary()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for key in ("profile", "route", "reason", "metric", "input", "via", "executable", "pool", "slots", "wait",
+                "no_slot_because"):  # fmt: skip
+        if summary.get(key) is not None:
+            click.echo(f"{key + ':':<16}{summary[key]}")
+    click.echo(f"{'argv:':<16}{' '.join(_shell_quote(a) for a in summary['argv'])}")
+    for name, value in summary["env"].items():
+        click.echo(f"{'env:':<16}{name}={value}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def probe(files: tuple[str, ...], as_json: bool, config_file: str | None) -> None:
+    """Show the metrics of FILES: size, duration and pixels, and how each was found.
+
+    \b
+    Example:
+        gpurouter probe talk.wav clip.mp4 --json
+    """
+    from gpurouter import config, units
+    from gpurouter.probe import probe_file
+
+    with exit_codes():
+        settings = config.load(config_file)
+    for path in files:
+        results = {kind: probe_file(path, kind, settings) for kind in ("size", "duration", "pixels")}
+        if as_json:
+            row: dict[str, Any] = {"file": path}
+            for kind, result in results.items():
+                row[kind] = result.metric
+                row[f"{kind}_via"] = result.via
+                if result.problem:
+                    row[f"{kind}_problem"] = result.problem
+            click.echo(json.dumps(row))
+            continue
+        click.echo(path)
+        for kind, result in results.items():
+            shown = units.format_metric(result.metric, kind)
+            detail = f"(via {result.via})" if result.metric is not None else f"({result.problem})"
+            click.echo(f"  {kind + ':':<10}{shown} {detail}")
+
+
+@cli.command(name="config")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def config_command(as_json: bool, config_file: str | None) -> None:
+    """Print the effective, validated configuration and where each value came from.
+
+    \b
+    Example:
+        gpurouter config --json
+    """
+    from gpurouter import config, render
+
+    with exit_codes():
+        settings = config.load(config_file)
+    document = render.effective_config(settings)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(render.config_text(document))
+
+
+@cli.command()
+@click.argument("target", metavar="NAME|PATH")
+def install(target: str) -> None:
+    """Intercept a binary: rename it to NAME-real and put gpurouter in its place.
+
+    \b
+    Example:
+        sudo gpurouter install whisper-ctranslate2
+    """
+    from gpurouter import install as installer
+
+    with exit_codes():
+        click.echo(installer.install(target))
+
+
+@cli.command()
+@click.argument("target", metavar="NAME|PATH")
+def uninstall(target: str) -> None:
+    """Undo install: put NAME-real back as NAME.
+
+    \b
+    Example:
+        sudo gpurouter uninstall whisper-ctranslate2
+    """
+    from gpurouter import install as installer
+
+    with exit_codes():
+        click.echo(installer.uninstall(target))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per slot.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def status(as_json: bool, config_file: str | None) -> None:
+    """Show every slot: free or held, by whom, and who waits (read from the kernel).
+
+    \b
+    Example:
+        gpurouter status --json
+    """
+    from gpurouter import config, render
+    from gpurouter import status as status_core
+
+    with exit_codes():
+        settings = config.load(config_file)
+    rows = status_core.slot_rows(settings)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_dict()))
+    else:
+        click.echo(render.status_text(rows))
+
+
+@cli.command()
+@click.option("--since", metavar="DURATION", help="Only records newer than this (e.g. 24h).")
+@click.option("--profile", metavar="NAME", help="Only this profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def stats(since: str | None, profile: str | None, as_json: bool, config_file: str | None) -> None:
+    """Count jobs by profile and route, refusals and waits, from the journal.
+
+    \b
+    Example:
+        gpurouter stats --since 24h
+    """
+    from gpurouter import config, render, units
+    from gpurouter import stats as stats_core
+    from gpurouter.errors import UsageError
+
+    with exit_codes():
+        settings = config.load(config_file)
+        try:
+            since_s = units.parse_duration(since) if since else None
+        except ValueError as error:
+            raise UsageError(f"--since: {error}") from None
+        summary = stats_core.summarise(settings, since_s=since_s, profile=profile)
+    click.echo(json.dumps(summary, indent=2) if as_json else render.stats_text(summary))
+
+
+def _shell_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the click group; returns the exit code."""
+    try:
+        cli.main(args=args, prog_name="gpurouter", standalone_mode=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0

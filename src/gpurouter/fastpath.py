@@ -1,0 +1,79 @@
+"""The two per-job entry points, `run` and the interception form, without click.
+
+Both end in exec; every failure before that is one `gpurouter: ...` line on stderr and
+the contract's exit code. stdout is never written: it belongs to the job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gpurouter import config, options, runner
+from gpurouter.errors import ExitCode, GpurouterError, NoFreeSlot, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Sequence
+
+
+def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
+    """Print the one-line message and return the exit code for `error`."""
+    try:
+        sys.stderr.write(f"gpurouter: {error}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return busy_exit_code if isinstance(error, NoFreeSlot) else error.exit_code
+
+
+def run_command(opts: Mapping[str, str | bool], command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """`gpurouter run [OPTIONS] -- COMMAND ...`: returns only on failure (else it has exec'd)."""
+    env = os.environ if environ is None else environ
+    busy = ExitCode.NO_SLOT
+    try:
+        if not command:
+            raise UsageError("run needs a COMMAND to run (gpurouter run [OPTIONS] -- COMMAND [ARGS...])")
+        settings = config.load(_str(opts.get("config")), env)
+        busy = settings.busy_exit_code
+        decision = prepare(settings, opts, command, env)
+        runner.run(settings, decision, env, verbose=bool(opts.get("verbose")))
+    except GpurouterError as error:
+        return fail(error, busy)
+    except KeyboardInterrupt:
+        return 130
+
+
+def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],
+            environ: Mapping[str, str]) -> runner.Decision:  # fmt: skip
+    """Resolve the binary first (a typo never queues), then pick the profile and decide."""
+    from gpurouter.execute import resolve_command
+
+    executable = resolve_command(command[0], environ.get("PATH"))
+    profile = options.pick_profile(settings, command[0], _str(opts.get("profile")), environ)
+    profile = options.apply_overrides(profile, opts)
+    forced = runner.forced_route(_str(opts.get("route")), environ)
+    return runner.decide(settings, profile, command, executable, forced, environ)
+
+
+def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """Started as NAME (a symlink to gpurouter): route and exec NAME-real with all args untouched."""
+    env = os.environ if environ is None else environ
+    busy = ExitCode.NO_SLOT
+    try:
+        settings = config.load(None, env)
+        busy = settings.busy_exit_code
+        name = os.path.basename(argv[0])
+        profile = options.pick_profile(settings, name, None, env, intercepted=True)
+        executable = runner.intercept_target(argv[0], profile, env)
+        forced = runner.forced_route(None, env)
+        decision = runner.decide(settings, profile, [argv[0], *argv[1:]], executable, forced, env)
+        runner.run(settings, decision, env)
+    except GpurouterError as error:
+        return fail(error, busy)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

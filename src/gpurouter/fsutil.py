@@ -1,0 +1,103 @@
+"""Safe opening of files in directories shared by every user of the box.
+
+Lock dirs live in places like /tmp where any user may plant a symlink, a FIFO or a device
+under the names we use. So: never follow a symlink, never block in open (O_NONBLOCK: a
+FIFO would otherwise hang open(2) until a writer appears), never truncate, and check that
+what was opened is a regular file before using it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+_NO_SURPRISES = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+SHARED_FILE_MODE = 0o666  # several users share a box: anyone may open a slot file to lock it
+SHARED_DIR_MODE = 0o1777  # like /tmp: anyone may create, nobody may remove another's files
+
+
+def describe_mode(mode: int) -> str:
+    """'a FIFO', 'a directory', ... for messages."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    for test, name in kinds:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_shared_file(name: str, flags: int, dir_fd: int | None = None) -> int:
+    """Open (creating 0666 if missing) a regular file that other users may also create.
+
+    Raises:
+        OSError: with a readable `strerror` if the name is a symlink, FIFO, directory or
+            device, or the open fails for another reason.
+    """
+    for _ in range(8):  # creation races with another process: retry the plain open
+        try:
+            fd = os.open(name, flags | _NO_SURPRISES, dir_fd=dir_fd)
+        except FileNotFoundError:
+            try:
+                fd = os.open(name, flags | _NO_SURPRISES | os.O_CREAT | os.O_EXCL, SHARED_FILE_MODE, dir_fd=dir_fd)
+            except FileExistsError:
+                continue
+            os.fchmod(fd, SHARED_FILE_MODE)  # the umask trimmed it; we just created it, so it is ours
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EMLINK):
+                raise OSError(error.errno, "is a symbolic link (refusing to follow it)", name) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"is {describe_mode(info.st_mode)}, not a regular file", name)
+        return fd
+    raise OSError(errno.EAGAIN, "keeps appearing and disappearing", name)
+
+
+def open_regular_for_reading(path: str) -> int:
+    """Open an existing regular file read-only without following symlinks or blocking.
+
+    Raises:
+        OSError: not there, not readable, or not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | _NO_SURPRISES)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"is {describe_mode(info.st_mode)}, not a regular file", path)
+    return fd
+
+
+def open_shared_dir(path: str, create: bool = True) -> int:
+    """An O_DIRECTORY fd on a shared lock dir, created 1777 if missing.
+
+    Raises:
+        OSError: with a readable `strerror`: a symlink, not a directory, world-writable
+            without the sticky bit (anyone could delete the slot files), or unusable.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)  # private until chmod: no window with the wrong mode
+            os.chmod(path, SHARED_DIR_MODE)
+        except FileExistsError:
+            pass
+        fd = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(error.errno, "is a symbolic link (refusing to follow it)", path) from None
+        if error.errno == errno.ENOTDIR:
+            raise OSError(error.errno, "is not a directory", path) from None
+        raise
+    info = os.fstat(fd)
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        os.close(fd)
+        raise OSError(errno.EPERM, "is world-writable without the sticky bit (chmod 1777 it)", path)
+    return fd

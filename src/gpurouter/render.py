@@ -1,0 +1,118 @@
+"""Turn core data (settings, slot rows, stats) into plain data and text for the CLI."""
+
+from __future__ import annotations
+
+from gpurouter import units
+from gpurouter.config import BUILTIN, format_wait
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+    from gpurouter.config import Profile, RouteSpec, Settings
+    from gpurouter.status import SlotRow
+
+
+def _route_data(spec: RouteSpec) -> dict[str, Any]:
+    return {"args": list(spec.args), "slots": spec.slots, "pool": spec.pool,
+            "args_position": spec.args_position, "env": dict(spec.env)}  # fmt: skip
+
+
+def _profile_data(profile: Profile) -> dict[str, Any]:
+    return {
+        "binary": profile.binary, "probe": profile.probe,
+        "probe_command": list(profile.probe_command) if profile.probe_command else None,
+        "threshold": profile.threshold_text, "input": profile.input, "fallback": profile.fallback,
+        "wait": format_wait(profile.wait_s), "gpu": _route_data(profile.gpu), "cpu": _route_data(profile.cpu),
+    }  # fmt: skip
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with, for each value, the file that set it (or 'built-in')."""
+    values: dict[str, Any] = {
+        "lock_dir": settings.lock_dir, "journal": settings.journal or "",
+        "busy_exit_code": settings.busy_exit_code, "ffprobe": settings.ffprobe,
+        "probe_timeout": units.format_duration(settings.probe_timeout_s), "probe_cache": settings.probe_cache,
+        "profiles": {name: _profile_data(p) for name, p in sorted(settings.profiles.items())},
+    }  # fmt: skip
+    if "default" not in settings.profiles:
+        values["profiles"]["default"] = _profile_data(settings.profile("default"))
+    sources: dict[str, str] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, dict) and (key in ("gpu", "cpu") or prefix in ("", "profiles")) and key != "env":
+                walk(dotted, value)
+            else:
+                sources[dotted] = settings.sources.get(dotted, BUILTIN)
+
+    walk("", values)
+    return {"file": settings.path, "values": values, "sources": sources}
+
+
+def config_text(document: dict[str, Any]) -> str:
+    """`key = value    # source` lines, TOML-like."""
+    lines = [f"# configuration file: {document['file'] or 'none (built-in defaults)'}"]
+    for key, source in document["sources"].items():
+        node: Any = document["values"]
+        for part in _split_key(key):
+            node = node[part]
+        lines.append(f"{key} = {_toml_value(node)}    # {source}")
+    return "\n".join(lines)
+
+
+def _split_key(key: str) -> list[str]:
+    parts = key.split(".")
+    if parts[0] == "profiles" and len(parts) > 2:
+        # profile names may contain dots: the last one or two parts are keys
+        tail = parts[-2:] if parts[-2] in ("gpu", "cpu") else parts[-1:]
+        return ["profiles", ".".join(parts[1 : len(parts) - len(tail)]), *tail]
+    return parts
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def status_text(rows: Sequence[SlotRow]) -> str:
+    """A table of slots, holders and waiters."""
+    lines = [f"{'SLOT':<12}{'STATE':<7}{'PID':>8}  {'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'SINCE':<31}COMMAND"]
+    for row in rows:
+        name = f"{row.pool}.{row.index}"
+        if row.holder is None:
+            lines.append(f"{name:<12}free")
+        else:
+            h = row.holder
+            command = " ".join(h.get("command") or [])[:60]
+            lines.append(f"{name:<12}{'held':<7}{h['pid']:>8}  {str(h.get('user', '?')):<10}"
+                         f"{str(h.get('profile') or '?'):<20}{str(h.get('route') or '?'):<6}"
+                         f"{str(h.get('ts') or '?'):<31}{command}")  # fmt: skip
+        for w in row.waiters:
+            command = " ".join(w.get("command") or [])[:60]
+            lines.append(f"{'':<12}{'wait':<7}{w['pid']:>8}  {str(w.get('user', '?')):<10}"
+                         f"{str(w.get('profile') or '?'):<20}{'':<6}{str(w.get('ts') or '?'):<31}{command}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def stats_text(summary: dict[str, Any]) -> str:
+    """The stats summary in words and a small table."""
+    lines = [f"journal: {summary['journal']}  records: {summary['records']}  since: {summary['since'] or 'start'}"]
+    lines.append(f"{'PROFILE':<24}{'GPU':>6}{'CPU':>6}{'BUSY':>6}{'BUSY%':>7}{'WAIT p50':>10}{'WAIT p95':>10}")
+    for name, row in sorted(summary["profiles"].items()):
+        lines.append(f"{name:<24}{row['gpu']:>6}{row['cpu']:>6}{row['busy']:>6}{row['busy_rate'] * 100:>6.1f}%"
+                     f"{_seconds(row['wait_p50_s']):>10}{_seconds(row['wait_p95_s']):>10}")  # fmt: skip
+    lines.extend(f"advice: {line}" for line in summary["advice"])
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"

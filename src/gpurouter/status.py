@@ -1,0 +1,125 @@
+"""Who holds and who waits for each slot, read from the kernel (`/proc/locks`), never from
+files that can go stale: a crashed holder holds nothing and is never shown.
+
+The journal only adds colour (profile, route, since when) to pids the kernel reports.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gpurouter import journal
+from gpurouter._record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from gpurouter.config import Settings
+
+
+class SlotRow(Record):
+    """One slot: free, or held by a pid; with the pids waiting on it."""
+
+    __slots__ = ("pool", "index", "path", "holder", "waiters")
+    pool: str
+    index: int
+    path: str
+    holder: dict[str, Any] | None
+    waiters: list[dict[str, Any]]
+
+
+def kernel_flocks() -> dict[tuple[int, int, int], dict[str, list[int]]]:
+    """{(major, minor, inode): {"held": [pids], "waiting": [pids]}} from /proc/locks (FLOCK only)."""
+    found: dict[tuple[int, int, int], dict[str, list[int]]] = {}
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        waiting = "->" in fields
+        if waiting:
+            fields.remove("->")
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        entry = found.setdefault(key, {"held": [], "waiting": []})
+        entry["waiting" if waiting else "held"].append(pid)
+    return found
+
+
+def process_info(pid: int) -> dict[str, Any]:
+    """User, command line and start time of a live pid (empty if it vanished: that is normal)."""
+    info: dict[str, Any] = {"pid": pid}
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            info["command"] = [a.decode("utf-8", "replace") for a in stream.read().split(b"\0") if a]
+        uid = os.stat(f"/proc/{pid}").st_uid
+        info["uid"] = uid
+        try:
+            import pwd
+
+            info["user"] = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            info["user"] = str(uid)
+    except OSError:  # gone while we looked: not an error
+        pass
+    return info
+
+
+def configured_pools(settings: Settings) -> dict[str, int]:
+    """{pool: largest slot count any profile may use}, including the built-in gpu and cpu pools."""
+    pools = {"gpu": 1, "cpu": 1}
+    for profile in settings.profiles.values():
+        for spec in (profile.gpu, profile.cpu):
+            pools[spec.pool] = max(pools.get(spec.pool, 0), spec.slots)
+    return pools
+
+
+def slot_rows(settings: Settings) -> list[SlotRow]:
+    """Every configured slot (and any extra slot file found) with its holder and waiters."""
+    pools = configured_pools(settings)
+    try:
+        names = os.listdir(settings.lock_dir)
+    except OSError:
+        names = []
+    for name in names:  # slot files beyond today's config (another profile, an older config)
+        pool, _, index = name.rpartition(".")
+        if pool in pools and index.isdigit():
+            pools[pool] = max(pools[pool], int(index) + 1)
+    locks = kernel_flocks()
+    starts = _latest_starts(settings)
+    rows = []
+    for pool, count in sorted(pools.items()):
+        for index in range(count):
+            path = os.path.join(settings.lock_dir, f"{pool}.{index}")
+            holder, waiters = None, []
+            try:
+                info = os.stat(path, follow_symlinks=False)
+                entry = locks.get((os.major(info.st_dev), os.minor(info.st_dev), info.st_ino), {})
+            except OSError:
+                entry = {}
+            for pid in entry.get("held", [])[:1]:
+                holder = {**process_info(pid), **starts.get((pid, f"{pool}.{index}"), {})}
+            waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
+            rows.append(SlotRow(pool=pool, index=index, path=path, holder=holder, waiters=waiters))
+    return rows
+
+
+def _latest_starts(settings: Settings) -> dict[tuple[int, str | None], dict[str, Any]]:
+    """Journal details of recent start/wait records by (pid, slot)."""
+    found: dict[tuple[int, str | None], dict[str, Any]] = {}
+    if not settings.journal:
+        return found
+    for record in journal.read_records(settings.journal, tail_bytes=4 << 20):
+        if record.get("event") in ("start", "wait") and isinstance(record.get("pid"), int):
+            slot = record.get("slot") if record["event"] == "start" else None
+            found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason")}
+    return found
