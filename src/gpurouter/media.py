@@ -141,7 +141,7 @@ def _wav(r: _Reader, rf64: bool) -> MediaInfo | None:
 
     Only uncompressed codings are exact (for others the byte rate is an average). A `data`
     size of 0 or 0xFFFFFFFF means the writer could not seek back (ffmpeg writing to a pipe
-    leaves 0xFFFFFFFF), so the data runs to the end of the file.
+    leaves 0xFFFFFFFF), so the data runs to the end of the file, as ffmpeg assumes too.
     """
     pos, fmt, ds64_data = 12, b"", -1
     while r.size - pos >= 8:
@@ -167,9 +167,11 @@ def _wav(r: _Reader, rf64: bool) -> MediaInfo | None:
         n = ds64_data
     elif n in (0, 0xFFFFFFFF):
         n = r.size - body
-    if n < 0 or body + n > r.size:
-        return None  # the header claims more data than the file holds: truncated, growing or lying
-    return MediaInfo("wav", n // align / rate)
+    if n < 0:
+        return None  # RF64 without ds64
+    # A header claiming more data than the file holds (truncated or still being written) is
+    # cut to the bytes present: that is what decoders read, and what ffprobe reports.
+    return MediaInfo("wav", min(n, r.size - body) // align / rate)
 
 
 # --- FLAC ---------------------------------------------------------------------------------
