@@ -91,7 +91,7 @@ def open_shared_dir(path: str, create: bool = True) -> int:
             pass
         fd = os.open(path, flags)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        if error.errno == errno.ELOOP or (error.errno == errno.ENOTDIR and os.path.islink(path)):
             raise OSError(error.errno, "is a symbolic link (refusing to follow it)", path) from None
         if error.errno == errno.ENOTDIR:
             raise OSError(error.errno, "is not a directory", path) from None

@@ -12,6 +12,8 @@ import os
 import stat
 import zlib
 
+from gpurouter import fsutil
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _MAX_ENTRIES = 20000  # past this, a writer now and then drops the oldest half
@@ -31,19 +33,23 @@ def cache_dir(lock_dir: str) -> str:
 
 
 def _open_own_dir(lock_dir: str, create: bool) -> int | None:
-    path = cache_dir(lock_dir)
+    name = os.path.basename(cache_dir(lock_dir))
     try:
-        fd = os.open(path, _DIR_FLAGS)
-    except FileNotFoundError:
-        if not create:
-            return None
-        try:
-            os.mkdir(path, 0o700)
-            fd = os.open(path, _DIR_FLAGS)
-        except OSError:
-            return None
+        parent = fsutil.open_shared_dir(lock_dir, create=create)
     except OSError:
         return None
+    try:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
     info = os.fstat(fd)
     if info.st_uid != os.geteuid() or info.st_mode & 0o077:
         os.close(fd)  # planted by someone else, or opened up: do not trust it
