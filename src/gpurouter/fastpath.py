@@ -49,6 +49,8 @@ def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: 
     """Resolve the binary first (a typo never queues), then pick the profile and decide."""
     from gpurouter.execute import resolve_command
 
+    if command[0].startswith("-") and command[0] != "-":
+        raise UsageError(f"no such option: {command[0]} (put the command after --: run [OPTIONS] -- COMMAND ...)")
     executable = resolve_command(command[0], environ.get("PATH"))
     profile = options.pick_profile(settings, command[0], _str(opts.get("profile")), environ)
     profile = options.apply_overrides(profile, opts)

@@ -381,8 +381,7 @@ def _uint(buf: bytes, pos: int, size: int) -> int:
 def _matroska(r: _Reader) -> MediaInfo | None:
     """Matroska/WebM duration from Segment > Info, pixels from Segment > Tracks.
 
-    Info and Tracks normally precede the first Cluster; otherwise the SeekHead says where
-    they are. Files written where ffmpeg could not seek back (pipes, live) have no Duration.
+    Files written where ffmpeg could not seek back (pipes, live) have no Duration: None.
     """
     _, body, size = _ebml_at(r, 0)
     if not 0 <= size <= 1024:
@@ -397,31 +396,43 @@ def _matroska(r: _Reader) -> MediaInfo | None:
     segment_end = r.size if size < 0 else segment + size
     if segment_end > r.size:
         return None  # truncated: the Info written at the start may describe more than exists
-    found: dict[int, tuple[int, int]] = {}
-    pos = segment
-    while pos < segment_end and not (_INFO in found and _TRACKS in found):
-        eid, body, size = _ebml_at(r, pos)
-        if eid == _CLUSTER or size < 0:
-            break  # media data from here on
-        if eid in (_SEEKHEAD, _INFO, _TRACKS):
-            found.setdefault(eid, (body, size))
-        pos = body + size
-    if _SEEKHEAD in found and not (_INFO in found and _TRACKS in found):
-        seekhead = r.read(*found[_SEEKHEAD])
-        for eid, p, n in _ebml_children(seekhead, 0, len(seekhead)):
-            if eid == 0x4DBB:  # Seek: SeekID (0x53AB) and SeekPosition (0x53AC) from the segment start
-                entry = {cid: seekhead[q : q + m] for cid, q, m in _ebml_children(seekhead, p, p + n)}
-                target = _uint(entry.get(0x53AB, b""), 0, 4)
-                if target in (_INFO, _TRACKS) and target not in found:
-                    eid, body, size = _ebml_at(r, segment + _uint(entry.get(0x53AC, b""), 0, 8))
-                    if eid == target and size >= 0:
-                        found[eid] = (body, size)
+    found = _matroska_top_level(r, segment, segment_end)
     if _INFO not in found or _TRACKS not in found:
         return None
     duration = _matroska_duration(r.read(*found[_INFO]))
     if duration is None:
         return None
     return MediaInfo("matroska", duration, *(_matroska_video_size(r.read(*found[_TRACKS])) or (None, None)))
+
+
+def _matroska_top_level(r: _Reader, segment: int, end: int) -> dict[int, tuple[int, int]]:
+    """Locate Info and Tracks in the segment: {element ID: (body offset, size)}.
+
+    They normally precede the first Cluster, and walking stops there (the rest is media);
+    otherwise the SeekHead says where they are.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    pos = segment
+    while pos < end and not (_INFO in found and _TRACKS in found):
+        eid, body, size = _ebml_at(r, pos)
+        if eid == _CLUSTER or size < 0:
+            break
+        if eid in (_SEEKHEAD, _INFO, _TRACKS):
+            found.setdefault(eid, (body, size))
+        pos = body + size
+    if _SEEKHEAD in found and not (_INFO in found and _TRACKS in found):
+        seekhead = r.read(*found[_SEEKHEAD])
+        for seek_id, p, n in _ebml_children(seekhead, 0, len(seekhead)):
+            if seek_id != 0x4DBB:
+                continue
+            # Seek: SeekID (0x53AB) and SeekPosition (0x53AC), counted from the segment's body.
+            entry = {cid: seekhead[q : q + m] for cid, q, m in _ebml_children(seekhead, p, p + n)}
+            target = _uint(entry.get(0x53AB, b""), 0, 4)
+            if target in (_INFO, _TRACKS) and target not in found:
+                eid, body, size = _ebml_at(r, segment + _uint(entry.get(0x53AC, b""), 0, 8))
+                if eid == target and size >= 0:
+                    found[eid] = (body, size)
+    return found
 
 
 def _matroska_duration(info: bytes) -> float | None:

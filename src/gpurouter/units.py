@@ -48,6 +48,7 @@ def parse_duration(text: str) -> float:
     total = 0.0
     while rest:
         number, rest = _split_number(rest)
+        rest = rest.lstrip()  # '10 m' reads as '10m'
         unit_end = 0
         while unit_end < len(rest) and rest[unit_end].isalpha():
             unit_end += 1
