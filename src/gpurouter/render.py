@@ -9,13 +9,19 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-    from gpurouter.config import Profile, RouteSpec, Settings
+    from gpurouter.config import Guard, Profile, RouteSpec, Settings
     from gpurouter.status import SlotRow
+
+
+def _guard_data(guard: Guard) -> dict[str, Any]:
+    return guard.as_dict()
 
 
 def _route_data(spec: RouteSpec) -> dict[str, Any]:
     return {"args": list(spec.args), "slots": spec.slots, "pool": spec.pool,
-            "args_position": spec.args_position, "env": dict(spec.env)}  # fmt: skip
+            "args_position": spec.args_position, "env": dict(spec.env), **_guard_data(spec.guard),
+            "ram_mib": spec.ram_mib, "vram_mib": spec.vram_mib, "gpus": spec.gpus,
+            "on_low_vram": spec.on_low_vram}  # fmt: skip
 
 
 def _profile_data(profile: Profile) -> dict[str, Any]:
@@ -23,7 +29,13 @@ def _profile_data(profile: Profile) -> dict[str, Any]:
         "binary": profile.binary, "probe": profile.probe,
         "probe_command": list(profile.probe_command) if profile.probe_command else None,
         "threshold": profile.threshold_text, "input": profile.input, "fallback": profile.fallback,
-        "wait": format_wait(profile.wait_s), "gpu": _route_data(profile.gpu), "cpu": _route_data(profile.cpu),
+        "wait": format_wait(profile.wait_s),
+        "max_wait": None if profile.max_wait_s is None else units.format_duration(profile.max_wait_s),
+        "priority": profile.priority, "batch_yields": profile.batch_yields, "hours": profile.hours_text,
+        "outside_hours": profile.outside_hours, "no_gpu": profile.no_gpu, "monitor": profile.monitor,
+        "monitor_interval": units.format_duration(profile.monitor_interval_s), "on_gpu_oom": profile.on_gpu_oom,
+        "oom_patterns": list(profile.oom_patterns),
+        "gpu": _route_data(profile.gpu), "cpu": _route_data(profile.cpu), "escape": _guard_data(profile.escape),
     }  # fmt: skip
 
 
@@ -33,6 +45,10 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         "lock_dir": settings.lock_dir, "journal": settings.journal or "",
         "busy_exit_code": settings.busy_exit_code, "ffprobe": settings.ffprobe,
         "probe_timeout": units.format_duration(settings.probe_timeout_s), "probe_cache": settings.probe_cache,
+        "gpu": {**settings.gpu.as_dict(), "devices": list(settings.gpu.devices) if settings.gpu.devices else None},
+        "backend": settings.backend.as_dict(),
+        "residents": {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.as_dict().items() if k != "name"}
+                      for name, r in sorted(settings.residents.items())},
         "profiles": {name: _profile_data(p) for name, p in sorted(settings.profiles.items())},
     }  # fmt: skip
     if "default" not in settings.profiles:
@@ -42,7 +58,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     def walk(prefix: str, node: dict[str, Any]) -> None:
         for key, value in node.items():
             dotted = f"{prefix}.{key}" if prefix else key
-            if isinstance(value, dict) and (key in ("gpu", "cpu") or prefix in ("", "profiles")) and key != "env":
+            if isinstance(value, dict) and (key in ("gpu", "cpu", "escape") or prefix in ("", "profiles")) and key not in ("env", "residents", "backend"):
                 walk(dotted, value)
             else:
                 sources[dotted] = settings.sources.get(dotted, BUILTIN)
@@ -66,7 +82,7 @@ def _split_key(key: str) -> list[str]:
     parts = key.split(".")
     if parts[0] == "profiles" and len(parts) > 2:
         # profile names may contain dots: the last one or two parts are keys
-        tail = parts[-2:] if parts[-2] in ("gpu", "cpu") else parts[-1:]
+        tail = parts[-2:] if parts[-2] in ("gpu", "cpu", "escape") else parts[-1:]
         return ["profiles", ".".join(parts[1 : len(parts) - len(tail)]), *tail]
     return parts
 
