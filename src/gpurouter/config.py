@@ -50,7 +50,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "batch_yields": "waiting",
     "hours": None,
     "outside_hours": "cpu",
-    "no_gpu": "cpu",
+    "no_gpu": None,  # None: never ask the driver (a check costs an NVML query per job)
     # monitoring
     "monitor": False,
     "monitor_interval": "1s",
@@ -167,7 +167,7 @@ class Profile(Record):
     hours: tuple[tuple[int, int], ...] | None  # minute-of-day ranges [start, end) when the GPU route may be used
     hours_text: str | None
     outside_hours: str  # cpu | busy | wait
-    no_gpu: str  # cpu | busy | fail
+    no_gpu: str | None  # cpu | busy | fail | None (not checked)
     monitor: bool
     monitor_interval_s: float
     on_gpu_oom: str | None  # cpu | None
@@ -430,7 +430,7 @@ def _build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         batch_yields=_choice(merged, "batch_yields", ("waiting", "running"), where, source),
         hours=hours, hours_text=hours_text,
         outside_hours=_choice(merged, "outside_hours", ("cpu", "busy", "wait"), where, source),
-        no_gpu=_choice(merged, "no_gpu", ("cpu", "busy", "fail"), where, source),
+        no_gpu=_choice(merged, "no_gpu", ("cpu", "busy", "fail", None), where, source),
         monitor=monitor, monitor_interval_s=interval,
         on_gpu_oom=_choice(merged, "on_gpu_oom", ("cpu", None), where, source),
         oom_patterns=tuple(patterns),

@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter import journal, probe, route, slots
+from gpurouter import guard, journal, priority, probe, route, slots
 from gpurouter._record import Record
 from gpurouter.config import ROUTES, format_wait
 from gpurouter.errors import GpurouterError, NoFreeSlot, NotExecutable, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, NoReturn, Sequence
+    from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-    from gpurouter.config import Profile, Settings
+    from gpurouter.config import Profile, RouteSpec, Settings
+    from gpurouter.slots import Slot
 
 HELD_VAR = "GPUROUTER_HELD"
 SKIP_VAR = "GPUROUTER_SKIP_LOCK"
@@ -28,7 +29,7 @@ class Decision(Record):
     """Everything decided for one job before a slot is taken."""
 
     __slots__ = ("profile", "route", "reason", "metric", "kind", "via", "input", "executable", "argv",
-                 "pool", "slots", "wait_s", "env", "no_slot_because", "spec")  # fmt: skip
+                 "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action")  # fmt: skip
     profile: str
     route: str
     reason: str
@@ -43,6 +44,9 @@ class Decision(Record):
     wait_s: float
     env: dict[str, str]  # variables the job gets on top of the caller's environment
     no_slot_because: str | None  # GPUROUTER_SKIP_LOCK or a held pool: take no slot
+    spec: RouteSpec
+    rules: Profile
+    action: str  # run | busy | fail | wait-window (see route.py)
 
     def summary(self) -> dict[str, Any]:
         """The decision as JSON-ready data (for `route --json` and the journal)."""
@@ -50,8 +54,8 @@ class Decision(Record):
             "profile": self.profile, "route": self.route, "reason": self.reason, "metric": self.metric,
             "kind": self.kind, "via": self.via, "input": self.input, "executable": self.executable,
             "argv": self.argv, "pool": self.pool, "slots": self.slots, "wait": format_wait(self.wait_s),
-            "env": self.env, "slot": None if self.no_slot_because else "pending",
-            "no_slot_because": self.no_slot_because,
+            "env": self.env, "action": self.action, "priority": self.rules.priority,
+            "slot": None if self.no_slot_because else "pending", "no_slot_because": self.no_slot_because,
         }  # fmt: skip
 
 
@@ -74,6 +78,18 @@ def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[str | 
     return None, None
 
 
+def gpu_problem(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """Why no GPU is usable on this box, or None (queries NVML or the device file)."""
+    if not settings.gpu.enabled:
+        return "gpu.enabled = false"
+    from gpurouter import nvml  # deferred: only profiles that ask about the GPU pay for it
+
+    query = nvml.query_gpus(environ)
+    if not query.gpus:
+        return query.message or "no GPU found"
+    return None
+
+
 def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable: str,
            forced: tuple[str | None, str | None] = (None, None),
            environ: Mapping[str, str] | None = None) -> Decision:  # fmt: skip
@@ -84,7 +100,18 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
     """
     env_in = os.environ if environ is None else environ
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
-    chosen = route.choose_route(profile, result, *forced)
+    minute = None
+    if profile.hours is not None:
+        import time
+
+        now = time.localtime()
+        minute = now.tm_hour * 60 + now.tm_min
+    chosen = route.choose_route(profile, result, *forced, minute_of_day=minute)
+    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and \
+            (profile.no_gpu is not None or not settings.gpu.enabled):
+        problem = gpu_problem(settings, env_in)
+        if problem is not None:
+            chosen = route.choose_route(profile, result, minute_of_day=minute, gpu_problem=problem)
     spec = chosen.spec
     no_slot = None
     if env_in.get(SKIP_VAR, "") not in ("", "0"):
@@ -92,12 +119,13 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
     elif spec.pool in held_pools(env_in):
         no_slot = f"pool {spec.pool!r} is held by a parent gpurouter ({HELD_VAR})"
     env = {k: v for k, v in spec.env.items() if k not in env_in}  # the caller's explicit setting wins
+    env.update(guard.thread_env(spec.guard, env_in))
     return Decision(
         profile=profile.name, route=chosen.name, reason=chosen.reason,
         metric=None if result is None else result.metric, kind=None if result is None else result.kind,
         via=None if result is None else result.via, input=None if result is None else result.input,
         executable=executable, argv=route.job_argv(argv, spec), pool=spec.pool, slots=spec.slots,
-        wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec,
+        wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec, rules=profile, action=chosen.action,
     )  # fmt: skip
 
 
@@ -107,36 +135,186 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
 
     Raises:
         NoFreeSlot: no slot (the caller exits with busy_exit_code); a `busy` record is written.
-        LockDirError, CommandNotFound, NotExecutable: see their exit codes.
+        LockDirError, CommandNotFound, NotExecutable, GpurouterError: see their exit codes.
     """
     from gpurouter import execute
 
     env = dict(os.environ if environ is None else environ)
+    rules = decision.rules
     record = {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
               "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
-              "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid()}  # fmt: skip
+              "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
+              "priority": rules.priority}  # fmt: skip
+    if decision.action == route.BUSY:
+        journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
+        raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
+    if decision.action == route.FAIL:
+        journal.append_record(settings.journal, "refused", **record)
+        raise GpurouterError(f"refused: {decision.reason}")
+    waited_window = 0.0
+    if decision.action == route.WAIT_WINDOW:
+        waited_window = _wait_for_window(settings, decision, record, verbose)
     held = None
+    escaped = None
+    inherited: list[int] = []
+    guard_spec = decision.spec.guard
     if decision.no_slot_because is None:
+        held, escaped, inherited = _take_slot(settings, decision, record, verbose, waited_window)
+        if held is not None:
+            env[HELD_VAR] = ",".join([*held_pools(env), decision.pool])
+        else:
+            guard_spec = rules.escape  # escaped after max_wait: run capped and niced as configured for that
+    env.update(decision.env)
+    if escaped is not None:
+        env.update(guard.thread_env(guard_spec, environ if environ is not None else os.environ))
+    for note in guard.apply_to_self(guard_spec):
+        journal_warn(note)
+    journal.append_record(settings.journal, "start", **record,
+                          slot=held.name if held else None,
+                          waited_s=round(held.waited_s + waited_window, 3) if held else round(escaped or 0.0, 3),
+                          escaped=escaped is not None, no_slot_because=decision.no_slot_because)  # fmt: skip
+    if verbose:
+        slot_text = held.name if held else ("none: escaped after max_wait" if escaped is not None else "none")
+        _say(f"{decision.route} ({decision.reason}), slot {slot_text}")
+    for fd in inherited:
+        os.set_inheritable(fd, True)
+    execute.exec_command(decision.executable, decision.argv, env, held)
 
-        def announce_wait() -> None:
+
+def _wait_for_window(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool) -> float:
+    """Sleep until the profile's GPU window opens (outside_hours = "wait"); returns the seconds slept."""
+    import time
+
+    rules = decision.rules
+    assert rules.hours is not None
+    now = time.localtime()
+    wait = route.seconds_until_window(rules.hours, now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec + time.time() % 1)
+    bounded = 0 < decision.wait_s < float("inf")
+    if bounded and wait > decision.wait_s:
+        journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
+        raise NoFreeSlot(decision.pool, decision.slots, 0.0,
+                         why=f"the GPU window {rules.hours_text} opens in {wait:.0f}s, after the wait limit")  # fmt: skip
+    journal.append_record(settings.journal, "wait", **record, wait=f"window {rules.hours_text}", window_in_s=round(wait, 1))
+    if verbose:
+        _say(f"outside hours {rules.hours_text}: waiting {wait:.0f}s for the window")
+    time.sleep(wait)  # one timed sleep until the window opens: nothing to poll
+    return wait
+
+
+def _take_slot(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool,
+               already_waited: float) -> tuple[Slot | None, float | None, list[int]]:  # fmt: skip
+    """(slot, None, fds to inherit) or (None, seconds waited, fds) after a max_wait escape.
+
+    Raises:
+        NoFreeSlot: after journalling `busy`.
+    """
+    import time
+
+    rules = decision.rules
+    began = time.monotonic()
+    limit = max(0.0, decision.wait_s - already_waited) if decision.wait_s else 0.0
+    escape_after = rules.max_wait_s
+    wait_s = limit if escape_after is None else min(limit, escape_after)
+    announced = []
+
+    def announce_wait() -> None:
+        if not announced:
+            announced.append(True)
             journal.append_record(settings.journal, "wait", **record, wait=format_wait(decision.wait_s))
             if verbose:
                 _say(f"waiting for a {decision.pool} slot ({format_wait(decision.wait_s)})")
 
-        try:
-            held = slots.acquire_slot(settings.lock_dir, decision.pool, decision.slots, decision.wait_s,
+    inherited: list[int] = []
+    try:
+        if rules.priority == "realtime":
+            held, inherited = _take_as_realtime(settings, decision, wait_s, announce_wait)
+        elif rules.priority == "batch":
+            held = _take_as_batch(settings, decision, wait_s, announce_wait, began)
+        else:
+            held = slots.acquire_slot(settings.lock_dir, decision.pool, decision.slots, wait_s, on_wait=announce_wait)
+    except NoFreeSlot as busy:
+        waited = time.monotonic() - began
+        if escape_after is not None and limit > escape_after and waited >= escape_after:
+            journal.append_record(settings.journal, "escape", **record, waited_s=round(waited, 3))
+            return None, waited, inherited
+        journal.append_record(settings.journal, "busy", **record, waited_s=round(busy.waited_s, 3))
+        raise
+    return held, None, inherited
+
+
+def _take_as_realtime(settings: Settings, decision: Decision, wait_s: float,
+                      announce_wait: Callable[[], None]) -> tuple[Slot, list[int]]:  # fmt: skip
+    waiting = priority.open_gate(settings.lock_dir, decision.pool, priority.WAITING)
+    running = priority.open_gate(settings.lock_dir, decision.pool, priority.RUNNING)
+    try:
+        priority.hold_shared(waiting)  # while we wait, batch jobs step back
+        held = slots.acquire_slot(settings.lock_dir, decision.pool, decision.slots, wait_s, on_wait=announce_wait)
+        priority.hold_shared(running)  # for batch_yields = "running": held by the job until it exits
+    except BaseException:
+        os.close(running)
+        raise
+    finally:
+        os.close(waiting)
+    return held, [running]
+
+
+def _take_as_batch(settings: Settings, decision: Decision, wait_s: float,
+                   announce_wait: Callable[[], None], began: float) -> Slot:  # fmt: skip
+    import time
+
+    gates = [priority.open_gate(settings.lock_dir, decision.pool, priority.WAITING)]
+    if decision.rules.batch_yields == "running":
+        gates.append(priority.open_gate(settings.lock_dir, decision.pool, priority.RUNNING))
+    try:
+        while True:
+            for gate in gates:
+                if not priority.pass_gate(gate, blocking=False):
+                    if wait_s <= 0:
+                        raise NoFreeSlot(decision.pool, decision.slots, 0.0,
+                                         why=f"a realtime job has priority on pool {decision.pool!r}")  # fmt: skip
+                    announce_wait()
+                    _sleep_at_gate(gate, wait_s - (time.monotonic() - began), decision)
+            remaining = wait_s - (time.monotonic() - began) if wait_s > 0 else 0.0
+            held = slots.acquire_slot(settings.lock_dir, decision.pool, decision.slots, max(0.0, remaining),
                                       on_wait=announce_wait)  # fmt: skip
-        except NoFreeSlot as busy:
-            journal.append_record(settings.journal, "busy", **record, waited_s=round(busy.waited_s, 3))
-            raise
-        env[HELD_VAR] = ",".join([*held_pools(env), decision.pool])
-    env.update(decision.env)
-    journal.append_record(settings.journal, "start", **record,
-                          slot=held.name if held else None, waited_s=round(held.waited_s, 3) if held else 0.0,
-                          no_slot_because=decision.no_slot_because)  # fmt: skip
-    if verbose:
-        _say(f"{decision.route} ({decision.reason}), slot {held.name if held else 'none'}")
-    execute.exec_command(decision.executable, decision.argv, env, held)
+            if all(priority.pass_gate(gate, blocking=False) for gate in gates):
+                return held
+            held.release()  # a realtime job arrived while we waited: step back and let it have the slot
+            if wait_s <= 0:
+                raise NoFreeSlot(decision.pool, decision.slots, 0.0,
+                                 why=f"a realtime job has priority on pool {decision.pool!r}")  # fmt: skip
+    finally:
+        for gate in gates:
+            os.close(gate)
+
+
+def _sleep_at_gate(gate: int, remaining_s: float, decision: Decision) -> None:
+    """Sleep in flock until the gate opens, or raise NoFreeSlot when `remaining_s` runs out."""
+    if remaining_s == float("inf"):
+        priority.pass_gate(gate, blocking=True)
+        return
+    if remaining_s <= 0:
+        raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=f"a realtime job has priority on pool {decision.pool!r}")
+    import threading
+
+    opened = threading.Event()
+
+    def sleeper() -> None:
+        try:
+            priority.pass_gate(os.dup(gate), blocking=True)  # its own fd number: ours may close first
+        except OSError:
+            return
+        opened.set()
+
+    threading.Thread(target=sleeper, daemon=True).start()
+    if not opened.wait(remaining_s):
+        raise NoFreeSlot(decision.pool, decision.slots, remaining_s,
+                         why=f"a realtime job has priority on pool {decision.pool!r}")  # fmt: skip
+
+
+def journal_warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    _say(f"warning: {message}")
 
 
 def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | None = None) -> str:
