@@ -203,7 +203,8 @@ def test_nothing_but_the_job_writes_to_stdout(box: Box, media: dict[str, Path]) 
 
 
 def test_an_unwritable_journal_warns_and_the_job_still_runs(box: Box) -> None:
-    box.config.write_text(f'lock_dir = "{box.lock_dir}"\njournal = "{box.root}/no-such-dir/j.jsonl"\n')
+    (box.root / "a-file").write_text("")
+    box.config.write_text(f'lock_dir = "{box.lock_dir}"\njournal = "{box.root}/a-file/j.jsonl"\n')
     done = box.run("run", "--", "sh", "-c", "echo ran")
     assert done.returncode == 0 and done.stdout == "ran\n"
     assert "gpurouter: warning: journal" in done.stderr

@@ -65,7 +65,7 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
     record.update(fields)
     line = (encode(record) + "\n").encode("utf-8", "surrogateescape")
     try:
-        fd = fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
+        fd = _open_for_append(path)
     except OSError as error:
         _warn(f"journal {path} not written: {error.strerror or error}")
         return False
@@ -80,6 +80,16 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _open_for_append(path: str) -> int:
+    try:
+        return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        # The journal's directory (by default the lock dir) may not exist yet before the first
+        # slot is taken: create it shared (1777) like the lock dir, then try once more.
+        os.close(fsutil.open_shared_dir(os.path.dirname(os.path.abspath(path))))
+        return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
 
 
 def read_records(path: str, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:
