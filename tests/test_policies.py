@@ -253,3 +253,22 @@ def test_status_lists_the_processes_actually_holding_and_waiting(box: Box) -> No
     rows = [json.loads(line) for line in box.run("status", "--json").stdout.splitlines()]
     assert holders[0].pid not in [row["holder"]["pid"] for row in rows if row["holder"]]
     os.kill(waiter.pid, signal.SIGKILL)
+
+
+def test_status_shows_realtime_waiters_and_batch_jobs_at_the_gate(box: Box) -> None:
+    import json
+
+    box.write_config(PRIORITY_CONFIG + "[profiles.batch.gpu]\nslots = 2\n")
+    holder = box.start("run", "--profile", "hold", "--", *LONG_JOB)
+    assert wait_for(lambda: job_is_running(holder.pid))
+    realtime = box.start("run", "--profile", "realtime", "--", "true")
+    assert wait_for(lambda: waiting_count(box, "realtime") == 1)
+    batch = box.start("run", "--profile", "batch", "--", "true")
+    assert wait_for(lambda: waiting_count(box, "batch") == 1)
+    rows = [json.loads(line) for line in box.run("status", "--json").stdout.splitlines()]
+    gate = next(row for row in rows if row["index"] == -1 and row["holder"]["gate"] == "realtime-waiting")
+    assert [job["pid"] for job in gate["holder"]["realtime"]] == [realtime.pid]
+    assert [job["pid"] for job in gate["waiters"]] == [batch.pid]
+    assert gate["waiters"][0]["priority"] == "batch"
+    text = box.run("status").stdout
+    assert "batch waiting for realtime jobs" in text and "realtime waiting" in text

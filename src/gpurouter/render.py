@@ -104,6 +104,16 @@ def status_text(rows: Sequence[SlotRow]) -> str:
     lines = [f"{'SLOT':<12}{'STATE':<7}{'PID':>8}  {'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'SINCE':<31}COMMAND"]
     for row in rows:
         name = f"{row.pool}.{row.index}"
+        if row.index < 0 and row.holder is not None:  # a priority gate of the pool
+            for job in row.holder.get("realtime", []):
+                lines.append(f"{row.pool + ' rt':<12}{'rt':<7}{job['pid']:>8}  {str(job.get('user', '?')):<10}"
+                             f"{str(job.get('profile') or '?'):<20}{'':<6}{str(job.get('ts') or '?'):<31}"
+                             f"realtime {row.holder['gate'].split('-')[1]}")  # fmt: skip
+            for job in row.waiters:
+                lines.append(f"{row.pool + ' gate':<12}{'batch':<7}{job['pid']:>8}  {str(job.get('user', '?')):<10}"
+                             f"{str(job.get('profile') or '?'):<20}{'':<6}{str(job.get('ts') or '?'):<31}"
+                             "batch waiting for realtime jobs")  # fmt: skip
+            continue
         if row.holder is None:
             lines.append(f"{name:<12}free")
         else:

@@ -110,6 +110,29 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
                 holder = {**process_info(pid), **starts.get((pid, f"{pool}.{index}"), {})}
             waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
             rows.append(SlotRow(pool=pool, index=index, path=path, holder=holder, waiters=waiters))
+        rows.extend(_gate_rows(settings, pool, locks, starts))
+    return rows
+
+
+def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], dict[str, list[int]]],
+               starts: dict[tuple[int, str | None], dict[str, Any]]) -> list[SlotRow]:  # fmt: skip
+    """Realtime jobs announced at a pool's gates (holders) and batch jobs sleeping there (waiters)."""
+    from gpurouter.priority import RUNNING, WAITING
+
+    rows = []
+    for gate in (WAITING, RUNNING):
+        path = os.path.join(settings.lock_dir, f"{pool}.{gate}")
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except OSError:
+            continue
+        entry = locks.get((os.major(info.st_dev), os.minor(info.st_dev), info.st_ino), {})
+        if not entry.get("held") and not entry.get("waiting"):
+            continue
+        detail = lambda pid: {**process_info(pid), **starts.get((pid, None), {})}  # noqa: E731
+        holders = [detail(pid) for pid in entry.get("held", [])]
+        rows.append(SlotRow(pool=pool, index=-1, path=path, holder={"gate": gate, "realtime": holders},
+                            waiters=[detail(pid) for pid in entry.get("waiting", [])]))  # fmt: skip
     return rows
 
 
@@ -121,5 +144,5 @@ def _latest_starts(settings: Settings) -> dict[tuple[int, str | None], dict[str,
     for record in journal.read_records(settings.journal, tail_bytes=4 << 20):
         if record.get("event") in ("start", "wait") and isinstance(record.get("pid"), int):
             slot = record.get("slot") if record["event"] == "start" else None
-            found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason")}
+            found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason", "priority")}
     return found
