@@ -107,3 +107,14 @@ def test_install_refuses_to_clobber_an_existing_name_real(box: Box) -> None:
 
 def test_install_of_a_missing_binary_exits_127(box: Box) -> None:
     assert box.run("install", "no-such-tool").returncode == 127
+
+
+def test_a_prefix_run_of_an_intercepted_name_routes_once_not_twice(box: Box, media: dict[str, Path]) -> None:
+    box.write_config(WHISPER_PROFILE)
+    intercept(box)
+    done = box.run("run", "--", "transcribe", str(media["wav2"]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"{media['wav2']} --device cuda")
+    outer, inner = box.records()
+    assert (outer["slot"], inner["slot"]) == ("gpu.0", None)
+    assert "already routed" in inner["reason"]

@@ -46,6 +46,7 @@ def _testsrc(size: str = "320x240") -> list[str]:
 
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
 LAME = ["-c:a", "libmp3lame"]
+COVER = ["-i", "{cover}", "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-disposition:v", "attached_pic"]
 
 # name -> (ffmpeg arguments after the inputs' -i, encoders needed, expected container).
 # Outputs are written without extensions (the format is forced with -f); "pipe:1" outputs go
@@ -59,11 +60,34 @@ NATIVE: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "wav_rf64": ([*_sine(), "-c:a", "pcm_s16le", "-rf64", "always", "-f", "wav"], (), "wav"),
     "wav_piped": ([*_sine(), "-c:a", "pcm_s16le", "-f", "wav", "pipe:1"], (), "wav"),
     "flac": ([*_sine(), "-c:a", "flac", "-f", "flac"], ("flac",), "flac"),
-    "mp3_cbr_xing": ([*_sine(), *LAME, "-b:a", "128k", "-write_xing", "1", "-f", "mp3"], ("libmp3lame",), "mp3"),
+    "mp3_cbr_xing": (
+        [*_sine(), *LAME, "-b:a", "128k", "-write_xing", "1", "-f", "mp3"],
+        ("libmp3lame",),
+        "mp3",
+    ),
     "mp3_vbr": ([*_sine(), *LAME, "-q:a", "4", "-f", "mp3"], ("libmp3lame",), "mp3"),
-    "mp3_stereo_48k": ([*_sine(), *LAME, "-ac", "2", "-ar", "48000", "-b:a", "192k", "-f", "mp3"], ("libmp3lame",), "mp3"),
+    "mp3_stereo_48k": (
+        [*_sine(), *LAME, "-ac", "2", "-ar", "48000", "-b:a", "192k", "-f", "mp3"],
+        ("libmp3lame",),
+        "mp3",
+    ),
     "mp3_mpeg2_22k": ([*_sine(), *LAME, "-ar", "22050", "-b:a", "64k", "-f", "mp3"], ("libmp3lame",), "mp3"),
     "m4a_aac": ([*_sine(), "-c:a", "aac", "-f", "ipod"], ("aac",), "mp4"),
+    # Cover art: ffprobe lists it as a video stream with disposition attached_pic; it is no
+    # track in MP3 (ID3 APIC), FLAC (PICTURE block) or M4A (covr), and no video to route.
+    "mp3_cover_art": (
+        [*_sine(), *COVER, *LAME, "-id3v2_version", "3", "-f", "mp3"],
+        ("libmp3lame", "mjpeg"),
+        "mp3",
+    ),
+    "flac_cover_art": ([*_sine(), *COVER, "-c:a", "flac", "-f", "flac"], ("flac", "mjpeg"), "flac"),
+    "m4a_cover_art": ([*_sine(), *COVER, "-c:a", "aac", "-f", "ipod"], ("aac", "mjpeg"), "mp4"),
+    # ...but ffmpeg's Matroska muxer stores it as a real one-frame MJPEG video track.
+    "mka_cover_art_track": (
+        [*_sine(), *COVER, "-c:a", "flac", "-f", "matroska"],
+        ("flac", "mjpeg"),
+        "matroska",
+    ),
     "mp4_320x240": ([*_testsrc(), *_sine(), *X264, "-c:a", "aac", "-f", "mp4"], ("libx264", "aac"), "mp4"),
     "mp4_320x240_faststart": (
         [*_testsrc(), *_sine(), *X264, "-c:a", "aac", "-movflags", "+faststart", "-f", "mp4"],
@@ -71,7 +95,11 @@ NATIVE: dict[str, tuple[list[str], tuple[str, ...], str]] = {
         "mp4",
     ),
     "mp4_1080p": ([*_testsrc("1920x1080"), *X264, "-f", "mp4"], ("libx264",), "mp4"),
-    "mp4_1080p_faststart": ([*_testsrc("1920x1080"), *X264, "-movflags", "+faststart", "-f", "mp4"], ("libx264",), "mp4"),
+    "mp4_1080p_faststart": (
+        [*_testsrc("1920x1080"), *X264, "-movflags", "+faststart", "-f", "mp4"],
+        ("libx264",),
+        "mp4",
+    ),
     "mp4_audio_track_first": (
         [*_testsrc(), *_sine(), "-map", "1:a", "-map", "0:v", *X264, "-c:a", "aac", "-f", "mp4"],
         ("libx264", "aac"),
@@ -82,13 +110,36 @@ NATIVE: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "mov": ([*_testsrc(), *_sine(), *X264, "-c:a", "aac", "-f", "mov"], ("libx264", "aac"), "mp4"),
     "mkv": ([*_testsrc(), *_sine(), *X264, "-c:a", "aac", "-f", "matroska"], ("libx264", "aac"), "matroska"),
     "mkv_1080p_audio_track_first": (
-        [*_testsrc("1920x1080"), *_sine(), "-map", "1:a", "-map", "0:v", *X264, "-c:a", "flac", "-f", "matroska"],
+        [
+            *_testsrc("1920x1080"),
+            *_sine(),
+            "-map",
+            "1:a",
+            "-map",
+            "0:v",
+            *X264,
+            "-c:a",
+            "flac",
+            "-f",
+            "matroska",
+        ],
         ("libx264", "flac"),
         "matroska",
     ),
     "mka_flac": ([*_sine(), "-c:a", "flac", "-f", "matroska"], ("flac",), "matroska"),
     "webm_vp9_opus": (
-        [*_testsrc(), *_sine(), "-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus", "-f", "webm"],
+        [
+            *_testsrc(),
+            *_sine(),
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-c:a",
+            "libopus",
+            "-f",
+            "webm",
+        ],
         ("libvpx-vp9", "libopus"),
         "matroska",
     ),
@@ -102,7 +153,15 @@ FALLBACK: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("libmp3lame",),
     ),
     "mkv_piped_without_duration": ([*_testsrc(), *X264, "-f", "matroska", "pipe:1"], ("libx264",)),
-    "mp4_fragmented": ([*_testsrc(), *X264, "-movflags", "frag_keyframe+empty_moov", "-f", "mp4"], ("libx264",)),
+    "mp4_fragmented_empty_moov": (
+        [*_testsrc(), *X264, "-movflags", "frag_keyframe+empty_moov", "-f", "mp4"],
+        ("libx264",),
+    ),
+    # moov holds the first 1 s fragment, so mvhd says 1 s of the 2 s: mvex must veto mvhd.
+    "mp4_fragmented_first_fragment_in_moov": (
+        [*_testsrc(), *X264, "-g", "25", "-movflags", "frag_keyframe", "-f", "mp4"],
+        ("libx264",),
+    ),
     "wav_adpcm": ([*_sine(), "-c:a", "adpcm_ms", "-f", "wav"], ("adpcm_ms",)),
     "aac_adts": ([*_sine(), "-c:a", "aac", "-f", "adts"], ("aac",)),
     "ogg_opus": ([*_sine(), "-c:a", "libopus", "-f", "ogg"], ("libopus",)),
@@ -110,7 +169,9 @@ FALLBACK: dict[str, tuple[list[str], tuple[str, ...]]] = {
 
 
 def _encoders() -> set[str]:
-    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=True
+    ).stdout
     return {line.split()[1] for line in out.splitlines() if line.startswith(" ") and len(line.split()) > 1}
 
 
@@ -119,19 +180,28 @@ def media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Make every recipe's file once (in parallel); absent encoders leave their names out."""
     out_dir = tmp_path_factory.mktemp("media")
     have = _encoders()
+    cover = out_dir / "cover.jpg"  # a 640x480 JPEG for the cover-art recipes ("{cover}")
+    if "mjpeg" in have:
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "testsrc=size=640x480:duration=1"]
+            + ["-frames:v", "1", str(cover)],
+            check=True,
+        )
     jobs = []
-    for name, (args, needs, *_) in {**NATIVE, **FALLBACK}.items():
+    for name, (recipe, needs, *_) in {**NATIVE, **FALLBACK}.items():
         if not set(needs) <= have:
             continue
+        args = [str(cover) if arg == "{cover}" else arg for arg in recipe]
         path = out_dir / name
         piped = args[-1] == "pipe:1"
-        stdout = path.open("wb") if piped else subprocess.DEVNULL
+        stdout = path.open("wb") if piped else None  # ffmpeg cannot seek back in a pipe
         cmd = ["ffmpeg", "-v", "error", "-nostdin", "-y", *args, *([] if piped else [str(path)])]
-        jobs.append((name, path, stdout, subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)))
+        proc = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE)
+        jobs.append((name, path, stdout, proc))
     made = {}
     for name, path, stdout, proc in jobs:
         _, err = proc.communicate(timeout=120)
-        if stdout is not subprocess.DEVNULL:
+        if stdout is not None:
             stdout.close()
         assert proc.returncode == 0, f"ffmpeg failed for {name}: {err.decode(errors='replace')}"
         made[name] = path
@@ -169,11 +239,13 @@ def _ffprobe_duration(path: Path) -> float:
 
 
 def _ffprobe_first_video_pixels(path: Path) -> int | None:
-    out = _ffprobe(path, "-select_streams", "v:0", "-show_entries", "stream=width,height")
-    if not out:
-        return None
-    width, height = map(int, out.split())
-    return width * height
+    """Width * height of ffprobe's first video stream that is not cover art (attached_pic)."""
+    fields = "stream=width,height:stream_disposition=attached_pic"
+    out = _ffprobe(path, "-select_streams", "v", "-show_entries", fields).split()
+    for width, height, attached_pic in zip(out[::3], out[1::3], out[2::3], strict=True):
+        if attached_pic == "0":
+            return int(width) * int(height)
+    return None
 
 
 def _assert_sane(info: MediaInfo | None, full: MediaInfo | None = None) -> None:
@@ -216,13 +288,54 @@ def test_wav_from_24_bit_pcm_is_wave_format_extensible(media_files: dict[str, Pa
     assert struct.unpack_from("<H", header, header.index(b"fmt ") + 8)[0] == 0xFFFE
 
 
-def test_wav_written_to_a_pipe_has_unknown_sizes_and_runs_to_end_of_file(media_files: dict[str, Path]) -> None:
+def test_wav_written_to_a_pipe_has_unknown_sizes_and_runs_to_end_of_file(
+    media_files: dict[str, Path],
+) -> None:
     data = _file(media_files, "wav_piped").read_bytes()
     data_chunk = data.index(b"data")
     assert data[4:8] == data[data_chunk + 4 : data_chunk + 8] == b"\xff\xff\xff\xff"
     piped, seekable = _info(media_files["wav_piped"]), _info(media_files["wav_2s"])
     assert piped is not None and seekable is not None
     assert (piped.container, piped.duration_s) == (seekable.container, seekable.duration_s)
+
+
+@pytest.mark.parametrize("name", ["mp3_cover_art", "flac_cover_art", "m4a_cover_art"])
+def test_cover_art_is_not_counted_as_a_video_stream(media_files: dict[str, Path], name: str) -> None:
+    path = _file(media_files, name)
+    out = _ffprobe(path, "-select_streams", "v:0", "-show_entries", "stream_disposition=attached_pic")
+    assert out == "1", "ffprobe lists the cover as its first video stream"
+    info = _info(path)
+    assert info is not None and info.pixels is None
+
+
+def test_mp3_behind_a_large_id3v2_tag_is_read_without_reading_the_tag(
+    media_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _file(media_files, "mp3_vbr").read_bytes()
+    tag_size = 5 * 2**20  # cover art can make the tag megabytes long
+    syncsafe = bytes(tag_size >> shift & 0x7F for shift in (21, 14, 7, 0))
+    path = tmp_path / "tagged"
+    path.write_bytes(b"ID3\x04\x00\x00" + syncsafe + bytes(tag_size) + data)
+    reads = _count_reads(monkeypatch)
+    info = _info(path)
+    assert info is not None and info.duration_s == pytest.approx(_ffprobe_duration(path), abs=TOLERANCE_S)
+    assert sum(reads) <= 3 * 4096
+
+
+def test_flac_behind_an_id3v2_tag_is_still_read_as_flac(media_files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "tagged"
+    path.write_bytes(
+        b"ID3\x04\x00\x00\x00\x00\x01\x00" + bytes(128) + _file(media_files, "flac").read_bytes()
+    )
+    info = _info(path)
+    assert info is not None and info.container == "flac"
+    assert info.duration_s == pytest.approx(_ffprobe_duration(path), abs=TOLERANCE_S)
+
+
+def test_concatenated_mp3s_are_left_to_ffprobe(media_files: dict[str, Path]) -> None:
+    # The first file's Xing header counts only its own frames; ffprobe spots this by size.
+    data = _file(media_files, "mp3_cbr_xing").read_bytes()
+    assert _info_of_bytes(data * 2) is None
 
 
 def test_mp4_pixels_come_from_the_coded_size_not_the_display_size(media_files: dict[str, Path]) -> None:
@@ -233,7 +346,9 @@ def test_mp4_pixels_come_from_the_coded_size_not_the_display_size(media_files: d
     assert info is not None and (info.width, info.height) == (320, 240)
 
 
-def test_mp3_vbri_header_gives_the_duration_ffprobe_reports(media_files: dict[str, Path], tmp_path: Path) -> None:
+def test_mp3_vbri_header_gives_the_duration_ffprobe_reports(
+    media_files: dict[str, Path], tmp_path: Path
+) -> None:
     # No ffmpeg encoder writes VBRI (Fraunhofer's), so prepend a VBRI frame to a bare CBR stream.
     stream = _file(media_files, "mp3_without_xing_or_id3").read_bytes()
     header = bytearray(stream[:4])
@@ -270,12 +385,68 @@ def test_moov_after_a_5_gib_mdat_with_64_bit_size_is_found_with_a_few_small_read
     assert len(reads) <= 4 and sum(reads) <= 3 * 4096 + moov_size
 
 
-def test_a_file_without_extension_is_detected_by_its_magic_bytes(media_files: dict[str, Path], tmp_path: Path) -> None:
-    for name in ("wav_2s", "flac", "mp3_vbr", "m4a_aac", "mp4_320x240", "mkv"):
-        if name in media_files:
-            renamed = tmp_path / f"{name}.txt"  # a misleading extension is ignored as well
-            shutil.copy(media_files[name], renamed)
-            assert _info(renamed) is not None and _info(renamed).container == NATIVE[name][2]  # type: ignore[union-attr]
+def _ebml_split(data: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    """Split data[pos:end] into EBML elements: (ID, start, body start, end)."""
+    elements = []
+    while pos < end:
+        id_len = 9 - data[pos].bit_length()
+        size_len = 9 - data[pos + id_len].bit_length()
+        size = int.from_bytes(data[pos + id_len : pos + id_len + size_len], "big") & ((1 << 7 * size_len) - 1)
+        body = pos + id_len + size_len
+        elements.append((int.from_bytes(data[pos : pos + id_len], "big"), pos, body, body + size))
+        pos = body + size
+    return elements
+
+
+def _ebml(eid: int, payload: bytes) -> bytes:
+    """Encode one EBML element, its size always on 8 bytes."""
+    return (
+        eid.to_bytes((eid.bit_length() + 7) // 8, "big")
+        + (1 << 56 | len(payload)).to_bytes(8, "big")
+        + payload
+    )
+
+
+def test_matroska_info_and_tracks_after_the_clusters_are_found_through_the_seekhead(
+    media_files: dict[str, Path], tmp_path: Path
+) -> None:
+    info_id, tracks_id, cluster_id = 0x1549A966, 0x1654AE6B, 0x1F43B675
+    data = _file(media_files, "mkv").read_bytes()
+    (_, _, _, header_end), (_, _, segment_body, segment_end) = _ebml_split(data, 0, len(data))
+    parts = {eid: data[start:end] for eid, start, _, end in _ebml_split(data, segment_body, segment_end)}
+    clusters = b"".join(
+        data[a:e] for eid, a, _, e in _ebml_split(data, segment_body, segment_end) if eid == cluster_id
+    )
+
+    def seek(eid: int, pos: int) -> bytes:
+        return _ebml(0x4DBB, _ebml(0x53AB, eid.to_bytes(4, "big")) + _ebml(0x53AC, pos.to_bytes(8, "big")))
+
+    seekhead_size = len(_ebml(0x114D9B74, seek(info_id, 0) + seek(tracks_id, 0)))
+    info_pos = seekhead_size + len(clusters)
+    seekhead = _ebml(0x114D9B74, seek(info_id, info_pos) + seek(tracks_id, info_pos + len(parts[info_id])))
+    path = tmp_path / "late_info"
+    path.write_bytes(
+        data[:header_end] + _ebml(0x18538067, seekhead + clusters + parts[info_id] + parts[tracks_id])
+    )
+    info = _info(path)
+    assert info is not None
+    assert info.duration_s == pytest.approx(_ffprobe_duration(path), abs=TOLERANCE_S)
+    assert info.pixels == _ffprobe_first_video_pixels(path) == 320 * 240
+
+
+@pytest.mark.parametrize(
+    "name", ["wav_2s", "flac", "mp3_vbr", "m4a_aac", "mp4_320x240", "mkv", "webm_vp9_opus"]
+)
+def test_format_is_detected_by_magic_bytes_not_by_file_name(
+    media_files: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    source = _file(media_files, name)
+    assert source.suffix == ""  # every fixture is written without an extension
+    misleading = tmp_path / "clip.txt"
+    shutil.copy(source, misleading)
+    for path in (source, misleading):
+        info = _info(path)
+        assert info is not None and info.container == NATIVE[name][2]
 
 
 def test_reading_neither_uses_nor_moves_the_file_offset(media_files: dict[str, Path]) -> None:
@@ -296,7 +467,9 @@ def test_reading_neither_uses_nor_moves_the_file_offset(media_files: dict[str, P
 
 
 @pytest.mark.parametrize("name", FALLBACK)
-def test_files_without_an_exact_header_duration_are_left_to_ffprobe(media_files: dict[str, Path], name: str) -> None:
+def test_files_without_an_exact_header_duration_are_left_to_ffprobe(
+    media_files: dict[str, Path], name: str
+) -> None:
     assert _info(_file(media_files, name)) is None
 
 
@@ -323,8 +496,16 @@ def test_directory_descriptor_returns_none(tmp_path: Path) -> None:
         os.close(fd)
 
 
-MAGICS = [b"RIFF\xff\xff\xff\xffWAVE", b"RF64\xff\xff\xff\xffWAVE", b"fLaC", b"\x1a\x45\xdf\xa3", b"\x00\x00\x00\x20ftyp",
-          b"\x00\x00\x00\x01moov", b"ID3\x04\x00\x00\x00\x00\x00\x10", b"\xff\xfb\x90\xc4"]  # fmt: skip
+MAGICS = [
+    b"RIFF\xff\xff\xff\xffWAVE",
+    b"RF64\xff\xff\xff\xffWAVE",
+    b"fLaC",
+    b"\x1a\x45\xdf\xa3",
+    b"\x00\x00\x00\x20ftyp",
+    b"\x00\x00\x00\x01moov",
+    b"ID3\x04\x00\x00\x00\x00\x00\x10",
+    b"\xff\xfb\x90\xc4",
+]
 
 
 @pytest.mark.parametrize("magic", MAGICS, ids=lambda m: m.hex())
@@ -333,8 +514,8 @@ def test_garbage_after_a_valid_magic_never_raises(magic: bytes) -> None:
         _assert_sane(_info_of_bytes(magic + random.Random(seed).randbytes(seed * 97)))
 
 
-TRUNCATED = ["wav_2s", "wav_rf64", "flac", "mp3_cbr_xing", "m4a_aac", "mp4_320x240", "mp4_320x240_faststart", "mkv",
-             "webm_vp9_opus"]  # fmt: skip
+TRUNCATED = ["wav_2s", "wav_rf64", "flac", "mp3_cbr_xing", "m4a_aac", "mp4_320x240", "mp4_320x240_faststart"]
+TRUNCATED += ["mkv", "webm_vp9_opus"]
 
 
 @pytest.mark.parametrize("cut", [1, 4, 11, 12, 40, 44, 100, 1000, 0.5, -1])
@@ -387,11 +568,19 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _hostile_mp4_many_boxes() -> bytes:  # 100k empty boxes before moov: the walk must give up
-    return struct.pack(">I4s4sI", 16, b"ftyp", b"isom", 0) + struct.pack(">I4s", 8, b"free") * 100_000 + b"\0" * 8
+    return (
+        struct.pack(">I4s4sI", 16, b"ftyp", b"isom", 0)
+        + struct.pack(">I4s", 8, b"free") * 100_000
+        + b"\0" * 8
+    )
 
 
 def _hostile_mp4_huge_moov() -> bytes:  # moov declares 2**62 bytes (64-bit largesize)
-    return struct.pack(">I4s4sI", 16, b"ftyp", b"isom", 0) + struct.pack(">I4sQ", 1, b"moov", 2**62) + b"\0" * 1000
+    return (
+        struct.pack(">I4s4sI", 16, b"ftyp", b"isom", 0)
+        + struct.pack(">I4sQ", 1, b"moov", 2**62)
+        + b"\0" * 1000
+    )
 
 
 def _hostile_mkv_huge_tracks() -> bytes:  # Tracks declares ~2**55 bytes after a tiny EBML header
@@ -405,7 +594,8 @@ def _hostile_wav_many_chunks() -> bytes:  # 50k empty chunks before fmt
 
 
 @pytest.mark.parametrize(
-    "make", [_hostile_mp4_many_boxes, _hostile_mp4_huge_moov, _hostile_mkv_huge_tracks, _hostile_wav_many_chunks]
+    "make",
+    [_hostile_mp4_many_boxes, _hostile_mp4_huge_moov, _hostile_mkv_huge_tracks, _hostile_wav_many_chunks],
 )
 def test_hostile_declared_sizes_and_counts_keep_reads_within_budget(
     make: Callable[[], bytes], monkeypatch: pytest.MonkeyPatch
@@ -418,12 +608,18 @@ def test_hostile_declared_sizes_and_counts_keep_reads_within_budget(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    name=st.sampled_from(["wav_s24_extensible", "flac", "mp3_vbr", "mp4_320x240_faststart", "mkv", "webm_vp9_opus"]),
+    name=st.sampled_from(
+        ["wav_s24_extensible", "flac", "mp3_vbr", "mp4_320x240_faststart", "mkv", "webm_vp9_opus"]
+    ),
     edits=st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=8),
     keep=st.integers(0, 4096),
 )
 def test_corrupted_headers_never_raise_and_stay_within_budget(
-    media_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, name: str, edits: list[tuple[int, int]], keep: int
+    media_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    edits: list[tuple[int, int]],
+    keep: int,
 ) -> None:
     if name not in media_files:
         return

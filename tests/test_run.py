@@ -153,7 +153,7 @@ def test_a_nested_call_on_the_held_pool_takes_no_slot_and_never_deadlocks(box: B
     assert done.stdout == "inner gpu\n"
     outer, inner = box.records()
     assert outer["slot"] == "gpu.0"
-    assert inner["slot"] is None and "held by a parent" in inner["no_slot_because"]
+    assert inner["slot"] is None and "by a parent gpurouter" in inner["no_slot_because"]
 
 
 def test_skip_lock_takes_no_slot_at_all(box: Box) -> None:
@@ -228,7 +228,7 @@ def test_route_is_a_dry_run_that_executes_nothing(box: Box, media: dict[str, Pat
     assert (decision["route"], decision["profile"], decision["metric"]) == ("cpu", "transcribe", 8.0)
     assert not marker.exists() and box.records() == []
     text = box.run("route", "--", "transcribe", str(media["wav2"])).stdout
-    assert "route:          gpu" in text
+    assert "route:           gpu" in text
 
 
 def test_a_job_killed_by_a_signal_reports_it_like_a_shell_would(box: Box) -> None:

@@ -102,10 +102,10 @@ def route(command: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     for key in ("profile", "route", "reason", "metric", "input", "via", "executable", "pool", "slots", "wait",
                 "no_slot_because"):  # fmt: skip
         if summary.get(key) is not None:
-            click.echo(f"{key + ':':<16}{summary[key]}")
-    click.echo(f"{'argv:':<16}{' '.join(_shell_quote(a) for a in summary['argv'])}")
+            click.echo(f"{key + ':':<17}{summary[key]}")
+    click.echo(f"{'argv:':<17}{' '.join(_shell_quote(a) for a in summary['argv'])}")
     for name, value in summary["env"].items():
-        click.echo(f"{'env:':<16}{name}={value}")
+        click.echo(f"{'env:':<17}{name}={value}")
 
 
 @cli.command()

@@ -30,7 +30,7 @@ ARGS_POSITIONS = ("append", "prepend")
 DEFAULT_LOCK_DIR = "/tmp/gpurouter"
 DEFAULTS: dict[str, Any] = {
     "lock_dir": DEFAULT_LOCK_DIR,
-    "journal": DEFAULT_LOCK_DIR + "/journal.jsonl",
+    "journal": None,  # default: <lock_dir>/journal.jsonl
     "busy_exit_code": 75,
     "ffprobe": "ffprobe",
     "probe_timeout": "20s",
@@ -296,9 +296,15 @@ def validate(document: Mapping[str, Any], source: str, path: str | None) -> Sett
     sources = {key: source for key in document if key not in tables}
 
     lock_dir = _string(merged, "lock_dir", "", source)
+    if not os.path.isabs(lock_dir):
+        raise ConfigError(source, "lock_dir", f"must be an absolute path (jobs start in many directories), got {lock_dir!r}")
     journal = merged.get("journal")
-    if journal is not None and not isinstance(journal, str):
+    if journal is None:
+        journal = os.path.join(lock_dir, "journal.jsonl")
+    if not isinstance(journal, str):
         raise ConfigError(source, "journal", f"must be a path string (\"\" turns the journal off), got {journal!r}")
+    if journal and not os.path.isabs(journal):
+        raise ConfigError(source, "journal", f"must be an absolute path, got {journal!r}")
     busy = merged["busy_exit_code"]
     if isinstance(busy, bool) or not isinstance(busy, int) or not 1 <= busy <= 255:
         raise ConfigError(source, "busy_exit_code", f"must be an integer from 1 to 255, got {busy!r}")
@@ -694,6 +700,8 @@ def parse_wait(value: object) -> float:
         return 0.0
     if value == "block":
         return math.inf
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a bare number is seconds, as for every other duration
     if isinstance(value, str):
         try:
             return units.parse_duration(value)

@@ -82,8 +82,8 @@ def open_shared_dir(path: str, create: bool = True) -> int:
     except FileNotFoundError:
         if not create:
             raise
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        # Only the last component is created: a missing parent is a typo in the
+        # configuration more often than not, and root must not build paths on a whim.
         try:
             os.mkdir(path, 0o700)  # private until chmod: no window with the wrong mode
             os.chmod(path, SHARED_DIR_MODE)

@@ -143,7 +143,7 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
     if ffprobe is None:
         return None, f"ffprobe not found ({settings.ffprobe!r} is not on PATH)", False
     argv = [ffprobe, "-v", "error", "-protocol_whitelist", "file",
-            "-show_entries", "format=duration:stream=codec_type,width,height,duration",
+            "-show_entries", "format=duration:stream=codec_type,width,height,duration:stream_disposition=attached_pic",
             "-of", "json", "file:" + os.path.abspath(path)]  # fmt: skip
     output, problem = _run_bounded(argv, settings.probe_timeout_s, "ffprobe")
     if output is None:
@@ -155,7 +155,8 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
         streams = [s for s in document.get("streams", []) if isinstance(s, dict)]
         if probe == "pixels":
             for stream in streams:
-                if stream.get("codec_type") == "video" and stream.get("width") and stream.get("height"):
+                cover_art = (stream.get("disposition") or {}).get("attached_pic") == 1  # not a video stream
+                if stream.get("codec_type") == "video" and not cover_art and stream.get("width") and stream.get("height"):
                     return float(int(stream["width"]) * int(stream["height"])), None, True
             return None, f"{path!r} has no video stream", True
         durations = [document.get("format", {}).get("duration")] + [s.get("duration") for s in streams]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from gpurouter import units
 from gpurouter._record import Record
 from gpurouter.config import within_hours
-from gpurouter.errors import ProbeRefused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,9 +41,6 @@ def choose_route(profile: Profile, probe: ProbeResult | None, forced: str | None
         forced_by: who forced it, for the reason.
         minute_of_day: local time, for `hours`.
         gpu_problem: why no GPU is usable (None: usable, or not checked).
-
-    Raises:
-        ProbeRefused: no metric and the profile says `fallback = "fail"`.
     """
     if forced is not None:
         return Route(name=forced, spec=profile.route(forced), reason=f"forced by {forced_by or 'caller'}", action=RUN)
@@ -71,7 +67,8 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
         return Route(name="gpu", spec=profile.gpu, reason="no probe configured", action=RUN)
     if probe.metric is None:
         if profile.fallback == "fail":
-            raise ProbeRefused(f"no metric for profile {profile.name!r} ({probe.problem}) and fallback = \"fail\"")
+            return Route(name="cpu", spec=profile.cpu, action=FAIL,
+                         reason=f"no metric ({probe.problem}) and profile {profile.name!r} says fallback = \"fail\"")  # fmt: skip
         return Route(name=profile.fallback, spec=profile.route(profile.fallback),
                      reason=f"no metric ({probe.problem}): fallback {profile.fallback}", action=RUN)  # fmt: skip
     shown = units.format_metric(probe.metric, probe.kind)

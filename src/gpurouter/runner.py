@@ -1,7 +1,7 @@
 """One wrapped call: resolve → probe → route → slot → journal → exec.
 
 Everything on this path is stdlib and imported lazily where it is rare, because it runs
-in front of every job (see docs/performance.md).
+in front of every job (see docs/design.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from gpurouter import guard, journal, priority, probe, route, slots
 from gpurouter._record import Record
 from gpurouter.config import ROUTES, format_wait
-from gpurouter.errors import GpurouterError, NoFreeSlot, NotExecutable, UsageError
+from gpurouter.errors import NoFreeSlot, NotExecutable, ProbeRefused, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gpurouter.slots import Slot
 
 HELD_VAR = "GPUROUTER_HELD"
+ROUTED_VAR = "GPUROUTER_ROUTED"  # the profile a parent gpurouter already routed (its args are in argv)
 SKIP_VAR = "GPUROUTER_SKIP_LOCK"
 
 
@@ -99,6 +100,8 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         ProbeRefused: no metric under `fallback = "fail"`.
     """
     env_in = os.environ if environ is None else environ
+    if env_in.get(ROUTED_VAR) == profile.name and env_in.get(HELD_VAR):
+        return _pass_through(profile, argv, executable)
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
     minute = None
     if profile.hours is not None:
@@ -129,6 +132,18 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
     )  # fmt: skip
 
 
+def _pass_through(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
+    """A nested call of a profile its parent gpurouter already routed (e.g. `run -- NAME` where NAME is
+    itself an intercepting link): the parent probed, added the route args and holds the slot, so
+    this call execs the real binary with the argv untouched."""
+    return Decision(
+        profile=profile.name, route="gpu", reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
+        metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
+        pool=profile.gpu.pool, slots=profile.gpu.slots, wait_s=0.0, env={},
+        no_slot_because="already routed by a parent gpurouter", spec=profile.gpu, rules=profile, action=route.RUN,
+    )  # fmt: skip
+
+
 def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
         verbose: bool = False) -> NoReturn:  # fmt: skip
     """Take the decision's slot, journal the start, and exec the job.
@@ -150,7 +165,7 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
         raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
     if decision.action == route.FAIL:
         journal.append_record(settings.journal, "refused", **record)
-        raise GpurouterError(f"refused: {decision.reason}")
+        raise ProbeRefused(f"refused: {decision.reason}")
     waited_window = 0.0
     if decision.action == route.WAIT_WINDOW:
         waited_window = _wait_for_window(settings, decision, record, verbose)
@@ -162,6 +177,7 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
         held, escaped, inherited = _take_slot(settings, decision, record, verbose, waited_window)
         if held is not None:
             env[HELD_VAR] = ",".join([*held_pools(env), decision.pool])
+            env[ROUTED_VAR] = decision.profile
         else:
             guard_spec = rules.escape  # escaped after max_wait: run capped and niced as configured for that
     env.update(decision.env)
@@ -333,7 +349,9 @@ def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | 
     # Never exec ourselves: a NAME-real (or binary) that resolves back to this launcher would
     # loop forever, re-taking slots each time.
     if os.path.realpath(target) in {os.path.realpath(link), os.path.realpath(sys.argv[0] or link)}:
-        raise NotExecutable(target, f"resolves to gpurouter itself (a loop): rename the real {name} to {target}")
+        hint = (f"set profiles.{profile.name}.binary to the real binary" if profile.binary
+                else f"rename the real {name} to {target}")  # fmt: skip
+        raise NotExecutable(target, f"resolves to gpurouter itself (a loop): {hint}")
     return target
 
 

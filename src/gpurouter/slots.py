@@ -23,7 +23,7 @@ from gpurouter.errors import LockDirError, NoFreeSlot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Callable
+    from typing import Callable, Sequence
 
 # errnos that mean "someone else holds it", as opposed to a real failure (see filelock's _unix.py).
 _HELD_ELSEWHERE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES))
@@ -111,28 +111,42 @@ def acquire_slot(lock_dir: str, pool: str, slots: int, wait_s: float,
         NoFreeSlot: all slots are held and `wait_s` is 0 or ran out.
         LockDirError: the lock dir or a slot file cannot be used safely.
     """
+    return acquire_any(lock_dir, [(pool, index) for index in range(slots)], wait_s, on_wait)
+
+
+def acquire_any(lock_dir: str, candidates: Sequence[tuple[str, int]], wait_s: float,
+                on_wait: Callable[[], None] | None = None) -> Slot:  # fmt: skip
+    """Take the first free slot of `candidates` (in order), or wait for whichever frees first.
+
+    Raises:
+        NoFreeSlot: all are held and `wait_s` is 0 or ran out.
+        LockDirError: the lock dir or a slot file cannot be used safely.
+    """
     started = time.monotonic()
+    pool_name = ",".join(dict.fromkeys(pool for pool, _ in candidates))
     dir_fd = open_lock_dir(lock_dir)
     try:
-        for index in range(slots):  # fail-fast pass: first free slot in order, one open at a time
+        for pool, index in candidates:  # fail-fast pass: first free slot in order, one open at a time
             fd = _open_slot_file(dir_fd, lock_dir, pool, index)
             if _try_lock(fd, slot_path(lock_dir, pool, index)):
                 return Slot(pool, index, fd, slot_path(lock_dir, pool, index), 0.0)
             os.close(fd)
         if wait_s <= 0:
-            raise NoFreeSlot(pool, slots, 0.0)
+            raise NoFreeSlot(pool_name, len(candidates), 0.0)
         if on_wait is not None:
             on_wait()
-        fds = [_open_slot_file(dir_fd, lock_dir, pool, index) for index in range(slots)]
+        fds = [_open_slot_file(dir_fd, lock_dir, pool, index) for pool, index in candidates]
     finally:
         os.close(dir_fd)
-    return _wait_for_any(lock_dir, pool, fds, wait_s, started)
+    return _wait_for_any(lock_dir, list(candidates), fds, wait_s, started)
 
 
-def _wait_for_any(lock_dir: str, pool: str, fds: list[int], wait_s: float, started: float) -> Slot:
+def _wait_for_any(lock_dir: str, candidates: list[tuple[str, int]], fds: list[int], wait_s: float,
+                  started: float) -> Slot:  # fmt: skip
     if len(fds) == 1 and wait_s == float("inf"):
         fcntl.flock(fds[0], fcntl.LOCK_EX)  # sleeps in the kernel; nothing else to watch
-        return Slot(pool, 0, fds[0], slot_path(lock_dir, pool, 0), time.monotonic() - started)
+        pool, index = candidates[0]
+        return Slot(pool, index, fds[0], slot_path(lock_dir, pool, index), time.monotonic() - started)
 
     import threading  # deferred: only a waiter on several slots or with a deadline pays for it
 
@@ -140,29 +154,31 @@ def _wait_for_any(lock_dir: str, pool: str, fds: list[int], wait_s: float, start
     settled = threading.Lock()
     done = threading.Event()
 
-    def sleep_on(index: int) -> None:
+    def sleep_on(position: int) -> None:
         try:
-            fcntl.flock(fds[index], fcntl.LOCK_EX)
+            fcntl.flock(fds[position], fcntl.LOCK_EX)
         except OSError:
             return
         with settled:
             if not won and not done.is_set():
-                won.append(index)
+                won.append(position)
                 done.set()
                 return
-        os.close(fds[index])  # a late winner: give the slot straight back
+        os.close(fds[position])  # a late winner: give the slot straight back
 
-    for index in range(len(fds)):
-        threading.Thread(target=sleep_on, args=(index,), daemon=True, name=f"gpurouter-{pool}.{index}").start()
+    for position in range(len(fds)):
+        threading.Thread(target=sleep_on, args=(position,), daemon=True,
+                         name=f"gpurouter-{candidates[position][0]}.{candidates[position][1]}").start()  # fmt: skip
     done.wait(None if wait_s == float("inf") else max(0.0, wait_s - (time.monotonic() - started)))
     with settled:
         done.set()  # from here on a late winner releases at once
         winner = won[0] if won else None
     if winner is None:
         # Threads still asleep hold only their own fds; each closes its fd if it ever wins.
-        raise NoFreeSlot(pool, len(fds), time.monotonic() - started)
+        pool_name = ",".join(dict.fromkeys(pool for pool, _ in candidates))
+        raise NoFreeSlot(pool_name, len(fds), time.monotonic() - started)
     # Loser threads still sleep in flock() on their own fds; closing those fds here would let
     # the numbers be reused under them. Exec closes them (close-on-exec), or each thread
     # closes its fd itself if it ever wins.
-    return Slot(pool, winner, fds[winner], slot_path(lock_dir, pool, winner), time.monotonic() - started)
-
+    pool, index = candidates[winner]
+    return Slot(pool, index, fds[winner], slot_path(lock_dir, pool, index), time.monotonic() - started)

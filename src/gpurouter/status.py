@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from gpurouter import journal
+from gpurouter.kernel import kernel_flocks
 from gpurouter._record import Record
 
 TYPE_CHECKING = False
@@ -27,32 +28,6 @@ class SlotRow(Record):
     path: str
     holder: dict[str, Any] | None
     waiters: list[dict[str, Any]]
-
-
-def kernel_flocks() -> dict[tuple[int, int, int], dict[str, list[int]]]:
-    """{(major, minor, inode): {"held": [pids], "waiting": [pids]}} from /proc/locks (FLOCK only)."""
-    found: dict[tuple[int, int, int], dict[str, list[int]]] = {}
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as stream:
-            lines = stream.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        fields = line.split()
-        waiting = "->" in fields
-        if waiting:
-            fields.remove("->")
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        try:
-            pid = int(fields[4])
-            major, minor, inode = fields[5].split(":")
-            key = (int(major, 16), int(minor, 16), int(inode))
-        except ValueError:
-            continue
-        entry = found.setdefault(key, {"held": [], "waiting": []})
-        entry["waiting" if waiting else "held"].append(pid)
-    return found
 
 
 def process_info(pid: int) -> dict[str, Any]:

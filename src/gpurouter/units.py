@@ -24,7 +24,10 @@ def _split_number(text: str) -> tuple[float, str]:
     end = 0
     while end < len(text) and text[end] in _NUMBER_CHARS:
         end += 1
-    number = float(text[:end])  # ValueError on '' or '1.2.3'
+    try:
+        number = float(text[:end])
+    except ValueError:
+        raise ValueError(f"{text!r} does not start with a number") from None
     if not math.isfinite(number):
         raise ValueError("not a finite number")
     return number, text[end:]

@@ -1,0 +1,59 @@
+"""What the kernel knows about flock'ed files (`/proc/locks`) and processes (`/proc`)."""
+
+from __future__ import annotations
+
+import os
+
+
+def kernel_flocks() -> dict[tuple[int, int, int], dict[str, list[int]]]:
+    """{(major, minor, inode): {"held": [pids], "waiting": [pids]}} from /proc/locks (FLOCK only)."""
+    found: dict[tuple[int, int, int], dict[str, list[int]]] = {}
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        waiting = "->" in fields
+        if waiting:
+            fields.remove("->")
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        entry = found.setdefault(key, {"held": [], "waiting": []})
+        entry["waiting" if waiting else "held"].append(pid)
+    return found
+
+
+def file_key(info: os.stat_result) -> tuple[int, int, int]:
+    """The /proc/locks key of a file."""
+    return os.major(info.st_dev), os.minor(info.st_dev), info.st_ino
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            stat = stream.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Is `pid` the process `ancestor` or one of its descendants?"""
+    seen = 0
+    while pid and pid > 1 and seen < 64:
+        if pid == ancestor:
+            return True
+        next_pid = parent_pid(pid)
+        if next_pid is None:
+            return False
+        pid, seen = next_pid, seen + 1
+    return pid == ancestor
