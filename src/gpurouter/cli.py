@@ -144,23 +144,56 @@ def probe(files: tuple[str, ...], as_json: bool, config_file: str | None) -> Non
 
 @cli.command(name="config")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--check", is_flag=True, help="Check the memory budget against this box's GPUs and RAM.")
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
-def config_command(as_json: bool, config_file: str | None) -> None:
+def config_command(as_json: bool, check: bool, config_file: str | None) -> None:
     """Print the effective, validated configuration and where each value came from.
+
+    With --check, work through the memory budget with the box's real figures: slots x vram_mib
+    against each GPU's total VRAM, CPU slots x ram_mib against RAM less a reserve. Exit 1 when
+    it does not fit.
 
     \b
     Example:
         gpurouter config --json
+        gpurouter config --check
     """
     from gpurouter import config, render
 
     with exit_codes():
         settings = config.load(config_file)
+    if check:
+        from gpurouter import budget
+
+        report = budget.check(settings)
+        click.echo(json.dumps(report, indent=2) if as_json else render.budget_text(report))
+        sys.exit(0 if report["ok"] else 1)
     document = render.effective_config(settings)
     if as_json:
         click.echo(json.dumps(document, indent=2))
     else:
         click.echo(render.config_text(document))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def gpus(as_json: bool, config_file: str | None) -> None:
+    """Show the GPUs (memory, use, temperature, power, score) and the resident services.
+
+    Reads NVML, or the device file named by $GPUROUTER_NVML_FILE (to rehearse a config).
+
+    \b
+    Example:
+        gpurouter gpus --json
+    """
+    from gpurouter import config, render
+    from gpurouter import gpus as gpus_core
+
+    with exit_codes():
+        settings = config.load(config_file)
+    view = gpus_core.view(settings)
+    click.echo(json.dumps(view, indent=2) if as_json else render.gpus_text(view))
 
 
 @cli.command()

@@ -62,7 +62,11 @@ ROUTE_DEFAULTS: dict[str, Any] = {
     "args": [], "slots": 1, "pool": None, "args_position": "append", "env": {},
     **GUARD_DEFAULTS, "ram_mib": None, "vram_mib": None, "gpus": None, "on_low_vram": "cpu",
 }  # fmt: skip
-GPU_DEFAULTS: dict[str, Any] = {"enabled": True, "devices": None, "select": "score", "cushion_mib": 256}
+GPU_DEFAULTS: dict[str, Any] = {
+    "enabled": True, "devices": None, "select": "score", "cushion_mib": 256,
+    # vram_mib = "auto": MiB per device by model size named in the job's arguments (first match wins)
+    "vram_estimates": {"70b": 20000, "65b": 20000, "13b": 12000, "7b": 12000}, "vram_default_mib": 8000,
+}  # fmt: skip
 RESIDENT_DEFAULTS: dict[str, Any] = {"vram_mib": None, "unload": None, "load": None, "coexist": [],
                                      "managed": False, "lazy": None, "device": None, "timeout": "10s"}  # fmt: skip
 BACKEND_DEFAULTS: dict[str, Any] = {"kind": "local", "slurm": {}}
@@ -112,11 +116,13 @@ class RouteSpec(Record):
 class GpuSettings(Record):
     """The [gpu] table."""
 
-    __slots__ = ("enabled", "devices", "select", "cushion_mib")
+    __slots__ = ("enabled", "devices", "select", "cushion_mib", "vram_estimates", "vram_default_mib")
     enabled: bool
     devices: tuple[int | str, ...] | None
     select: str
     cushion_mib: int
+    vram_estimates: dict[str, int]  # model-size marker (e.g. "70b") -> MiB per device
+    vram_default_mib: int
 
 
 class Resident(Record):
@@ -513,9 +519,17 @@ def _build_gpu(table: Mapping[str, Any], source: str) -> GpuSettings:
         ):
             raise ConfigError(source, "gpu.devices", f'must be a list of indices or UUIDs like [0, "GPU-..."], got {devices!r}')
         devices = tuple(devices)
+    estimates = merged["vram_estimates"]
+    if not isinstance(estimates, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in estimates.items()
+    ):
+        raise ConfigError(source, "gpu.vram_estimates", f'must be a table like {{"70b" = 20000}}, got {estimates!r}')
+    default_mib = _opt_int(merged, "vram_default_mib", 1, 1 << 24, "gpu", source)
     return GpuSettings(enabled=merged["enabled"], devices=devices,
                        select=_choice(merged, "select", SELECTS, "gpu", source),
-                       cushion_mib=_opt_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source))  # fmt: skip
+                       cushion_mib=_opt_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
+                       vram_estimates={k.lower(): v for k, v in estimates.items()},
+                       vram_default_mib=default_mib)  # fmt: skip
 
 
 def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Resident]:

@@ -149,3 +149,16 @@ def pick(
 
 def _clamp(fraction: float) -> float:
     return min(1.0, max(0.0, fraction))
+
+
+def rank(gpus: Iterable[GpuSnapshot], select: str, promised: Mapping[int, int] | None = None,
+         rotation: int = 0) -> list[GpuSnapshot]:  # fmt: skip
+    """All devices in preference order for `select` (the order `pick` tries them in)."""
+    owed = promised or {}
+    by_index = sorted(gpus, key=lambda gpu: gpu.index)
+    if select == "score":
+        return sorted(by_index, key=lambda gpu: (-score(gpu, owed.get(gpu.index, 0)), gpu.index))
+    if select == "round-robin" and by_index:
+        start = rotation % len(by_index)
+        return by_index[start:] + by_index[:start]
+    return by_index

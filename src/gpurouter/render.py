@@ -142,3 +142,34 @@ def stats_text(summary: dict[str, Any]) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
+
+
+def gpus_text(view: dict[str, Any]) -> str:
+    """Devices and residents as a small table."""
+    lines = [f"source: {view['source']}" + (f"  ({view['message']})" if view["message"] else "")]
+    for d in view["devices"]:
+        mem = f"{_q(d['memory_used_mib'])}/{_q(d['memory_total_mib'])} MiB"
+        lines.append(f"[{d['index']}] {d['name'] or '?'}  {mem}  free {_q(d['memory_free_mib'])}"
+                     f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
+                     f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
+                     f"{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
+    for r in view["residents"]:
+        flags = [k for k in ("managed", "lazy") if r[k]]
+        lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {'loaded' if r['loaded'] else 'unloaded'}"
+                     f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def budget_text(report: dict[str, Any]) -> str:
+    """The budget worksheet in words."""
+    lines = [f"memory budget: {'fits' if report['ok'] else 'DOES NOT FIT'}  (GPUs from {report['gpu_source']},"
+             f" RAM {report['ram_mib']} MiB)"]  # fmt: skip
+    for row in report["rows"]:
+        verdict = "ok" if row["ok"] else ("?" if row["ok"] is None else "NO")
+        lines.append(f"  [{verdict}] {row['check']}: need {row['need_mib']} MiB, have {_q(row['have_mib'])} MiB,"
+                     f" headroom {_q(row['headroom_mib'])} MiB" + (f" -> {row['advice']}" if row["advice"] else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _q(value: Any) -> str:
+    return "?" if value is None else str(value)

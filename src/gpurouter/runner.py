@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Mapping, NoReturn, Sequence
 
     from gpurouter.config import Profile, RouteSpec, Settings
+    from gpurouter.devices import Placement
     from gpurouter.slots import Slot
 
 HELD_VAR = "GPUROUTER_HELD"
@@ -30,7 +31,8 @@ class Decision(Record):
     """Everything decided for one job before a slot is taken."""
 
     __slots__ = ("profile", "route", "reason", "metric", "kind", "via", "input", "executable", "argv",
-                 "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action")  # fmt: skip
+                 "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action",
+                 "base_argv", "need_mib", "gpu_count")  # fmt: skip
     profile: str
     route: str
     reason: str
@@ -48,6 +50,14 @@ class Decision(Record):
     spec: RouteSpec
     rules: Profile
     action: str  # run | busy | fail | wait-window (see route.py)
+    base_argv: list[str]  # the job's argv before route args
+    need_mib: int | None  # device mode: VRAM per device (None: not device-aware)
+    gpu_count: int | None  # device mode: devices per job (None: not device-aware)
+
+    @property
+    def device_mode(self) -> bool:
+        """Does this GPU job pick devices by free VRAM (vram_mib or gpus configured)?"""
+        return self.route == "gpu" and self.gpu_count is not None
 
     def summary(self) -> dict[str, Any]:
         """The decision as JSON-ready data (for `route --json` and the journal)."""
@@ -56,6 +66,7 @@ class Decision(Record):
             "kind": self.kind, "via": self.via, "input": self.input, "executable": self.executable,
             "argv": self.argv, "pool": self.pool, "slots": self.slots, "wait": format_wait(self.wait_s),
             "env": self.env, "action": self.action, "priority": self.rules.priority,
+            "gpus": self.gpu_count, "vram_mib": self.need_mib,
             "slot": None if self.no_slot_because else "pending", "no_slot_because": self.no_slot_because,
         }  # fmt: skip
 
@@ -123,12 +134,20 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         no_slot = f"pool {spec.pool!r} is held by a parent gpurouter ({HELD_VAR})"
     env = {k: v for k, v in spec.env.items() if k not in env_in}  # the caller's explicit setting wins
     env.update(guard.thread_env(spec.guard, env_in))
+    need_mib, gpu_count = None, None
+    if chosen.name == "gpu" and (spec.vram_mib is not None or spec.gpus is not None):
+        from gpurouter import parallelism
+
+        gpu_count, need_mib = parallelism.requirements(spec, argv[1:], settings.gpu)
+        if any(p.startswith(spec.pool) for p in held_pools(env_in)):
+            no_slot = no_slot or f"a {spec.pool} device is held by a parent gpurouter ({HELD_VAR})"
     return Decision(
         profile=profile.name, route=chosen.name, reason=chosen.reason,
         metric=None if result is None else result.metric, kind=None if result is None else result.kind,
         via=None if result is None else result.via, input=None if result is None else result.input,
         executable=executable, argv=route.job_argv(argv, spec), pool=spec.pool, slots=spec.slots,
         wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec, rules=profile, action=chosen.action,
+        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count,
     )  # fmt: skip
 
 
@@ -141,6 +160,7 @@ def _pass_through(profile: Profile, argv: Sequence[str], executable: str) -> Dec
         metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
         pool=profile.gpu.pool, slots=profile.gpu.slots, wait_s=0.0, env={},
         no_slot_because="already routed by a parent gpurouter", spec=profile.gpu, rules=profile, action=route.RUN,
+        base_argv=list(argv), need_mib=None, gpu_count=None,
     )  # fmt: skip
 
 
@@ -172,8 +192,21 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     held = None
     escaped = None
     inherited: list[int] = []
-    guard_spec = decision.spec.guard
-    if decision.no_slot_because is None:
+    if decision.no_slot_because is None and decision.device_mode:
+        placement, decision = _take_devices(settings, decision, record, verbose, environ)
+        if placement is not None:
+            record.update(route=decision.route, reason=decision.reason, argv=decision.argv)
+            record.update(gpus=[g.index for g in placement.gpus], uuids=[g.uuid for g in placement.gpus],
+                          vram_mib=placement.need_mib, placed=placement.reason)  # fmt: skip
+            held = placement.slots[0]
+            inherited = [slot.fd for slot in placement.slots[1:]]
+            env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
+            env[HELD_VAR] = ",".join([*held_pools(env), decision.pool, *(s.pool for s in placement.slots)])
+            env[ROUTED_VAR] = decision.profile
+        else:
+            record.update(route=decision.route, reason=decision.reason, argv=decision.argv, pool=decision.pool)
+    guard_spec = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
+    if held is None and decision.no_slot_because is None:
         held, escaped, inherited = _take_slot(settings, decision, record, verbose, waited_window)
         if held is not None:
             env[HELD_VAR] = ",".join([*held_pools(env), decision.pool])
@@ -192,9 +225,74 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     if verbose:
         slot_text = held.name if held else ("none: escaped after max_wait" if escaped is not None else "none")
         _say(f"{decision.route} ({decision.reason}), slot {slot_text}")
+    if settings.residents and decision.route == "gpu":
+        from gpurouter import residents
+
+        residents.note_job(settings, decision.profile, record)
     for fd in inherited:
         os.set_inheritable(fd, True)
     execute.exec_command(decision.executable, decision.argv, env, held)
+
+
+def _take_devices(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool,
+                  environ: Mapping[str, str] | None) -> tuple[Placement | None, Decision]:  # fmt: skip
+    """Place a device-aware GPU job; on low VRAM or no GPU, apply the profile's policy.
+
+    Returns:
+        (placement, decision) or (None, a CPU decision) when the job falls back to the CPU route.
+
+    Raises:
+        NoFreeSlot (journalled busy), TooManyGpus / NoGpu (journalled refused).
+    """
+    from gpurouter import devices
+
+    spec, rules = decision.spec, decision.rules
+    announced: list[bool] = []
+
+    def announce_wait() -> None:
+        if not announced:
+            announced.append(True)
+            journal.append_record(settings.journal, "wait", **record, wait=format_wait(decision.wait_s))
+
+    policy = spec.on_low_vram
+    for attempt in range(4):
+        try:
+            return devices.place(settings, spec, decision.need_mib, decision.gpu_count or 1, decision.wait_s,
+                                 announce_wait, low_vram_waits=policy == "wait", environ=environ), decision  # fmt: skip
+        except devices.NoGpu as missing:
+            if rules.no_gpu in (None, "cpu"):
+                return None, _to_cpu(decision, f"{missing}: cpu")
+            journal.append_record(settings.journal, "busy" if rules.no_gpu == "busy" else "refused", **record)
+            if rules.no_gpu == "busy":
+                raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=str(missing)) from None
+            raise ProbeRefused(f"refused: {missing} and no_gpu = \"fail\"") from None
+        except devices.TooManyGpus:
+            journal.append_record(settings.journal, "refused", **record)
+            raise
+        except devices.LowVram as short:
+            if policy == "evict" and attempt < 3:
+                from gpurouter import residents
+
+                if residents.make_room(settings, decision, short.why, record, environ):
+                    continue
+            if policy in ("cpu", "evict"):
+                return None, _to_cpu(decision, f"{short.why}: cpu")
+            journal.append_record(settings.journal, "busy", **record, waited_s=round(short.waited_s, 3))
+            raise
+        except NoFreeSlot as busy:
+            journal.append_record(settings.journal, "busy", **record, waited_s=round(busy.waited_s, 3))
+            raise
+    return None, _to_cpu(decision, "evictions did not make room: cpu")
+
+
+def _to_cpu(decision: Decision, why: str) -> Decision:
+    """The same job on the CPU route (args, pool, slots and guard of the CPU table)."""
+    spec = decision.rules.cpu
+    env = {k: v for k, v in spec.env.items() if k not in os.environ}
+    env.update(guard.thread_env(spec.guard, os.environ))
+    return decision.replace(route="cpu", spec=spec, reason=f"{decision.reason}; {why}", pool=spec.pool,
+                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec), env=env,
+                            need_mib=None, gpu_count=None)  # fmt: skip
 
 
 def _wait_for_window(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool) -> float:

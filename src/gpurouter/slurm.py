@@ -51,7 +51,7 @@ REPORT_FD = 9  # the prolog writes its line to this fd (dash takes single-digit 
 PROLOG = (
     "#!/bin/sh\n"
     "# gpurouter: Slurm granted the allocation; tell the gpurouter that waits on fd 9. Never fails.\n"
-    'printf "%s %s %s\\n" "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" >&9 2>/dev/null\n'
+    'printf "%s %s %s\\n" "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9\n'
     "exit 0\n"
 )
 # srun reads these as its own options: inherited from an enclosing Slurm job (gpurouter called

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from gpurouter import journal
+from gpurouter.config import is_safe_name
 from gpurouter.kernel import kernel_flocks
 from gpurouter._record import Record
 
@@ -65,10 +66,10 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
         names = os.listdir(settings.lock_dir)
     except OSError:
         names = []
-    for name in names:  # slot files beyond today's config (another profile, an older config)
+    for name in names:  # slot files beyond today's config: per-device pools (gpu0, gpu1...), older configs
         pool, _, index = name.rpartition(".")
-        if pool in pools and index.isdigit():
-            pools[pool] = max(pools[pool], int(index) + 1)
+        if index.isdigit() and is_safe_name(pool):
+            pools[pool] = max(pools.get(pool, 0), int(index) + 1)
     locks = kernel_flocks()
     starts = _latest_starts(settings)
     rows = []
