@@ -46,13 +46,33 @@ def open_shared_file(name: str, flags: int, dir_fd: int | None = None) -> int:
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EMLINK):
                 raise OSError(error.errno, "is a symbolic link (refusing to follow it)", name) from None
+            if error.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
+                # Why: open(2) of a planted socket (or of a FIFO for writing, with no reader)
+                # fails with "No such device or address": say what the name really is.
+                _raise_as_kind(error, name, dir_fd)
             raise
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, f"is {describe_mode(info.st_mode)}, not a regular file", name)
+        if info.st_nlink > 1:
+            # Why: a hard link planted under a shared name (possible wherever
+            # fs.protected_hardlinks is 0, and always for root) is another file, maybe
+            # /etc/shadow: appending a journal line or a claim to it would write the victim.
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"has {info.st_nlink} hard links (another file's name? refusing it)", name)
         return fd
     raise OSError(errno.EAGAIN, "keeps appearing and disappearing", name)
+
+
+def _raise_as_kind(error: OSError, name: str, dir_fd: int | None) -> None:
+    try:
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+    except OSError:
+        raise error from None
+    if stat.S_ISREG(mode):
+        raise error
+    raise OSError(error.errno, f"is {describe_mode(mode)}, not a regular file", name) from None
 
 
 def open_regular_for_reading(path: str) -> int:
@@ -89,6 +109,12 @@ def open_shared_dir(path: str, create: bool = True) -> int:
             os.chmod(path, SHARED_DIR_MODE)
         except FileExistsError:
             pass
+        except FileNotFoundError:
+            # Why: a bare "No such file or directory" reads as if the lock dir itself were
+            # the problem; say that it is the parent, which is never created.
+            parent = os.path.dirname(os.path.abspath(path))
+            raise OSError(errno.ENOENT, f"its parent directory {parent} does not exist (only the last "
+                                        "component is created)", path) from None  # fmt: skip
         fd = os.open(path, flags)
     except OSError as error:
         if error.errno == errno.ELOOP or (error.errno == errno.ENOTDIR and os.path.islink(path)):

@@ -70,8 +70,13 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
         _warn(f"journal {path} not written: {error.strerror or error}")
         return False
     try:
+        if not _ends_with_newline(fd):
+            # Why: a record cut short earlier (disk full) left a torn line without "\n";
+            # appended to it, this record would be glued to the fragment and lost to readers.
+            line = b"\n" + line
         written = os.write(fd, line)
         if written != len(line):
+            _cut_back(fd, written)
             _warn(f"journal {path}: short write ({written} of {len(line)} bytes; disk full?)")
             return False
     except OSError as error:
@@ -84,12 +89,39 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
 
 def _open_for_append(path: str) -> int:
     try:
-        return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
+        return _open_appending(path)
     except FileNotFoundError:
         # The journal's directory (by default the lock dir) may not exist yet before the first
         # slot is taken: create it shared (1777) like the lock dir, then try once more.
         os.close(fsutil.open_shared_dir(os.path.dirname(os.path.abspath(path))))
+        return _open_appending(path)
+
+
+def _open_appending(path: str) -> int:
+    try:
+        # Why O_RDWR: to read the last byte and see whether the previous record was torn.
+        return fsutil.open_shared_file(path, os.O_RDWR | os.O_APPEND)
+    except PermissionError:  # a write-only journal: append without that check
         return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
+
+
+def _ends_with_newline(fd: int) -> bool:
+    """Does the journal end with a complete line (or is it empty)? Unknown counts as yes."""
+    try:
+        size = os.fstat(fd).st_size
+        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+    except OSError:
+        return True
+
+
+def _cut_back(fd: int, written: int) -> None:
+    """Remove the fragment a short write left at the end, unless another record followed it."""
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: where our partial write ended
+        if written > 0 and os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - written)
+    except OSError:
+        pass  # the next record starts on a new line anyway (see append_record)
 
 
 def read_records(path: str, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:

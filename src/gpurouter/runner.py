@@ -164,17 +164,49 @@ def _pass_through(profile: Profile, argv: Sequence[str], executable: str) -> Dec
     )  # fmt: skip
 
 
-def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
-        verbose: bool = False) -> NoReturn:  # fmt: skip
-    """Take the decision's slot, journal the start, and exec the job.
+class Held:
+    """What `acquire` took for a job: slots (and devices), the env to add, the guard to apply."""
+
+    __slots__ = ("decision", "slots", "extra_fds", "env", "guard", "escaped_after_s", "waited_s", "record",
+                 "placement")  # fmt: skip
+
+    def __init__(self, decision: Decision, record: dict[str, Any]) -> None:
+        self.decision = decision
+        self.slots: list[Slot] = []
+        self.extra_fds: list[int] = []  # e.g. the realtime-running gate, held for the job's life
+        self.env: dict[str, str] = {}
+        self.guard = decision.spec.guard
+        self.escaped_after_s: float | None = None
+        self.waited_s = 0.0
+        self.record = record
+        self.placement: Placement | None = None
+
+    @property
+    def fds(self) -> list[int]:
+        """Every fd the job must inherit to keep what was taken."""
+        return [slot.fd for slot in self.slots] + self.extra_fds
+
+    def release(self) -> None:
+        """Give everything back (idempotent); process death does the same."""
+        for slot in self.slots:
+            slot.release()
+        for fd in self.extra_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.extra_fds = []
+
+
+def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
+            verbose: bool = False) -> Held:  # fmt: skip
+    """Carry out the decision up to the exec: window wait, devices or slot, escape; journal `start`.
 
     Raises:
         NoFreeSlot: no slot (the caller exits with busy_exit_code); a `busy` record is written.
-        LockDirError, CommandNotFound, NotExecutable, GpurouterError: see their exit codes.
+        ProbeRefused, LockDirError, TooManyGpus: see their exit codes.
     """
-    from gpurouter import execute
-
-    env = dict(os.environ if environ is None else environ)
+    env_in = os.environ if environ is None else environ
     rules = decision.rules
     record = {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
               "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
@@ -189,49 +221,69 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     waited_window = 0.0
     if decision.action == route.WAIT_WINDOW:
         waited_window = _wait_for_window(settings, decision, record, verbose)
-    held = None
-    escaped = None
-    inherited: list[int] = []
+    held = Held(decision, record)
     if decision.no_slot_because is None and decision.device_mode:
         placement, decision = _take_devices(settings, decision, record, verbose, environ)
+        held.decision = decision
+        record.update(route=decision.route, reason=decision.reason, argv=decision.argv, pool=decision.pool)
         if placement is not None:
-            record.update(route=decision.route, reason=decision.reason, argv=decision.argv)
             record.update(gpus=[g.index for g in placement.gpus], uuids=[g.uuid for g in placement.gpus],
                           vram_mib=placement.need_mib, placed=placement.reason)  # fmt: skip
-            held = placement.slots[0]
-            inherited = [slot.fd for slot in placement.slots[1:]]
-            env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
-            env[HELD_VAR] = ",".join([*held_pools(env), decision.pool, *(s.pool for s in placement.slots)])
-            env[ROUTED_VAR] = decision.profile
+            held.placement = placement
+            held.slots = list(placement.slots)
+            held.waited_s = placement.slots[0].waited_s + waited_window
+            held.env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
+            held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool, *(s.pool for s in placement.slots)])
+            held.env[ROUTED_VAR] = decision.profile
+    held.guard = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
+    if not held.slots and decision.no_slot_because is None:
+        slot, escaped, extra = _take_slot(settings, decision, record, verbose, waited_window)
+        held.extra_fds = extra
+        if slot is not None:
+            held.slots = [slot]
+            held.waited_s = slot.waited_s + waited_window
+            held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool])
+            held.env[ROUTED_VAR] = decision.profile
         else:
-            record.update(route=decision.route, reason=decision.reason, argv=decision.argv, pool=decision.pool)
-    guard_spec = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
-    if held is None and decision.no_slot_because is None:
-        held, escaped, inherited = _take_slot(settings, decision, record, verbose, waited_window)
-        if held is not None:
-            env[HELD_VAR] = ",".join([*held_pools(env), decision.pool])
-            env[ROUTED_VAR] = decision.profile
-        else:
-            guard_spec = rules.escape  # escaped after max_wait: run capped and niced as configured for that
-    env.update(decision.env)
-    if escaped is not None:
-        env.update(guard.thread_env(guard_spec, environ if environ is not None else os.environ))
-    for note in guard.apply_to_self(guard_spec):
-        journal_warn(note)
-    journal.append_record(settings.journal, "start", **record,
-                          slot=held.name if held else None,
-                          waited_s=round(held.waited_s + waited_window, 3) if held else round(escaped or 0.0, 3),
-                          escaped=escaped is not None, no_slot_because=decision.no_slot_because)  # fmt: skip
+            held.escaped_after_s = escaped
+            held.waited_s = escaped or 0.0
+            held.guard = rules.escape  # escaped after max_wait: run capped and niced as configured for that
+    held.env.update(decision.env)
+    if held.escaped_after_s is not None:
+        held.env.update(guard.thread_env(held.guard, env_in))
+    first = held.slots[0].name if held.slots else None
+    journal.append_record(settings.journal, "start", **record, slot=first, waited_s=round(held.waited_s, 3),
+                          escaped=held.escaped_after_s is not None,
+                          no_slot_because=decision.no_slot_because)  # fmt: skip
     if verbose:
-        slot_text = held.name if held else ("none: escaped after max_wait" if escaped is not None else "none")
+        slot_text = first or ("none: escaped after max_wait" if held.escaped_after_s is not None else "none")
         _say(f"{decision.route} ({decision.reason}), slot {slot_text}")
+    return held
+
+
+def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
+        verbose: bool = False) -> NoReturn:  # fmt: skip
+    """Take the decision's slot, journal the start, and exec the job (which keeps the slot).
+
+    Raises:
+        NoFreeSlot: no slot (the caller exits with busy_exit_code); a `busy` record is written.
+        LockDirError, CommandNotFound, NotExecutable, GpurouterError: see their exit codes.
+    """
+    from gpurouter import execute
+
+    held = acquire(settings, decision, environ, verbose)
+    decision = held.decision
+    for note in guard.apply_to_self(held.guard):
+        journal_warn(note)
     if settings.residents and decision.route == "gpu":
         from gpurouter import residents
 
-        residents.note_job(settings, decision.profile, record)
-    for fd in inherited:
-        os.set_inheritable(fd, True)
-    execute.exec_command(decision.executable, decision.argv, env, held)
+        residents.note_job(settings, decision.profile, held.record)
+    env = dict(os.environ if environ is None else environ)
+    env.update(held.env)
+    for fd in held.fds:
+        os.set_inheritable(fd, True)  # the job keeps every slot (and gate) it was given
+    execute.exec_command(decision.executable, decision.argv, env, held.slots[0] if held.slots else None)
 
 
 def _take_devices(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool,

@@ -50,8 +50,13 @@ JOB_NAME_PREFIX = "gpurouter:"
 REPORT_FD = 9  # the prolog writes its line to this fd (dash takes single-digit fds only)
 PROLOG = (
     "#!/bin/sh\n"
-    "# gpurouter: Slurm granted the allocation; tell the gpurouter that waits on fd 9. Never fails.\n"
-    'printf "%s %s %s\\n" "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9\n'
+    "# gpurouter's srun prolog: Slurm granted the allocation; tell the gpurouter waiting on fd 9.\n"
+    "# If that gpurouter is gone (the pipe is broken), stop srun (our parent): the job never starts.\n"
+    "trap '' PIPE\n"
+    'if ! printf "%s %s %s\\n" "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9 &&\n'
+    '        [ -e /dev/fd/9 ] && [ "${SLURM_SCRIPT_CONTEXT:-}" = prolog_srun ]; then\n'
+    '    kill -KILL "$PPID" 2>/dev/null  # srun blocks SIGTERM here; its helper then cancels the job\n'
+    "fi\n"
     "exit 0\n"
 )
 # srun reads these as its own options: inherited from an enclosing Slurm job (gpurouter called
@@ -195,11 +200,14 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
             stream.flush()
         except (OSError, ValueError):
             pass
+    setpriv = find_executable("setpriv", env_in.get("PATH") or os.defpath)
+    if setpriv is not None and not setpriv.startswith("/"):
+        setpriv = os.path.abspath(setpriv)
     began = time.monotonic()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: become srun, tied to our life
-        _exec_srun(parent, argv, env, write_end, prolog_fd)
+        _exec_srun(parent, argv, env, write_end, prolog_fd, setpriv)
     os.close(write_end)
     if prolog_fd is not None:
         os.close(prolog_fd)
@@ -259,15 +267,19 @@ def _not_started(settings: Settings, decision: Any, record: dict[str, Any], code
     raise SlurmError(f"srun exited {code} before the job started (see srun's message above)")
 
 
-def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int, prolog_fd: int | None) -> NoReturn:
-    """In the forked child: die with gpurouter, hand the report pipe to srun as fd 9, exec srun."""
+def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int, prolog_fd: int | None,
+               setpriv: str | None) -> NoReturn:  # fmt: skip
+    """In the forked child: die with gpurouter, hand the report pipe to srun as fd 9, exec srun.
+
+    PR_SET_PDEATHSIG=SIGTERM makes the kernel signal srun the moment gpurouter dies, even by
+    kill -9. util-linux `setpriv --pdeathsig` sets it for +0.9 ms; without setpriv, ctypes does
+    (+4 ms: its import). setpriv leaves a window of about a millisecond before the prctl; a
+    gpurouter killed in it is caught by the prolog, which stops srun when the pipe is broken.
+    """
     try:
         import _signal
 
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # not Python's KeyboardInterrupt here
-        _set_pdeathsig(_signal.SIGTERM)
-        if os.getppid() != parent:  # gpurouter died before the line above: nobody will wait
-            os._exit(1)
         # Python ignores SIGPIPE (and SIGXFSZ); an ignored signal stays ignored across exec.
         for name in ("SIGPIPE", "SIGXFSZ"):
             if hasattr(_signal, name):
@@ -278,6 +290,11 @@ def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int
             os.set_inheritable(REPORT_FD, True)
         if prolog_fd is not None:
             os.set_inheritable(prolog_fd, True)
+        if setpriv is not None:
+            os.execve(setpriv, [setpriv, "--pdeathsig", "TERM", "--", *argv], env)
+        _set_pdeathsig(_signal.SIGTERM)
+        if os.getppid() != parent:  # gpurouter died before the prctl: nobody will wait
+            os._exit(1)
         os.execve(argv[0], argv, env)
     except BaseException as error:  # noqa: BLE001 - never return into the parent's stack
         try:
