@@ -42,6 +42,19 @@ def run_command(opts: Mapping[str, str | bool], command: Sequence[str], environ:
         return fail(error, busy)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
+        return internal_error(error)
+
+
+def internal_error(error: BaseException) -> int:
+    """A bug in gpurouter: one line (the traceback with GPUROUTER_DEBUG=1), exit 125."""
+    if os.environ.get("GPUROUTER_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"gpurouter: internal error: {type(error).__name__}: {error} "
+                     "(GPUROUTER_DEBUG=1 shows the traceback; please report it)\n")  # fmt: skip
+    return ExitCode.WRAPPER_FAILED
 
 
 def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],
@@ -75,6 +88,8 @@ def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         return fail(error, busy)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
+        return internal_error(error)
 
 
 def _str(value: object) -> str | None:

@@ -32,6 +32,7 @@ RUN_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("--cpu-slots", "N", "CPU slots this job may use."),
     ("--wait", "fail|block|DURATION", "Fail fast (exit 75), block, or wait up to DURATION for a slot."),
     ("--config", "FILE", "Configuration file (default: $GPUROUTER_CONFIG, XDG, /etc)."),
+    ("--monitor", None, "Run the job as a child: forward signals, sample the GPUs, journal an `end` event."),
     ("--verbose", None, "Say the decision and any wait on stderr."),
 )
 _VALUED = {name: metavar for name, metavar, _ in RUN_OPTIONS if metavar is not None}
@@ -118,6 +119,8 @@ def apply_overrides(profile: Profile, options: Mapping[str, str | bool]) -> Prof
         except ValueError as error:
             raise UsageError(f"--threshold: {error}") from None
         changes["threshold_text"] = str(threshold)
+    if options.get("monitor") is True:
+        changes["monitor"] = True
     wait = options.get("wait")
     if isinstance(wait, str):
         try:

@@ -199,7 +199,7 @@ class Held:
 
 
 def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
-            verbose: bool = False) -> Held:  # fmt: skip
+            verbose: bool = False, extra: Mapping[str, Any] | None = None) -> Held:  # fmt: skip
     """Carry out the decision up to the exec: window wait, devices or slot, escape; journal `start`.
 
     Raises:
@@ -211,7 +211,7 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
     record = {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
               "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
               "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
-              "priority": rules.priority}  # fmt: skip
+              "priority": rules.priority, **(extra or {})}  # fmt: skip
     if decision.action == route.BUSY:
         journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
         raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
@@ -271,6 +271,10 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     """
     from gpurouter import execute
 
+    if decision.rules.monitor:
+        from gpurouter import monitor  # deferred: monitored runs start the job as a child instead of exec
+
+        raise SystemExit(monitor.run_monitored(settings, decision, environ, verbose))
     held = acquire(settings, decision, environ, verbose)
     decision = held.decision
     for note in guard.apply_to_self(held.guard):

@@ -50,6 +50,26 @@ def process_info(pid: int) -> dict[str, Any]:
     return info
 
 
+def _processes_with_open(info: os.stat_result) -> list[int]:
+    """Pids with an fd open on the file `info` describes (what lsof would say)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                try:
+                    target = os.stat(f"/proc/{entry}/fd/{fd}")
+                except OSError:
+                    continue
+                if (target.st_dev, target.st_ino) == (info.st_dev, info.st_ino):
+                    found.append(int(entry))
+                    break
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
 def configured_pools(settings: Settings) -> dict[str, int]:
     """{pool: largest slot count any profile may use}, including the built-in gpu and cpu pools."""
     pools = {"gpu": 1, "cpu": 1}
@@ -84,6 +104,12 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
                 entry = {}
             for pid in entry.get("held", [])[:1]:
                 holder = {**process_info(pid), **starts.get((pid, f"{pool}.{index}"), {})}
+                if "command" not in holder:
+                    # The locking pid is gone but the lock lives on in a process that inherited the
+                    # fd (a monitored job whose gpurouter was killed -9): show that process.
+                    for owner in _processes_with_open(info):
+                        holder = {**process_info(owner), "locked_by": pid, **starts.get((pid, f"{pool}.{index}"), {})}
+                        break
             waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
             rows.append(SlotRow(pool=pool, index=index, path=path, holder=holder, waiters=waiters))
         rows.extend(_gate_rows(settings, pool, locks, starts))
