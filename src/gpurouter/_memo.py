@@ -25,13 +25,22 @@ def memo_dir(environ: Mapping[str, str] | None = None) -> str | None:
     return os.path.join(base, "gpurouter") if base else None
 
 
+def _memo_name(kind: str, identity: object) -> str:
+    # One file per config path: two configs used alternately by one user must not evict each other.
+    # (zlib.crc32 is built in and stable across processes, unlike hash() of a str.)
+    import zlib
+
+    key = identity[0] if isinstance(identity, tuple) and identity else identity
+    return f"{kind}-{zlib.crc32(str(key).encode('utf-8', 'surrogateescape')):08x}.memo"
+
+
 def recall(kind: str, identity: object, environ: Mapping[str, str] | None = None) -> object:
     """The value remembered for `identity`, or None."""
     directory = memo_dir(environ)
     if directory is None:
         return None
     try:
-        fd = os.open(os.path.join(directory, f"{kind}.memo"), _READ_FLAGS)
+        fd = os.open(os.path.join(directory, _memo_name(kind, identity)), _READ_FLAGS)
     except OSError:
         return None
     try:
@@ -65,7 +74,7 @@ def remember(kind: str, identity: object, value: object, environ: Mapping[str, s
             os.write(fd, payload)
         finally:
             os.close(fd)
-        os.replace(temporary, os.path.join(directory, f"{kind}.memo"))
+        os.replace(temporary, os.path.join(directory, _memo_name(kind, identity)))
     except OSError:
         try:
             os.unlink(temporary)
