@@ -63,7 +63,7 @@ def remember(kind: str, identity: object, value: object, environ: Mapping[str, s
     if directory is None:
         return
     try:
-        payload = marshal.dumps((identity, value))
+        payload = marshal.dumps((identity, value))  # type: ignore[arg-type]  # checked at run time: ValueError
     except ValueError:  # e.g. a TOML datetime: not worth memoising
         return
     temporary = os.path.join(directory, f".{kind}.{os.getpid()}.tmp")

@@ -54,7 +54,7 @@ async def wait_for_release(lock_dir: str, candidates: list[tuple[str, int]], tim
                 os.set_inheritable(fd, False)
             pidfd = os.pidfd_open(pid)
             helpers.append((pid, pidfd, fd))
-            loop.add_reader(pidfd, lambda: done.done() or done.set_result(True))
+            loop.add_reader(pidfd, _settle, done)
     finally:
         os.close(dir_fd)
     try:
@@ -73,6 +73,11 @@ async def wait_for_release(lock_dir: str, candidates: list[tuple[str, int]], tim
             os.waitpid(pid, 0)
             os.close(pidfd)
             os.close(fd)  # and a helper that won locked our fd: closing it lets the slot go
+
+
+def _settle(done: asyncio.Future[bool]) -> None:
+    if not done.done():
+        done.set_result(True)
 
 
 async def aslot(decision: api.Decision, wait: str | float = "fail",

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - every CPython has _json
 def encode(value: Any) -> str:
     """Compact JSON for str, int, float, bool, None, lists, tuples and dicts."""
     if isinstance(value, str):
-        return _quote(value)  # type: ignore[no-any-return]
+        return str(_quote(value))
     if value is None:
         return "null"
     if value is True:
@@ -43,7 +43,7 @@ def encode(value: Any) -> str:
         return "{" + ",".join(f"{_quote(str(k))}:{encode(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(encode(v) for v in value) + "]"
-    return _quote(str(value))  # type: ignore[no-any-return]
+    return str(_quote(str(value)))
 
 
 def timestamp(now: float | None = None) -> str:

@@ -49,8 +49,8 @@ def world_size(args: Sequence[str]) -> tuple[int, str]:
     sizes = parallel_sizes(args)
     if not sizes:
         return 1, "no parallelism flags: 1"
-    get = lambda axis: sizes.get(axis, 1)  # noqa: E731
-    world = get("tp") * get("pp") * max(get("dp"), get("dcp"), get("cp"))
+    tp, pp = sizes.get("tp", 1), sizes.get("pp", 1)
+    world = tp * pp * max(sizes.get("dp", 1), sizes.get("dcp", 1), sizes.get("cp", 1))
     shown = " ".join(f"{axis}={size}" for axis, size in sizes.items())
     return world, f"{shown} -> tp*pp*max(dp,dcp,cp) = {world}"
 

@@ -237,8 +237,8 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
             held.env[ROUTED_VAR] = decision.profile
     held.guard = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
     if not held.slots and decision.no_slot_because is None:
-        slot, escaped, extra = _take_slot(settings, decision, record, verbose, waited_window)
-        held.extra_fds = extra
+        slot, escaped, gate_fds = _take_slot(settings, decision, record, verbose, waited_window)
+        held.extra_fds = gate_fds
         if slot is not None:
             held.slots = [slot]
             held.waited_s = slot.waited_s + waited_window
@@ -385,7 +385,7 @@ def _take_slot(settings: Settings, decision: Decision, record: dict[str, Any], v
     limit = max(0.0, decision.wait_s - already_waited) if decision.wait_s else 0.0
     escape_after = rules.max_wait_s
     wait_s = limit if escape_after is None else min(limit, escape_after)
-    announced = []
+    announced: list[bool] = []
 
     def announce_wait() -> None:
         if not announced:
@@ -512,7 +512,3 @@ def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | 
 def _say(message: str) -> None:
     sys.stderr.write(f"gpurouter: {message}\n")
 
-
-def error_line(error: GpurouterError) -> str:
-    """The one line a user sees for an error."""
-    return f"gpurouter: {error}"

@@ -87,18 +87,18 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
     except OSError:
         names = []
     for name in names:  # slot files beyond today's config: per-device pools (gpu0, gpu1...), older configs
-        pool, _, index = name.rpartition(".")
-        if index.isdigit() and is_safe_name(pool):
-            pools[pool] = max(pools.get(pool, 0), int(index) + 1)
+        pool, _, suffix = name.rpartition(".")
+        if suffix.isdigit() and is_safe_name(pool):
+            pools[pool] = max(pools.get(pool, 0), int(suffix) + 1)
     locks = kernel_flocks()
     starts = _latest_starts(settings)
     rows = []
     for pool, count in sorted(pools.items()):
         for index in range(count):
-            path = os.path.join(settings.lock_dir, f"{pool}.{index}")
+            slot_file = os.path.join(settings.lock_dir, f"{pool}.{index}")
             holder, waiters = None, []
             try:
-                info = os.stat(path, follow_symlinks=False)
+                info = os.stat(slot_file, follow_symlinks=False)
                 entry = locks.get((os.major(info.st_dev), os.minor(info.st_dev), info.st_ino), {})
             except OSError:
                 entry = {}
@@ -111,7 +111,7 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
                         holder = {**process_info(owner), "locked_by": pid, **starts.get((pid, f"{pool}.{index}"), {})}
                         break
             waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
-            rows.append(SlotRow(pool=pool, index=index, path=path, holder=holder, waiters=waiters))
+            rows.append(SlotRow(pool=pool, index=index, path=slot_file, holder=holder, waiters=waiters))
         rows.extend(_gate_rows(settings, pool, locks, starts))
     return rows
 
@@ -131,10 +131,10 @@ def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], 
         entry = locks.get((os.major(info.st_dev), os.minor(info.st_dev), info.st_ino), {})
         if not entry.get("held") and not entry.get("waiting"):
             continue
-        detail = lambda pid: {**process_info(pid), **starts.get((pid, None), {})}  # noqa: E731
-        holders = [detail(pid) for pid in entry.get("held", [])]
+        holders = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("held", [])]
+        waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
         rows.append(SlotRow(pool=pool, index=-1, path=path, holder={"gate": gate, "realtime": holders},
-                            waiters=[detail(pid) for pid in entry.get("waiting", [])]))  # fmt: skip
+                            waiters=waiters))  # fmt: skip
     return rows
 
 
