@@ -188,11 +188,11 @@ def gpus(as_json: bool, config_file: str | None) -> None:
         gpurouter gpus --json
     """
     from gpurouter import config, render
-    from gpurouter import gpus as gpus_core
+    from gpurouter import gpuview
 
     with exit_codes():
         settings = config.load(config_file)
-    view = gpus_core.view(settings)
+    view = gpuview.view(settings)
     click.echo(json.dumps(view, indent=2) if as_json else render.gpus_text(view))
 
 
@@ -253,13 +253,21 @@ def status(as_json: bool, config_file: str | None) -> None:
 @click.option("--since", metavar="DURATION", help="Only records newer than this (e.g. 24h).")
 @click.option("--profile", metavar="NAME", help="Only this profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--journal", "journals", metavar="FILE", multiple=True,
+              help="Read this journal file (.gz too) instead of the configured one and its rotations; repeatable.")
+@click.option("--prometheus", "prometheus_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write node_exporter textfile metrics (counters, slots, GPUs) to FILE, atomically.")
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
-def stats(since: str | None, profile: str | None, as_json: bool, config_file: str | None) -> None:
-    """Count jobs by profile and route, refusals and waits, from the journal.
+def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple[str, ...],
+          prometheus_file: str | None, config_file: str | None) -> None:  # fmt: skip
+    """Count jobs by profile and route, refusals by pool, waits, run times, peak VRAM,
+    evictions, escapes and OOM fallbacks, from the journal and its rotated files; and advise.
 
     \b
     Example:
         gpurouter stats --since 24h
+        gpurouter stats --journal old.jsonl.gz --json
+        gpurouter stats --prometheus /var/lib/node_exporter/textfile_collector/gpurouter.prom
     """
     from gpurouter import config, render, units
     from gpurouter import stats as stats_core
@@ -267,12 +275,51 @@ def stats(since: str | None, profile: str | None, as_json: bool, config_file: st
 
     with exit_codes():
         settings = config.load(config_file)
+        if prometheus_file:
+            if since:
+                raise UsageError("--since does not apply to --prometheus: its counters count the whole journal")
+            from gpurouter import prometheus
+
+            try:
+                prometheus.write_textfile(settings, prometheus_file, profile=profile, journals=journals)
+            except OSError as error:
+                raise GpurouterError(f"--prometheus {prometheus_file}: {error.strerror or error}") from None
+            return
         try:
             since_s = units.parse_duration(since) if since else None
         except ValueError as error:
             raise UsageError(f"--since: {error}") from None
-        summary = stats_core.summarise(settings, since_s=since_s, profile=profile)
-    click.echo(json.dumps(summary, indent=2) if as_json else render.stats_text(summary))
+        summary = stats_core.summarise(settings, since_s=since_s, profile=profile, journals=journals)
+    click.echo(json.dumps(summary, indent=2) if as_json else render.stats_report_text(summary))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one frame and exit (plain text when not a terminal).")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              metavar="SECONDS", help="Seconds between refreshes.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def top(once: bool, interval_s: float, config_file: str | None) -> None:
+    """Live view: GPUs (memory, use, heat, power), slots with holders and waiters, last events.
+
+    Refreshes in place; q or Ctrl-C quits. --once prints one frame for scripts.
+
+    \b
+    Example:
+        gpurouter top
+        gpurouter top --once | grep held
+    """
+    from gpurouter import config
+    from gpurouter import top as top_core
+    from gpurouter.errors import UsageError
+
+    with exit_codes():
+        settings = config.load(config_file)
+        if once:
+            top_core.once(settings, sys.stdout)
+            return
+        if not sys.stdout.isatty():
+            raise UsageError("top needs a terminal; use --once for one frame of plain text")
+        sys.exit(top_core.live(settings, interval_s, sys.stdin, sys.stdout))
 
 
 def _shell_quote(arg: str) -> str:
