@@ -236,3 +236,9 @@ def test_a_job_killed_by_a_signal_reports_it_like_a_shell_would(box: Box) -> Non
                           env=box.env, capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.stdout.strip() == "137"
     assert os.path.exists(box.journal)
+
+
+def test_the_job_gets_default_sigpipe_like_from_a_shell(box: Box) -> None:
+    done = box.run("run", "--", "sh", "-c", "yes | head -1")
+    assert done.returncode == 0 and done.stdout == "y\n"
+    assert "Broken pipe" not in done.stderr

@@ -241,6 +241,16 @@ def status(as_json: bool, config_file: str | None) -> None:
 
     with exit_codes():
         settings = config.load(config_file)
+    if settings.backend.kind == "slurm":
+        from gpurouter import slurm
+
+        with exit_codes():
+            jobs = slurm.slurm_jobs(settings)
+        for job in jobs if as_json else ():
+            click.echo(json.dumps(job))
+        if not as_json:
+            click.echo(slurm.jobs_text(jobs, settings))
+        return
     rows = status_core.slot_rows(settings)
     if as_json:
         for row in rows:
@@ -320,6 +330,94 @@ def top(once: bool, interval_s: float, config_file: str | None) -> None:
         if not sys.stdout.isatty():
             raise UsageError("top needs a terminal; use --once for one frame of plain text")
         sys.exit(top_core.live(settings, interval_s, sys.stdin, sys.stdout))
+
+
+@cli.command()
+@click.argument("profile")
+@click.option("--apply", "apply_threshold", is_flag=True,
+              help="Write the proposed threshold into the config file (comments kept; FILE.bak first).")
+@click.option("--since", metavar="DURATION", help="Only runs newer than this (e.g. 30d).")
+@click.option("--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable.")
+@click.option("--budget-mib", type=click.FloatRange(min=1), metavar="MIB",
+              help="VRAM per job, instead of vram_mib or (device total - cushion) / GPU slots.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple[str, ...],
+         budget_mib: float | None, as_json: bool, config_file: str | None) -> None:  # fmt: skip
+    """Fit peak VRAM against the probe's metric from monitored GPU runs; propose a threshold.
+
+    Needs at least 3 monitored GPU runs (monitor = true) of PROFILE in the journal. Exit 1
+    when there is not enough to go on.
+
+    \b
+    Example:
+        gpurouter tune whisper-ctranslate2
+        gpurouter tune whisper-ctranslate2 --apply
+    """
+    from gpurouter import config, render, units
+    from gpurouter import tune as tune_core
+    from gpurouter.errors import UsageError
+
+    with exit_codes():
+        settings = config.load(config_file)
+        try:
+            since_s = units.parse_duration(since) if since else None
+        except ValueError as error:
+            raise UsageError(f"--since: {error}") from None
+        result = tune_core.propose(settings, profile, since_s=since_s, journals=journals, budget_mib=budget_mib)
+        backup = None
+        if apply_threshold:
+            if settings.path is None:
+                raise tune_core.TuneRefused("no configuration file to write: give --config FILE")
+            if result["threshold_text"] is None:
+                raise tune_core.TuneRefused("nothing to apply: " + render.tune_text(result).splitlines()[-1].strip())
+            backup = tune_core.apply(settings.path, profile, result["threshold_text"])
+    if as_json:
+        click.echo(json.dumps({**result, "applied_to": settings.path if backup else None, "backup": backup}, indent=2))
+        return
+    click.echo(render.tune_text(result))
+    if backup:
+        click.echo(f"applied:    threshold = \"{result['threshold_text']}\" in {settings.path} (backup {backup})")
+
+
+@cli.command()
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML page (inline SVG charts, no script, no network).")
+@click.option("--png", "png_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Also write each chart as DIR/NAME.png (needs Pillow: gpurouter[report]).")
+@click.option("--since", metavar="DURATION", help="Only records newer than this (e.g. 7d).")
+@click.option("--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable.")
+@click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
+def report(html_file: str | None, png_dir: str | None, since: str | None, journals: tuple[str, ...],
+           config_file: str | None) -> None:  # fmt: skip
+    """Charts from the journal: routing per hour, peak VRAM vs metric with the threshold,
+    waits, per-device utilization and memory.
+
+    \b
+    Example:
+        gpurouter report --html report.html --since 7d
+        gpurouter report --html report.html --png charts/
+    """
+    from gpurouter import config, units
+    from gpurouter import report as report_core
+    from gpurouter.errors import UsageError
+
+    with exit_codes():
+        if not html_file and not png_dir:
+            raise UsageError("say where: --html FILE and/or --png DIR")
+        settings = config.load(config_file)
+        try:
+            since_s = units.parse_duration(since) if since else None
+        except ValueError as error:
+            raise UsageError(f"--since: {error}") from None
+        try:
+            written = report_core.write(settings, html_file, png_dir, since_s=since_s, journals=journals)
+        except ImportError:
+            raise GpurouterError("--png needs Pillow: pip install 'gpurouter[report]'") from None
+        except OSError as error:
+            raise GpurouterError(f"report not written: {error.filename or ''}: {error.strerror or error}") from None
+    for path in ([written["html"]] if written["html"] else []) + written["png"]:
+        click.echo(path)
 
 
 def _shell_quote(arg: str) -> str:

@@ -68,6 +68,17 @@ def _check_runnable(path: str) -> None:
         raise NotExecutable(path, "not executable (permission denied)")
 
 
+def restore_default_signals() -> None:
+    """Undo Python's start-up SIG_IGN of SIGPIPE and SIGXFSZ: exec keeps ignored signals, and a job
+    like `yes | head -1` must die of SIGPIPE, not print "Broken pipe"."""
+    import signal
+
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_DFL)
+
+
 def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: Slot | None) -> NoReturn:
     """Replace this process with the job; the slot (if any) passes to it.
 
@@ -78,6 +89,7 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
         # Python opens fds close-on-exec (PEP 446); without this the slot would be freed by
         # the exec itself while the job still runs.
         os.set_inheritable(slot.fd, True)
+    restore_default_signals()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()  # buffered writes are lost across exec

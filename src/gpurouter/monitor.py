@@ -139,7 +139,8 @@ def _supervise(settings: Settings, held: runner.Held, environ: Mapping[str, str]
         executable = resolve_command(decision.executable, env.get("PATH"))
         pid = os.posix_spawn(executable, decision.argv, env,
                              file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2), (os.POSIX_SPAWN_CLOSE, read_end)],
-                             setsigmask=previous_mask, setsigdef=watched)  # fmt: skip
+                             setsigmask=previous_mask,
+                             setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         os.close(read_end)

@@ -121,8 +121,8 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         now = time.localtime()
         minute = now.tm_hour * 60 + now.tm_min
     chosen = route.choose_route(profile, result, *forced, minute_of_day=minute)
-    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and \
-            (profile.no_gpu is not None or not settings.gpu.enabled):
+    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and settings.backend.kind == "local" \
+            and (profile.no_gpu is not None or not settings.gpu.enabled):  # on Slurm the cluster knows the GPUs
         problem = gpu_problem(settings, env_in)
         if problem is not None:
             chosen = route.choose_route(profile, result, minute_of_day=minute, gpu_problem=problem)
@@ -271,6 +271,10 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     """
     from gpurouter import execute
 
+    if settings.backend.kind == "slurm" and decision.no_slot_because is None:
+        from gpurouter import slurm  # deferred: only the Slurm backend pays for it
+
+        slurm.run_slurm(settings, decision, environ, verbose=verbose)  # exits like the job (never returns)
     if decision.rules.monitor:
         from gpurouter import monitor  # deferred: monitored runs start the job as a child instead of exec
 

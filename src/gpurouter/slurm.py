@@ -1,35 +1,41 @@
 """The Slurm backend: the cluster's scheduler hands out the GPUs instead of local flock slots.
 
-With `[backend] kind = "slurm"` the runner calls `run_slurm` where it would take a slot. One
-wrapped call then looks like this:
+With `[backend] kind = "slurm"` the runner calls `run_slurm` where it would take a slot:
 
-    caller ── gpurouter (stays, ~10 MB, waits) ── srun (child, dies with gpurouter) ═══ job on a node
+    caller ── gpurouter (stays, ~10 MB, waits) ── srun (its child, dies with it) ═══ job on a node
 
 - gpurouter forks `srun` with the route's request (`--gres=gpu:N`, `--cpus-per-task`, `--mem`,
-  `--time`, partition, account, the profile's `srun_args`) and the wait policy: fail fast is
-  `--immediate` (start now or not at all), a bounded wait is `--immediate=<seconds>` (srun
-  queues the job and withdraws it when the time is up), block is a plain queued srun.
-  `SLURM_EXIT_IMMEDIATE=<busy_exit_code>` makes a refusal exit 75.
-- srun runs our *srun prolog* on this host (never on the node) the moment the allocation is
-  granted and before the task starts. The prolog is a 3-line sh script kept in a memfd (no
-  file on disk, no shared path); it writes "JOBID STEPID NODELIST" into a pipe that gpurouter
-  reads. So gpurouter knows, here and exactly: the job started (the `start` record with the
-  Slurm job id and node goes into the caller's own journal), or srun exited before it did
-  (a refusal: the `busy` record and exit 75, whatever exit code the job itself may use).
+  `--time`, partition, account, `srun_args`) and the wait policy: fail fast is `--immediate`
+  (start now or not at all), a bounded wait `--immediate=<seconds>` (srun queues the job and
+  withdraws it when the time is up), block a plain queued srun. `SLURM_EXIT_IMMEDIATE` set to
+  `busy_exit_code` makes a refusal exit 75.
+- srun runs our *srun prolog* on this host (never on the node) once the allocation is granted,
+  as it launches the step. The prolog is a small sh script kept in a memfd (no file on disk, no
+  shared path); it writes "JOBID STEPID NODELIST" into a pipe gpurouter reads. So gpurouter
+  knows, here and exactly, that the job started (the `start` record with the Slurm job id and
+  node goes into the caller's own journal) or that srun ended before it did (a refusal: the
+  `busy` record and 75, whatever exit code the job itself may use).
 - The job's exit status is srun's, which is the task's (42 stays 42, a SIGTERM'd job 143);
   gpurouter exits with it, or dies of the same signal if srun itself was killed.
 - SIGTERM, SIGINT or SIGHUP to gpurouter cancel the job the Slurm way (`scancel JOBID`: SIGCONT
   and SIGTERM to the job, SIGKILL after the cluster's KillWait, allocation released); while
-  the job is still queued they make srun withdraw it. A second such signal forces srun to kill
-  the step at once. SIGUSR1/SIGUSR2/SIGQUIT go to srun (which forwards them / aborts).
-- Nothing stays allocated when gpurouter is gone, kill -9 included: srun runs with
-  PR_SET_PDEATHSIG=SIGTERM, so the kernel signals it the moment gpurouter dies and srun cancels
-  its step (the allocation is gone ~2.5 s later, after COMPLETING). If srun is SIGKILLed as well,
-  its helper child cancels the job; if all of them die at once, slurmctld's InactiveLimit
-  (15 s in our recipe) revokes the job of an unresponsive srun.
+  the job is still queued srun withdraws it. A second such signal makes srun kill the step at
+  once. SIGUSR1, SIGUSR2 and SIGQUIT go to srun (which forwards the first two to the job).
 
-Everything here is stdlib, imported only when the backend is Slurm. `_signal` is used instead
-of `signal` (which imports `enum`, ~15 ms), and `subprocess` only by the status view.
+Nothing stays allocated once gpurouter is gone, kill -9 included, in layers:
+1. srun runs with PR_SET_PDEATHSIG=SIGTERM: the kernel signals it the instant gpurouter dies,
+   and srun withdraws a queued job or cancels the running step (queue empty ~0.1 s later).
+2. srun blocks SIGTERM for ~1 ms while it launches the step. The prolog guards that gap: if the
+   pipe is already broken it SIGKILLs srun (whose helper then cancels the job) before the job
+   starts, and it looks again 0.2 s later, SIGKILLing an srun whose gpurouter died in the gap.
+3. Off a terminal srun runs in a process group of its own, so `kill -9 -PGID` (what runners
+   do) kills gpurouter but leaves srun to clean up by 1.
+4. If gpurouter, srun and srun's helper all die at once (a cgroup kill, the OOM killer),
+   slurmctld's InactiveLimit (15 s in our recipe) revokes the job of the silent srun (~40-50 s).
+
+Everything here is stdlib and imported only when the backend is Slurm: `_signal` instead of
+`signal` (which imports `enum`, ~15 ms), util-linux `setpriv` for the prctl where it can (ctypes
+costs +4 ms a job), `subprocess` only for the status view.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter import journal
+from gpurouter import _memo, journal
 from gpurouter.errors import GpurouterError, NoFreeSlot
 
 TYPE_CHECKING = False
@@ -48,17 +54,28 @@ if TYPE_CHECKING:
 
 JOB_NAME_PREFIX = "gpurouter:"
 REPORT_FD = 9  # the prolog writes its line to this fd (dash takes single-digit fds only)
-PROLOG = (
-    "#!/bin/sh\n"
-    "# gpurouter's srun prolog: Slurm granted the allocation; tell the gpurouter waiting on fd 9.\n"
-    "# If that gpurouter is gone (the pipe is broken), stop srun (our parent): the job never starts.\n"
-    "trap '' PIPE\n"
-    'if ! printf "%s %s %s\\n" "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9 &&\n'
-    '        [ -e /dev/fd/9 ] && [ "${SLURM_SCRIPT_CONTEXT:-}" = prolog_srun ]; then\n'
-    '    kill -KILL "$PPID" 2>/dev/null  # srun blocks SIGTERM here; its helper then cancels the job\n'
-    "fi\n"
-    "exit 0\n"
-)
+PROLOG = """#!/bin/sh
+# gpurouter's srun prolog, run by srun on the submit host once Slurm granted the allocation:
+# report "JOBID STEPID NODELIST" to the gpurouter that waits on fd 9, and make sure a gpurouter
+# that is gone (the pipe is broken) takes its job with it.
+trap '' PIPE
+[ -e /dev/fd/9 ] && [ "${SLURM_SCRIPT_CONTEXT:-}" = prolog_srun ] || exit 0
+srun=$PPID
+if ! printf '%s %s %s\n' "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9; then
+    kill -KILL "$srun" 2>/dev/null  # gpurouter died before the job started: srun's helper cancels it
+    exit 0
+fi
+# srun blocks SIGTERM until the step is launched (about 1 ms after this script): a gpurouter killed
+# in that gap has its PDEATHSIG lost. Look again once it has passed; SIGKILL is never lost.
+read -r stat < "/proc/$srun/stat" && set -- $stat && born=${22}
+(
+    exec </dev/null >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&-
+    sleep 0.2
+    printf . 2>/dev/null >&9 && exit 0
+    read -r stat < "/proc/$srun/stat" && set -- $stat && [ "${22}" = "$born" ] && kill -KILL "$srun"
+) &
+exit 0
+"""
 # srun reads these as its own options: inherited from an enclosing Slurm job (gpurouter called
 # from an sbatch script, a CI job running under Slurm) they would turn our new job into a step
 # of that allocation or change what it asks for. Only SLURM_CONF (which cluster) passes.
@@ -76,14 +93,23 @@ class SlurmError(GpurouterError):
 # ---------------------------------------------------------------- the request
 
 
-def gpu_count(spec: RouteSpec) -> int:
-    """GPUs per job for the GPU route: `gpus = N`, else 1 (`"auto"` needs the job's flags: 1 here)."""
-    return spec.gpus if isinstance(spec.gpus, int) else 1
+def gpu_count(spec: RouteSpec, job_args: Sequence[str] | None = None) -> int:
+    """GPUs per job for the GPU route: `gpus = N`; `"auto"` is the world size of the job's parallelism
+    flags (`--tensor-parallel-size 2` ...) when `job_args` are given; else 1."""
+    if isinstance(spec.gpus, int):
+        return spec.gpus
+    if spec.gpus == "auto" and job_args is not None:
+        try:
+            from gpurouter.parallelism import world_size
+        except ImportError:  # pragma: no cover - an install without the parallelism module
+            return 1
+        return max(1, world_size(job_args)[0])
+    return 1
 
 
 def srun_argv(slurm: Mapping[str, Any], route_spec: RouteSpec, wait_s: float, busy_exit_code: int,
               job_argv: Sequence[str], job_name: str, prolog: str | None = None,
-              comment: str | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+              comment: str | None = None, gpus: int | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The srun command line for one job, and the variables srun needs on top of the job's.
 
     Args:
@@ -93,6 +119,7 @@ def srun_argv(slurm: Mapping[str, Any], route_spec: RouteSpec, wait_s: float, bu
         wait_s: 0 = start now or not at all, inf = wait in Slurm's queue, else the bound.
         job_argv: the job, its first element an absolute path (the node runs exactly this).
         prolog: the srun prolog path (see `run_slurm`); None leaves it out.
+        gpus: GPUs to ask on the GPU route (default: `gpu_count(route_spec, job_argv[1:])`).
 
     Raises:
         SlurmError: `srun_args` tries to replace an option gpurouter relies on.
@@ -107,7 +134,7 @@ def srun_argv(slurm: Mapping[str, Any], route_spec: RouteSpec, wait_s: float, bu
         if slurm.get(key):
             argv.append(f"--{key}={slurm[key]}")
     if route_spec.name == "gpu":
-        argv.append(f"--gres=gpu:{gpu_count(route_spec)}")
+        argv.append(f"--gres=gpu:{gpus if gpus is not None else gpu_count(route_spec, job_argv[1:])}")
     if route_spec.guard is not None and route_spec.guard.threads:
         argv.append(f"--cpus-per-task={route_spec.guard.threads}")
     if route_spec.ram_mib:
@@ -167,19 +194,21 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
         SlurmError: srun is missing or failed before the job started (exit 125).
     """
     import time
-    import _signal
+
+    import _signal  # type: ignore[import-not-found]  # no stubs; `signal` would import enum (~15 ms)
 
     from gpurouter.execute import find_executable
 
     env_in = dict(os.environ if environ is None else environ)
     slurm = settings.backend.slurm
+    if record is None:
+        record = base_record(decision)
+    record = {**record, "backend": "slurm"}
+    wait_s = _policy_prelude(settings, decision, record, verbose)
     srun = find_executable(str(slurm.get("srun") or "srun"), env_in.get("PATH"))
     if srun is None:
         raise SlurmError(f"backend.slurm.srun: {slurm.get('srun') or 'srun'!r} not found on PATH "
                          f"({env_in.get('PATH', '')}); install Slurm's client tools or set the path")  # fmt: skip
-    if record is None:
-        record = base_record(decision)
-    record = {**record, "backend": "slurm"}
     spec = decision.spec
     job_argv = [os.path.abspath(decision.executable), *decision.argv[1:]]
     job_env = dict(env_in)
@@ -188,10 +217,11 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     job_env["GPUROUTER_ROUTED"] = decision.profile
     job_env.update(decision.env)
 
+    gpus = getattr(decision, "gpu_count", None) or gpu_count(spec, job_argv[1:])
     prolog_fd, prolog_path = _prolog()
-    argv, additions = srun_argv(slurm, spec, decision.wait_s, settings.busy_exit_code, job_argv,
+    argv, additions = srun_argv(slurm, spec, wait_s, settings.busy_exit_code, job_argv,
                                 JOB_NAME_PREFIX + decision.profile, prolog=prolog_path,
-                                comment=f"gpurouter route={decision.route}")  # fmt: skip
+                                comment=f"gpurouter route={decision.route}", gpus=gpus)  # fmt: skip
     argv[0] = srun
     env = srun_environment(job_env, additions)
     read_end, write_end = os.pipe()  # O_CLOEXEC: only srun (and so its prolog) gets the write end
@@ -200,9 +230,7 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
             stream.flush()
         except (OSError, ValueError):
             pass
-    setpriv = find_executable("setpriv", env_in.get("PATH") or os.defpath)
-    if setpriv is not None and not setpriv.startswith("/"):
-        setpriv = os.path.abspath(setpriv)
+    setpriv = _setpriv(env_in)
     began = time.monotonic()
     parent = os.getpid()
     pid = os.fork()
@@ -214,9 +242,7 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     scancel = find_executable(os.path.join(os.path.dirname(srun), "scancel"))
     state = _State(pid, read_end, scancel, env)
     _install_handlers(state, _signal)
-    report = _read_report(read_end)
-    os.close(read_end)
-    state.report_fd = -1
+    report = _read_report(read_end)  # the read end stays open until srun exits: the prolog checks it
     node = None
     if report is not None:
         job_id, step_id, node = (report.split() + ["?", "?", "?"])[:3]
@@ -224,32 +250,66 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
         waited = time.monotonic() - began
         journal.append_record(settings.journal, "start", **record, slot=None, waited_s=round(waited, 3),
                               slurm_job_id=_int(job_id), slurm_step=step_id, node=node,
-                              gres=f"gpu:{gpu_count(spec)}" if decision.route == "gpu" else None,
+                              gres=f"gpu:{gpus}" if decision.route == "gpu" else None,
                               partition=slurm.get("partition"))  # fmt: skip
         if verbose:
             sys.stderr.write(f"gpurouter: {decision.route} ({decision.reason}), Slurm job {job_id} on {node}\n")
         if state.pending_cancel:  # a signal came while the report was in flight
             _cancel(state)
     status = _wait(pid)
+    state.srun_pid = -1  # reaped: its pid may be reused, signal nobody from now on
+    _restore_handlers(_signal)
+    os.close(read_end)
+    state.report_fd = -1
     elapsed = time.monotonic() - began
     code = os.waitstatus_to_exitcode(status)
     if report is None:
-        _not_started(settings, decision, record, code, elapsed, state, _signal)
+        _not_started(settings, decision, wait_s, record, code, elapsed, state, _signal)
     journal.append_record(settings.journal, "end", **record, slurm_job_id=_int(state.job_id), node=node,
                           exit=code if code >= 0 else None, signal=-code if code < 0 else None,
                           cancelled_by=_signal_name(state.signal), elapsed_s=round(elapsed, 3))  # fmt: skip
     _exit_like(code, _signal)
 
 
+def _policy_prelude(settings: Settings, decision: Any, record: dict[str, Any], verbose: bool) -> float:
+    """The routing policy's verdicts that come before any slot, as the local backend has them (busy
+    or refused outside the GPU hours, or a wait for the window); returns what is left of the wait.
+
+    Raises:
+        NoFreeSlot, ProbeRefused: after journalling `busy` / `refused`.
+    """
+    from gpurouter import route
+
+    action = getattr(decision, "action", route.RUN)
+    if action == route.BUSY:
+        journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
+        raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
+    if action == route.FAIL:
+        from gpurouter.errors import ProbeRefused
+
+        journal.append_record(settings.journal, "refused", **record)
+        raise ProbeRefused(f"refused: {decision.reason}")
+    wait_s: float = decision.wait_s
+    if action == route.WAIT_WINDOW:
+        from gpurouter.runner import _wait_for_window
+
+        waited = _wait_for_window(settings, decision, record, verbose)
+        if 0 < wait_s < float("inf"):
+            wait_s = max(1.0, wait_s - waited)
+    return wait_s
+
+
 def base_record(decision: Any) -> dict[str, Any]:
     """The runner's journal fields for a decision (used when the runner passes none)."""
+    rules = getattr(decision, "rules", None)
     return {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
             "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
-            "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid()}  # fmt: skip
+            "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
+            "priority": getattr(rules, "priority", None)}  # fmt: skip
 
 
-def _not_started(settings: Settings, decision: Any, record: dict[str, Any], code: int, elapsed: float,
-                 state: _State, _signal: Any) -> NoReturn:  # fmt: skip
+def _not_started(settings: Settings, decision: Any, wait_s: float, record: dict[str, Any], code: int,
+                 elapsed: float, state: _State, _signal: Any) -> NoReturn:  # fmt: skip
     """srun ended before the allocation was granted: refused, withdrawn by a signal, or an error."""
     if state.signal is not None:  # we withdrew the queued job on SIGTERM/SIGINT/SIGHUP: die of it
         journal.append_record(settings.journal, "cancelled", **record, waited_s=round(elapsed, 3),
@@ -257,10 +317,10 @@ def _not_started(settings: Settings, decision: Any, record: dict[str, Any], code
         _exit_like(-state.signal, _signal)
     if code == settings.busy_exit_code:
         journal.append_record(settings.journal, "busy", **record, waited_s=round(elapsed, 3))
-        wait_s = decision.wait_s
-        gres = f"gpu:{gpu_count(decision.spec)}" if decision.route == "gpu" else f"the {decision.route} route"
+        gpus = getattr(decision, "gpu_count", None) or gpu_count(decision.spec, decision.argv[1:])
+        gres = f"gpu:{gpus}" if decision.route == "gpu" else f"the {decision.route} route"
         partition = settings.backend.slurm.get("partition") or "the default partition"
-        when = "now (srun --immediate)" if wait_s <= 0 else f"within the {wait_s:g}s wait (srun --immediate)"
+        when = "now (srun --immediate)" if wait_s <= 0 else f"in time (srun --immediate={max(1, -int(-wait_s // 1))})"
         raise NoFreeSlot(decision.pool, decision.slots, 0.0 if wait_s <= 0 else elapsed,
                          why=f"Slurm has no room for {gres} on {partition} {when}")  # fmt: skip
     journal.append_record(settings.journal, "error", **record, waited_s=round(elapsed, 3), srun_exit=code)
@@ -290,6 +350,12 @@ def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int
             os.set_inheritable(REPORT_FD, True)
         if prolog_fd is not None:
             os.set_inheritable(prolog_fd, True)
+        if not os.isatty(0):
+            # Out of the caller's process group: a runner's SIGTERM to the group reaches gpurouter only,
+            # which cancels the job gracefully (srun would SIGKILL the task at once), and a SIGKILL to
+            # the group leaves srun alive to clean up on PDEATHSIG. On a terminal srun stays in the
+            # foreground group: it reads the terminal for the job's stdin.
+            os.setpgid(0, 0)
         if setpriv is not None:
             os.execve(setpriv, [setpriv, "--pdeathsig", "TERM", "--", *argv], env)
         _set_pdeathsig(_signal.SIGTERM)
@@ -302,6 +368,49 @@ def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int
         finally:
             os._exit(125)
     os._exit(125)  # pragma: no cover - execve does not return
+
+
+def _setpriv(environ: Mapping[str, str]) -> str | None:
+    """util-linux `setpriv` if it has `--pdeathsig` (2.33 and later), else None (ctypes then).
+
+    The answer is memoised per binary (path, inode, size, mtime): asking costs an exec (~2 ms).
+    """
+    from gpurouter.execute import find_executable
+
+    found = find_executable("setpriv", environ.get("PATH") or os.defpath)
+    if found is None:
+        return None
+    path = os.path.abspath(found)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    identity = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+    known = _memo.recall("setpriv", identity, environ)
+    if not isinstance(known, bool):
+        known = b"--pdeathsig" in _output_of([path, "--help"])
+        _memo.remember("setpriv", identity, known, environ)
+    return path if known else None
+
+
+def _output_of(argv: list[str]) -> bytes:
+    """stdout of a short command (b"" when it cannot run), without importing subprocess."""
+    read_end, write_end = os.pipe()
+    try:
+        child = os.posix_spawn(argv[0], argv, {"PATH": os.defpath, "LC_ALL": "C"},
+                               file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1),
+                                             (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])  # fmt: skip
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return b""
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return b"".join(chunks)
 
 
 def _set_pdeathsig(signum: int) -> None:
@@ -402,6 +511,12 @@ def _install_handlers(state: _State, _signal: Any) -> None:
         _signal.signal(getattr(_signal, name), forward)
 
 
+def _restore_handlers(_signal: Any) -> None:
+    for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"):
+        _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # KeyboardInterrupt, as before
+
+
 def _cancel(state: _State) -> None:
     """`scancel JOBID`: Slurm's own cancel (SIGTERM, then SIGKILL after KillWait); srun if that fails."""
     scancel = state.scancel
@@ -428,6 +543,8 @@ def _readable(fd: int) -> bool:
 
 
 def _kill(pid: int, signum: int) -> None:
+    if pid <= 0:  # never a process group by accident
+        return
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
@@ -512,6 +629,8 @@ def slurm_jobs(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         for key in ("nodes", "reason", "gres", "started"):
             if job[key] in ("", "(null)", "N/A", "None"):
                 job[key] = None
+        if job["gres"]:
+            job["gres"] = job["gres"].replace("gres:", "")  # squeue's "gres:gpu:1" -> "gpu:1"
         jobs.append(job)
     return jobs
 
@@ -520,7 +639,7 @@ def jobs_text(jobs: Sequence[Mapping[str, Any]], settings: Settings | None = Non
     """A table of gpurouter's Slurm jobs for `gpurouter status`."""
     where = ""
     if settings is not None:
-        where = f" (partition {settings.backend.slurm.get('partition') or 'default'})"
+        where = f" (partition {settings.backend.slurm.get('partition') or 'of the cluster default'})"
     lines = [f"backend: slurm{where}: {len(jobs)} gpurouter job(s) running or pending",
              f"{'JOBID':>8}  {'STATE':<11}{'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'GRES':<14}{'ELAPSED':>10}  "
              "NODE / REASON"]  # fmt: skip
