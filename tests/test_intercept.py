@@ -115,6 +115,14 @@ def test_a_prefix_run_of_an_intercepted_name_routes_once_not_twice(box: Box, med
     done = box.run("run", "--", "transcribe", str(media["wav2"]))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(f"{media['wav2']} --device cuda")
+    (outer,) = box.records()  # one job, one start: the intercepted inner call passed straight through
+    assert outer["slot"] == "gpu.0"
+
+
+def test_a_nested_prefix_run_of_the_same_profile_still_routes(box: Box, media: dict[str, Path]) -> None:
+    box.write_config(WHISPER_PROFILE)
+    done = box.run("run", "--", "sh", "-c", f"gpurouter run -- transcribe {media['wav8']}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("--device cpu")
     outer, inner = box.records()
-    assert (outer["slot"], inner["slot"]) == ("gpu.0", None)
-    assert "already routed" in inner["reason"]
+    assert (inner["profile"], inner["route"], inner["slot"]) == ("transcribe", "cpu", "cpu.0")

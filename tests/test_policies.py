@@ -73,16 +73,42 @@ def test_a_blocked_job_escapes_after_max_wait_capped_and_niced(box: Box) -> None
         nice = 15
         threads = 1
     """)
-    holder = box.start("run", "--", *LONG_JOB)
+    holder = box.start("run", "--route", "cpu", "--", *LONG_JOB)
     assert wait_for(lambda: job_is_running(holder.pid))
     began = time.monotonic()
-    escaped = box.start("run", "--", *LONG_JOB)
+    escaped = box.start("run", "--route", "cpu", "--", *LONG_JOB)
     assert wait_for(lambda: job_is_running(escaped.pid), timeout=10)
     assert time.monotonic() - began >= 1.0
     assert proc_nice(escaped.pid) == 15 and proc_environ(escaped.pid)["OMP_NUM_THREADS"] == "1"
     events = [r["event"] for r in box.records()]
     assert events == ["start", "wait", "escape", "start"]
     assert box.records()[-1]["escaped"] is True and box.records()[-1]["slot"] is None
+
+
+def test_a_gpu_job_never_escapes_its_slot(box: Box) -> None:
+    box.write_config('[profiles.sh]\nwait = "1500ms"\nmax_wait = "500ms"\n')
+    holder = box.start("run", "--", *LONG_JOB)
+    assert wait_for(lambda: job_is_running(holder.pid))
+    assert box.run("run", "--", "sh", "-c", "true").returncode == 75  # waited the full 1.5 s, then busy
+    assert [r["event"] for r in box.records()][-1] == "busy"
+
+
+def test_an_escape_keeps_the_route_caps_it_does_not_change(box: Box) -> None:
+    box.write_config("""
+        [profiles.sh]
+        wait = "block"
+        max_wait = "300ms"
+        [profiles.sh.cpu]
+        nice = 5
+        threads = 4
+        [profiles.sh.escape]
+        threads = 1
+    """)
+    holder = box.start("run", "--route", "cpu", "--", *LONG_JOB)
+    assert wait_for(lambda: job_is_running(holder.pid))
+    escaped = box.start("run", "--route", "cpu", "--", *LONG_JOB)
+    assert wait_for(lambda: job_is_running(escaped.pid), timeout=10)
+    assert proc_nice(escaped.pid) == 5 and proc_environ(escaped.pid)["OMP_NUM_THREADS"] == "1"
 
 
 def test_a_bounded_wait_shorter_than_max_wait_still_ends_busy(box: Box) -> None:

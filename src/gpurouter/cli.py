@@ -99,8 +99,8 @@ def route(command: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
-    for key in ("profile", "route", "reason", "metric", "input", "via", "executable", "pool", "slots", "wait",
-                "no_slot_because"):  # fmt: skip
+    for key in ("profile", "route", "action", "reason", "metric", "input", "via", "executable", "pool", "slots",
+                "wait", "priority", "gpus", "vram_mib", "no_slot_because"):  # fmt: skip
         if summary.get(key) is not None:
             click.echo(f"{key + ':':<17}{summary[key]}")
     click.echo(f"{'argv:':<17}{' '.join(_shell_quote(a) for a in summary['argv'])}")

@@ -71,12 +71,12 @@ def _check_runnable(path: str) -> None:
 def restore_default_signals() -> None:
     """Undo Python's start-up SIG_IGN of SIGPIPE and SIGXFSZ: exec keeps ignored signals, and a job
     like `yes | head -1` must die of SIGPIPE, not print "Broken pipe"."""
-    import signal
+    import _signal  # the C module: `signal` imports enum (~3 ms) for its IntEnum wrappers
 
     for name in ("SIGPIPE", "SIGXFSZ"):
-        number = getattr(signal, name, None)
+        number = getattr(_signal, name, None)
         if number is not None:
-            signal.signal(number, signal.SIG_DFL)
+            _signal.signal(number, _signal.SIG_DFL)
 
 
 def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: Slot | None) -> NoReturn:

@@ -82,7 +82,7 @@ def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         profile = options.pick_profile(settings, name, None, env, intercepted=True)
         executable = runner.intercept_target(argv[0], profile, env)
         forced = runner.forced_route(None, env)
-        decision = runner.decide(settings, profile, [argv[0], *argv[1:]], executable, forced, env)
+        decision = runner.decide(settings, profile, [argv[0], *argv[1:]], executable, forced, env, intercepted=True)
         runner.run(settings, decision, env)
     except GpurouterError as error:
         return fail(error, busy)

@@ -84,6 +84,15 @@ def _set_ioprio(klass: int, level: int) -> str | None:
     return None
 
 
+def merged(base: Guard, override: Guard) -> Guard:
+    """`base` with every field `override` sets (an escape keeps the route's caps it does not change)."""
+    changes = {name: getattr(override, name) for name in ("threads", "nice", "ionice", "cpus")
+               if getattr(override, name) is not None}  # fmt: skip
+    if override.force_env:
+        changes["force_env"] = True
+    return base.replace(**changes)
+
+
 def is_empty(guard: Guard) -> bool:
     """No cap of any kind configured."""
     return guard.threads is None and guard.nice is None and guard.ionice is None and guard.cpus is None

@@ -17,6 +17,7 @@ from gpurouter._record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Sequence
 
     from gpurouter.config import Profile, Settings
@@ -192,20 +193,76 @@ def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) ->
     return metric, None, True
 
 
-def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | None, str | None]:
-    """Run a helper with a timeout: (stdout, None) or (None, problem)."""
-    import subprocess  # deferred: ~10 ms, paid only by probes that need a helper process
+_MAX_OUTPUT = 1 << 20  # ffprobe's JSON for one file is a few KiB: a helper printing more is broken
+_LONGEST_TIMEOUT_S = 1e9  # the clocks under subprocess overflow near 9.2e9 s (an OverflowError, not a wait)
 
+
+def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | None, str | None]:
+    """Run a helper with a timeout and a cap on what it prints: (stdout, None) or (None, problem)."""
+    import subprocess  # deferred: ~10 ms, paid only by probes that need a helper process
+    import time
+
+    # Why not subprocess.run(capture_output=True): it keeps all the output in memory, and an
+    # ffprobe that loops printing garbage fills gigabytes before the timeout (2 GB in 2 s).
+    # Why the clamp: probe_timeout = "99999999999d" passed validation, then raised OverflowError here.
+    timeout_s = min(timeout_s, _LONGEST_TIMEOUT_S)
+    deadline = time.monotonic() + timeout_s
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return None, f"{what} timed out after {timeout_s:g}s"
-    except OSError as error:
-        return None, f"{what} could not run: {error.strerror or error}"
-    if done.returncode != 0:
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        return None, f"{what} failed (exit {done.returncode}): {tail[0][:200]}"
-    return done.stdout.decode("utf-8", "replace"), None
+        # Its own process group: on a timeout its children go too (a wrapper script's hung ffprobe).
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   process_group=0)  # fmt: skip
+    except (OSError, ValueError) as error:
+        return None, f"{what} could not run: {getattr(error, 'strerror', None) or error}"
+    with process:
+        out, err, problem = _collect(process, deadline)
+        if problem is None:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                problem = "timed out"
+        if problem is not None:
+            try:
+                os.killpg(process.pid, 9)
+            except OSError:
+                process.kill()
+            process.wait()
+            return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
+    if process.returncode < 0:
+        # Why apart from the exit below: a helper killed by a signal (the OOM killer, a crash)
+        # says nothing lasting about the input, and "exit" outcomes are cached per input.
+        return None, f"{what} was killed by signal {-process.returncode}"
+    if process.returncode != 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        return None, f"{what} failed (exit {process.returncode}): {tail[0][:200]}"
+    return out.decode("utf-8", "replace"), None
+
+
+def _collect(process: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, str | None]:
+    """Read stdout and stderr until both close, the deadline passes or the cap is reached."""
+    import selectors
+    import time
+
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.fileno(), process.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out: [], err: []}
+    total = 0
+    with selectors.DefaultSelector() as selector:
+        for fd in (out, err):
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b"", b"", "timed out"
+            for key, _ in selector.select(min(left, 60.0)):  # epoll takes an int of ms
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    selector.unregister(key.fd)
+                    continue
+                chunks[key.fd].append(data)
+                total += len(data)
+                if total > _MAX_OUTPUT:
+                    return b"", b"", f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
+    return b"".join(chunks[out]), b"".join(chunks[err]), None
 
 
 def probe_job(profile: Profile, args: Sequence[str], settings: Settings) -> ProbeResult | None:

@@ -173,3 +173,95 @@ def budget_text(report: dict[str, Any]) -> str:
 
 def _q(value: Any) -> str:
     return "?" if value is None else str(value)
+
+
+def stats_report_text(summary: dict[str, Any]) -> str:
+    """The full stats summary: profiles, pools, run times and peak VRAM, evictions, advice."""
+    files = summary.get("files") or [summary["journal"] or "none"]
+    more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
+    lines = [f"journal: {files[-1]}{more}  lines: {summary['lines']}  records: {summary['records']}"
+             f"  since: {summary['since'] or 'start'}"
+             + (f"  ({summary['first']} .. {summary['last']})" if summary.get("first") else "")]  # fmt: skip
+    if not summary["profiles"]:
+        lines.append("no jobs in the journal" + (" for this profile" if summary.get("profile") else ""))
+    else:
+        lines.append(f"{'PROFILE':<24}{'GPU':>7}{'CPU':>7}{'BUSY':>7}{'BUSY%':>7}{'WAIT p50':>10}{'WAIT p95':>10}"
+                     f"{'ESCAPED':>9}{'REFUSED':>9}{'OOM':>5}")  # fmt: skip
+        for name, row in summary["profiles"].items():
+            lines.append(f"{name:<24}{row['gpu']:>7}{row['cpu']:>7}{row['busy']:>7}{row['busy_rate'] * 100:>6.1f}%"
+                         f"{_seconds(row['wait_p50_s']):>10}{_seconds(row['wait_p95_s']):>10}{row['escapes']:>9}"
+                         f"{row['refused']:>9}{row['oom']:>5}")  # fmt: skip
+    if summary["pools"]:
+        lines.append("")
+        lines.append(f"{'POOL':<16}{'ROUTE':<7}{'STARTS':>8}{'BUSY':>8}{'BUSY%':>7}")
+        for name, pool in summary["pools"].items():
+            lines.append(f"{name:<16}{pool['route'] or '?':<7}{pool['starts']:>8}{pool['busy']:>8}"
+                         f"{pool['busy_rate'] * 100:>6.1f}%")  # fmt: skip
+    timed = [(name, route, row["duration_s"][route], row) for name, row in summary["profiles"].items()
+             for route in ("gpu", "cpu") if row["duration_s"][route]["n"]]  # fmt: skip
+    if timed:
+        lines.append("")
+        lines.append(f"{'RUN TIME':<24}{'ROUTE':<7}{'RUNS':>6}{'p50':>9}{'p95':>9}{'MAX':>9}{'PEAK VRAM p50/max':>20}")
+        for name, route, figures, row in timed:
+            peak = row["peak_vram_mib"]
+            vram = f"{_q(_int(peak['p50']))}/{_q(_int(peak['max']))} MiB" if route == "gpu" and peak["n"] else "-"
+            lines.append(f"{name:<24}{route:<7}{figures['n']:>6}{_span(figures['p50']):>9}{_span(figures['p95']):>9}"
+                         f"{_span(figures['max']):>9}{vram:>20}")  # fmt: skip
+    ooms = [(name, row) for name, row in summary["profiles"].items() if row["oom"] or row["oom_retries"]]
+    for name, row in ooms:
+        lines.append(f"oom: {name}: {row['oom']} GPU run(s) out of memory, {row['oom_retries']} re-run on the CPU"
+                     f" ({row['oom_retries_ok']} succeeded)")  # fmt: skip
+    for victim, tally in summary["evictions"].items():
+        lines.append(f"evictions: {victim}: {tally['ok']} ok, {tally['failed']} failed")
+    if summary["advice"]:
+        lines.append("")
+    lines.extend(f"advice: {line}" for line in summary["advice"])
+    return "\n".join(lines)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(round(value))
+
+
+def _span(seconds: float | None) -> str:
+    """12.3s, 4m05s, 2h07m: a run time at a glance."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def tune_text(result: dict[str, Any]) -> str:
+    """The fit, the budget and the proposed threshold, with the evidence."""
+    kind = result["kind"]
+    fit = result["fit"]
+    from gpurouter.stats import human_metric
+
+    def shown(value: float | None) -> str:
+        return human_metric(value, kind)
+
+    per = result["slope_per_unit"]
+    lines = [
+        f"profile {result['profile']}: {result['runs']} monitored GPU runs fitted"
+        + (f" ({result['skipped']} failed or without a peak, left out)" if result["skipped"] else ""),
+        f"fit:        peak VRAM = {fit['intercept']:.0f} MiB + {per['mib']:.1f} MiB per {per['unit']}"
+        f"   (R² {fit['r2']:.3f})",
+        f"residual:   the fit under-estimated a run by at most {fit['max_residual_mib']:.0f} MiB (kept as margin)",
+        f"largest:    the largest run that fit was {shown(fit['max_metric'])}, peak {fit['max_metric_peak_mib']:.0f} MiB"
+        f" (smallest {shown(fit['min_metric'])})",
+        f"budget:     {result['budget_mib']:.0f} MiB per job = {result['budget_why']}",
+    ]  # fmt: skip
+    if result["ooms"]:
+        lines.append(f"oom:        {len(result['ooms'])} GPU run(s) ran out of memory, the smallest at {shown(result['ooms'][0])}")
+    current = result["current_text"] or "none"
+    if result["threshold_text"] is None:
+        verdict = ("every job fits whatever its metric: no threshold needed" if result["every_job_fits"]
+                   else "not even the smallest job fits the budget: route this profile to the CPU")  # fmt: skip
+        lines.append(f"threshold:  {verdict} (now {current})")
+    else:
+        lines.append(f"threshold:  {result['threshold_text']}   (now {current}; GPU when the metric is below it)")
+    lines.extend(f"note:       {note}" for note in result["notes"])
+    return "\n".join(lines)

@@ -143,26 +143,36 @@ def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any
             journal.append_record(settings.journal, "evict", **record, victim=None, ok=False,
                                   problem="no resident may be evicted (all managed, coexisting or unloaded)")  # fmt: skip
             return False
-        victim = victims[0]
-        device = _device_of(victim, environ)
-        before = _free_mib(device, environ)
-        problem = run_action(victim.unload or {}, victim.timeout_s)
-        if problem is None:
-            state[victim.name]["loaded"] = False
-            _write_state(locked.dir_fd, state)
-    freed_after = before
-    if problem is None:
-        deadline = time.monotonic() + victim.timeout_s
-        while time.monotonic() < deadline:  # bounded: the unload call returned before the VRAM was freed
-            freed_after = _free_mib(device, environ)
-            if freed_after is not None and before is not None and \
-                    freed_after - before >= min(victim.vram_mib, need + settings.gpu.cushion_mib) * 0.9:
+        evicted = None
+        for victim in victims:  # least recently used first; a broken one must not block the rest
+            device = _device_of(victim, environ)
+            before = _free_mib(device, environ)
+            problem = run_action(victim.unload or {}, victim.timeout_s)
+            if problem is None:
+                state[victim.name]["loaded"] = False
+                evicted = (victim, device, before)
                 break
-            time.sleep(POLL_S)
-    journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=problem is None,
-                          problem=problem, device=device, free_mib_before=before, free_mib_after=freed_after,
+            # Journal it and send it to the back of the line, so the next job does not wait on it first.
+            state[victim.name]["last_used"] = time.time()
+            journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=False, problem=problem,
+                                  device=device, free_mib_before=before, free_mib_after=before,
+                                  asked_by=decision.profile, wanted=why)  # fmt: skip
+        _write_state(locked.dir_fd, state)
+    if evicted is None:
+        return False
+    victim, device, before = evicted
+    freed_after = before
+    deadline = time.monotonic() + victim.timeout_s
+    while time.monotonic() < deadline:  # bounded: the unload call returned before the VRAM was freed
+        freed_after = _free_mib(device, environ)
+        if freed_after is not None and before is not None and \
+                freed_after - before >= min(victim.vram_mib, need + settings.gpu.cushion_mib) * 0.9:
+            break
+        time.sleep(POLL_S)
+    journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=True, problem=None,
+                          device=device, free_mib_before=before, free_mib_after=freed_after,
                           asked_by=decision.profile, wanted=why)  # fmt: skip
-    return problem is None
+    return True
 
 
 def _device_of(resident: Resident, environ: Mapping[str, str] | None) -> int | None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gpurouter.config import Profile, RouteSpec
     from gpurouter.probe import ProbeResult
 
-RUN, BUSY, FAIL, WAIT_WINDOW = "run", "busy", "fail", "wait-window"
+RUN, BUSY, FAIL, WAIT_WINDOW, PASS = "run", "busy", "fail", "wait-window", "pass-through"
 
 
 class Route(Record):

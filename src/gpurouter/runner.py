@@ -104,15 +104,19 @@ def gpu_problem(settings: Settings, environ: Mapping[str, str]) -> str | None:
 
 def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable: str,
            forced: tuple[str | None, str | None] = (None, None),
-           environ: Mapping[str, str] | None = None) -> Decision:  # fmt: skip
+           environ: Mapping[str, str] | None = None, intercepted: bool = False) -> Decision:  # fmt: skip
     """Probe and route one job; takes nothing and runs nothing.
 
     Raises:
         ProbeRefused: no metric under `fallback = "fail"`.
     """
     env_in = os.environ if environ is None else environ
-    if env_in.get(ROUTED_VAR) == profile.name and env_in.get(HELD_VAR):
-        return _pass_through(profile, argv, executable)
+    parent_profile, _, parent_route = env_in.get(ROUTED_VAR, "").rpartition(":")
+    if intercepted and parent_profile == profile.name and env_in.get(HELD_VAR):
+        # `gpurouter run -- NAME` where NAME is itself an intercepting link: the parent already
+        # probed, added the route args and holds the slot. Only the interception form passes
+        # through; a nested `gpurouter run` routes as usual (and takes no slot of a held pool).
+        return _pass_through(profile, argv, executable, parent_route or "gpu")
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
     minute = None
     if profile.hours is not None:
@@ -151,15 +155,16 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
     )  # fmt: skip
 
 
-def _pass_through(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
+def _pass_through(profile: Profile, argv: Sequence[str], executable: str, parent_route: str) -> Decision:
     """A nested call of a profile its parent gpurouter already routed (e.g. `run -- NAME` where NAME is
     itself an intercepting link): the parent probed, added the route args and holds the slot, so
     this call execs the real binary with the argv untouched."""
     return Decision(
-        profile=profile.name, route="gpu", reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
+        profile=profile.name, route=parent_route, reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
         metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
-        pool=profile.gpu.pool, slots=profile.gpu.slots, wait_s=0.0, env={},
-        no_slot_because="already routed by a parent gpurouter", spec=profile.gpu, rules=profile, action=route.RUN,
+        pool=profile.route(parent_route).pool, slots=profile.route(parent_route).slots, wait_s=0.0, env={},
+        no_slot_because="already routed by a parent gpurouter", spec=profile.route(parent_route), rules=profile,
+        action=route.PASS,
         base_argv=list(argv), need_mib=None, gpu_count=None,
     )  # fmt: skip
 
@@ -234,7 +239,7 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
             held.waited_s = placement.slots[0].waited_s + waited_window
             held.env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
             held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool, *(s.pool for s in placement.slots)])
-            held.env[ROUTED_VAR] = decision.profile
+            held.env[ROUTED_VAR] = f"{decision.profile}:{decision.route}"
     held.guard = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
     if not held.slots and decision.no_slot_because is None:
         slot, escaped, gate_fds = _take_slot(settings, decision, record, verbose, waited_window)
@@ -243,18 +248,21 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
             held.slots = [slot]
             held.waited_s = slot.waited_s + waited_window
             held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool])
-            held.env[ROUTED_VAR] = decision.profile
+            held.env[ROUTED_VAR] = f"{decision.profile}:{decision.route}"
         else:
             held.escaped_after_s = escaped
             held.waited_s = escaped or 0.0
-            held.guard = rules.escape  # escaped after max_wait: run capped and niced as configured for that
-    held.env.update(decision.env)
+            held.guard = guard.merged(held.guard, rules.escape)  # capped and niced as configured for an escape
+    # The final route's env (a low-VRAM fallback may have switched to the CPU route), under the slot and
+    # placement variables: a route's env must not override CUDA_VISIBLE_DEVICES or GPUROUTER_HELD.
+    held.env = {**held.decision.env, **held.env}
     if held.escaped_after_s is not None:
         held.env.update(guard.thread_env(held.guard, env_in))
     first = held.slots[0].name if held.slots else None
-    journal.append_record(settings.journal, "start", **record, slot=first, waited_s=round(held.waited_s, 3),
-                          escaped=held.escaped_after_s is not None,
-                          no_slot_because=decision.no_slot_because)  # fmt: skip
+    if decision.action != route.PASS:  # the parent's `start` already counts this job
+        journal.append_record(settings.journal, "start", **record, slot=first, waited_s=round(held.waited_s, 3),
+                              escaped=held.escaped_after_s is not None,
+                              no_slot_because=decision.no_slot_because)  # fmt: skip
     if verbose:
         slot_text = first or ("none: escaped after max_wait" if held.escaped_after_s is not None else "none")
         _say(f"{decision.route} ({decision.reason}), slot {slot_text}")
@@ -387,7 +395,8 @@ def _take_slot(settings: Settings, decision: Decision, record: dict[str, Any], v
     rules = decision.rules
     began = time.monotonic()
     limit = max(0.0, decision.wait_s - already_waited) if decision.wait_s else 0.0
-    escape_after = rules.max_wait_s
+    # The escape is for the CPU route: a GPU job run without its slot is the OOM the slot prevents.
+    escape_after = rules.max_wait_s if decision.route == "cpu" else None
     wait_s = limit if escape_after is None else min(limit, escape_after)
     announced: list[bool] = []
 
@@ -413,6 +422,7 @@ def _take_slot(settings: Settings, decision: Decision, record: dict[str, Any], v
             return None, waited, inherited
         journal.append_record(settings.journal, "busy", **record, waited_s=round(busy.waited_s, 3))
         raise
+    held.waited_s = time.monotonic() - began  # includes time at a priority gate, not only on the slot
     return held, None, inherited
 
 

@@ -82,8 +82,8 @@ def configured_pools(settings: Settings) -> dict[str, int]:
 def slot_rows(settings: Settings) -> list[SlotRow]:
     """Every configured slot (and any extra slot file found) with its holder and waiters."""
     pools = configured_pools(settings)
-    try:
-        names = os.listdir(settings.lock_dir)
+    try:  # slot files only: not the probe cache directory, claims, gates or the journal
+        names = [e.name for e in os.scandir(settings.lock_dir) if e.is_file(follow_symlinks=False)]
     except OSError:
         names = []
     for name in names:  # slot files beyond today's config: per-device pools (gpu0, gpu1...), older configs
