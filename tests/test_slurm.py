@@ -283,14 +283,14 @@ def test_the_jobs_exit_status_is_the_callers(sbox: SlurmBox) -> None:
     assert code == 42
     assert "args: x --device cuda" in out
     (end,) = sbox.records("end")
-    assert (end["exit"], end["signal"]) == (42, None)
+    assert (end["exit_status"], end["signal"]) == (42, None)
 
 
 def test_a_job_killed_by_a_signal_passes_its_status_through(sbox: SlurmBox) -> None:
     code, _, _ = sbox.run("sh", "-c", "kill -KILL $$")
     assert code == 128 + signal.SIGKILL  # srun reports the task's death as 137, like a shell
     (end,) = sbox.records("end")
-    assert end["exit"] == 137
+    assert end["exit_status"] == 137
 
 
 def test_a_nested_call_inside_the_job_runs_in_the_same_allocation(sbox: SlurmBox) -> None:

@@ -266,8 +266,8 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     if report is None:
         _not_started(settings, decision, wait_s, record, code, elapsed, state, _signal)
     journal.append_record(settings.journal, "end", **record, slurm_job_id=_int(state.job_id), node=node,
-                          exit=code if code >= 0 else None, signal=-code if code < 0 else None,
-                          cancelled_by=_signal_name(state.signal), elapsed_s=round(elapsed, 3))  # fmt: skip
+                          exit_status=code if code >= 0 else 128 - code, signal=-code if code < 0 else None,
+                          cancelled_by=_signal_name(state.signal), duration_s=round(elapsed, 3))  # fmt: skip
     _exit_like(code, _signal)
 
 
