@@ -388,10 +388,13 @@ def _build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     if probe is not None:
         if threshold_text is None:
             raise ConfigError(source, f"{where}.threshold", f"is required with probe = {probe!r}")
-        try:
-            threshold = units.parse_threshold(threshold_text, probe)
-        except ValueError as error:
-            raise ConfigError(source, f"{where}.threshold", str(error)) from None
+        if threshold_text == "auto":
+            threshold = None  # decided per job from the fit of monitored runs and live free VRAM (autotune.py)
+        else:
+            try:
+                threshold = units.parse_threshold(threshold_text, probe)
+            except ValueError as error:
+                raise ConfigError(source, f"{where}.threshold", str(error)) from None
         threshold_text = str(threshold_text)
 
     input_rule = merged["input"]

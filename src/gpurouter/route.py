@@ -63,7 +63,7 @@ def choose_route(profile: Profile, probe: ProbeResult | None, forced: str | None
 
 
 def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
-    if probe is None or profile.threshold is None:
+    if probe is None or (profile.threshold is None and probe.metric is not None):
         return Route(name="gpu", spec=profile.gpu, reason="no probe configured", action=RUN)
     if probe.metric is None:
         if profile.fallback == "fail":

@@ -118,6 +118,14 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         # through; a nested `gpurouter run` routes as usual (and takes no slot of a held pool).
         return _pass_through(profile, argv, executable, parent_route or "gpu")
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
+    if profile.threshold_text == "auto" and result is not None and result.metric is not None:
+        from gpurouter import autotune  # deferred: only threshold = "auto" reads the fit and the GPUs
+
+        threshold, why = autotune.threshold(settings, profile, env_in)
+        if threshold is None:
+            result = result.replace(metric=None, problem=why)  # no evidence yet: the profile's fallback
+        else:
+            profile = profile.replace(threshold=threshold)
     minute = None
     if profile.hours is not None:
         import time
