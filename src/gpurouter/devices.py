@@ -195,7 +195,13 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
             taken.sort(key=lambda pair: pair[0].index)
             if need_mib is not None:
                 for _, slot in taken:
-                    write_claim(dir_fd, slot, need_mib)
+                    try:
+                        write_claim(dir_fd, slot, need_mib)
+                    except OSError as error:  # a name planted in the shared lock dir: no silent double-spend
+                        for _, held in taken:
+                            held.release()
+                        claim = os.path.join(settings.lock_dir, f"{slot.pool}.{slot.index}.claim")
+                        raise LockDirError(claim, f"claim file unusable: {error.strerror or error}") from None
             chosen = [gpu for gpu, _ in taken]
             reason = ", ".join(_describe(g, need_mib, promised.get(g.index, 0)) for g in chosen)
             return Placement(gpus=chosen, slots=[slot for _, slot in taken], need_mib=need_mib,

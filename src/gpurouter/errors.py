@@ -37,7 +37,8 @@ class ConfigError(GpurouterError):
 
     def __init__(self, source: str, key: str, problem: str) -> None:
         self.source, self.key, self.problem = source, key, problem
-        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        shown = key if key.isprintable() else repr(key)  # one line, whatever the TOML key holds
+        super().__init__(f"{source}: {shown}: {problem}" if key else f"{source}: {problem}")
 
 
 class CommandNotFound(GpurouterError):

@@ -499,7 +499,7 @@ def _sleep_at_gate(gate: int, remaining_s: float, decision: Decision) -> None:
         opened.set()
 
     threading.Thread(target=sleeper, daemon=True).start()
-    if not opened.wait(remaining_s):
+    if not opened.wait(min(remaining_s, threading.TIMEOUT_MAX)):
         raise NoFreeSlot(decision.pool, decision.slots, remaining_s,
                          why=f"a realtime job has priority on pool {decision.pool!r}")  # fmt: skip
 

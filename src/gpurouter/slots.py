@@ -125,20 +125,41 @@ def acquire_any(lock_dir: str, candidates: Sequence[tuple[str, int]], wait_s: fl
     started = time.monotonic()
     pool_name = ",".join(dict.fromkeys(pool for pool, _ in candidates))
     dir_fd = open_lock_dir(lock_dir)
+    unusable: list[LockDirError] = []
     try:
+        usable = []
         for pool, index in candidates:  # fail-fast pass: first free slot in order, one open at a time
-            fd = _open_slot_file(dir_fd, lock_dir, pool, index)
+            try:
+                fd = _open_slot_file(dir_fd, lock_dir, pool, index)
+            except LockDirError as error:
+                # A name planted by another user (symlink, FIFO, directory...) costs that slot only:
+                # it must not fail a job that another slot of the pool can take.
+                unusable.append(error)
+                continue
+            usable.append((pool, index))
             if _try_lock(fd, slot_path(lock_dir, pool, index)):
+                _warn_unusable(unusable)
                 return Slot(pool, index, fd, slot_path(lock_dir, pool, index), 0.0)
             os.close(fd)
+        if not usable:
+            raise unusable[0]
         if wait_s <= 0:
-            raise NoFreeSlot(pool_name, len(candidates), 0.0)
+            raise NoFreeSlot(pool_name, len(usable), 0.0)
         if on_wait is not None:
             on_wait()
-        fds = [_open_slot_file(dir_fd, lock_dir, pool, index) for pool, index in candidates]
+        fds = [_open_slot_file(dir_fd, lock_dir, pool, index) for pool, index in usable]
     finally:
         os.close(dir_fd)
-    return _wait_for_any(lock_dir, list(candidates), fds, wait_s, started)
+    _warn_unusable(unusable)
+    return _wait_for_any(lock_dir, usable, fds, wait_s, started)
+
+
+def _warn_unusable(problems: list[LockDirError]) -> None:
+    for problem in problems:
+        try:
+            os.write(2, f"gpurouter: warning: skipped {problem}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
 
 
 def _wait_for_any(lock_dir: str, candidates: list[tuple[str, int]], fds: list[int], wait_s: float,
@@ -169,7 +190,9 @@ def _wait_for_any(lock_dir: str, candidates: list[tuple[str, int]], fds: list[in
     for position in range(len(fds)):
         threading.Thread(target=sleep_on, args=(position,), daemon=True,
                          name=f"gpurouter-{candidates[position][0]}.{candidates[position][1]}").start()  # fmt: skip
-    done.wait(None if wait_s == float("inf") else max(0.0, wait_s - (time.monotonic() - started)))
+    # Past threading.TIMEOUT_MAX (~292 years) a bound is the same as none, and Event.wait would overflow.
+    bounded = wait_s != float("inf") and wait_s < threading.TIMEOUT_MAX
+    done.wait(max(0.0, wait_s - (time.monotonic() - started)) if bounded else None)
     with settled:
         done.set()  # from here on a late winner releases at once
         winner = won[0] if won else None

@@ -13,7 +13,7 @@ _SIZE_UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
-_NUMBER_CHARS = frozenset("0123456789.+-")
+_NUMBER_CHARS = frozenset("0123456789.+-")  # plus an exponent, see _split_number
 
 # The kinds a threshold can be, matching the probes that yield them.
 KINDS = ("duration", "size", "pixels", "number")
@@ -24,6 +24,13 @@ def _split_number(text: str) -> tuple[float, str]:
     end = 0
     while end < len(text) and text[end] in _NUMBER_CHARS:
         end += 1
+    # an exponent ('1e-06', as repr() prints small floats): 'e' then an optional sign and a digit
+    if end < len(text) and text[end] in "eE":
+        mark = end + 1 + (end + 1 < len(text) and text[end + 1] in "+-")
+        if mark < len(text) and text[mark].isdigit():
+            end = mark
+            while end < len(text) and text[end].isdigit():
+                end += 1
     try:
         number = float(text[:end])
     except ValueError:
@@ -64,6 +71,8 @@ def parse_duration(text: str) -> float:
         if number < 0:
             raise ValueError("must not be negative")
         total += number * factor
+    if not math.isfinite(total):
+        raise ValueError("too large")
     return total
 
 
@@ -116,18 +125,20 @@ def parse_threshold(text: str | int | float, probe: str | None) -> float:
 def format_duration(seconds: float) -> str:
     """'1h', '10m', '90s', '2.5s': the shortest exact form."""
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= factor and (seconds / factor).is_integer():
-            return f"{int(seconds // factor)}{unit}"
-    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds!r}s"
+        count = seconds / factor
+        if seconds >= factor and count.is_integer() and float(int(count)) * factor == seconds:
+            return f"{int(count)}{unit}"
+    return f"{int(seconds)}s" if float(seconds).is_integer() and abs(seconds) < 2**53 else f"{seconds!r}s"
 
 
 def format_size(size: float) -> str:
     """'1GiB', '500MB', '123B': the largest unit that divides exactly."""
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10),
                          ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):  # fmt: skip
-        if size >= factor and (size / factor).is_integer():
-            return f"{int(size // factor)}{unit}"
-    return f"{int(size)}B" if float(size).is_integer() else f"{size!r}B"
+        count = size / factor
+        if size >= factor and count.is_integer() and float(int(count)) * factor == size:
+            return f"{int(count)}{unit}"
+    return f"{int(size)}B" if float(size).is_integer() and abs(size) < 2**53 else f"{size!r}B"
 
 
 def format_metric(value: float | None, kind: str | None) -> str:
@@ -138,4 +149,4 @@ def format_metric(value: float | None, kind: str | None) -> str:
         return format_duration(value)
     if kind == "size":
         return format_size(value)
-    return f"{int(value)}" if float(value).is_integer() else repr(value)
+    return f"{int(value)}" if float(value).is_integer() and abs(value) < 2**53 else repr(value)
