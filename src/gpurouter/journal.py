@@ -70,12 +70,12 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
         _warn(f"journal {path} not written: {error.strerror or error}")
         return False
     try:
-        if not _ends_with_newline(fd):
-            # Why: a record cut short earlier (disk full) left a torn line without "\n";
-            # appended to it, this record would be glued to the fragment and lost to readers.
-            line = b"\n" + line
         written = os.write(fd, line)
         if written != len(line):
+            # Why: on a full disk the write stops mid-record; left there, the torn line would
+            # swallow the next record (appended to it once space is back) and every reader
+            # would lose both. (Checking the last byte before each write instead is racy:
+            # it sees other writers' records half-copied and adds blank lines.)
             _cut_back(fd, written)
             _warn(f"journal {path}: short write ({written} of {len(line)} bytes; disk full?)")
             return False
@@ -89,29 +89,12 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
 
 def _open_for_append(path: str) -> int:
     try:
-        return _open_appending(path)
+        return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
         # The journal's directory (by default the lock dir) may not exist yet before the first
         # slot is taken: create it shared (1777) like the lock dir, then try once more.
         os.close(fsutil.open_shared_dir(os.path.dirname(os.path.abspath(path))))
-        return _open_appending(path)
-
-
-def _open_appending(path: str) -> int:
-    try:
-        # Why O_RDWR: to read the last byte and see whether the previous record was torn.
-        return fsutil.open_shared_file(path, os.O_RDWR | os.O_APPEND)
-    except PermissionError:  # a write-only journal: append without that check
         return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
-
-
-def _ends_with_newline(fd: int) -> bool:
-    """Does the journal end with a complete line (or is it empty)? Unknown counts as yes."""
-    try:
-        size = os.fstat(fd).st_size
-        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
-    except OSError:
-        return True
 
 
 def _cut_back(fd: int, written: int) -> None:
@@ -121,7 +104,7 @@ def _cut_back(fd: int, written: int) -> None:
         if written > 0 and os.fstat(fd).st_size == end:
             os.ftruncate(fd, end - written)
     except OSError:
-        pass  # the next record starts on a new line anyway (see append_record)
+        pass  # best effort: readers skip a torn line
 
 
 def read_records(path: str, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:

@@ -85,7 +85,13 @@ def parse_size(text: str) -> float:
         raise ValueError(f"unknown size unit {unit!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
     if number < 0:
         raise ValueError("must not be negative")
-    return number * factor
+    return _finite(number * factor)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("too large")
+    return value
 
 
 def parse_pixels(text: str) -> float:
@@ -93,7 +99,7 @@ def parse_pixels(text: str) -> float:
     lowered = text.strip().lower()
     if "x" in lowered:
         width, _, height = lowered.partition("x")
-        return parse_number(width) * parse_number(height)
+        return _finite(parse_number(width) * parse_number(height))
     return parse_number(lowered)
 
 
