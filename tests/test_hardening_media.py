@@ -171,12 +171,13 @@ FFPROBES = {
     "exiting-1": ("echo 'Invalid data found when processing input' >&2; exit 1", "Invalid data found"),
     "hanging": ("exec sleep 30", "timed out after 1s"),
     "hanging-wrapper": ("sleep 30", "timed out after 1s"),  # its child keeps the pipe open
-    "garbage": ("echo '{not json'", "not its JSON"),
+    "garbage": ("echo '{not json'", "not its report"),
     "flooding": ("exec yes garbage", "printed more than 1 MiB"),
-    "wrong-json": ("echo '{\"format\": [1, 2], \"streams\": 7}'", "not its JSON"),
-    "no-duration": ("echo '{\"format\": {\"duration\": \"N/A\"}, \"streams\": []}'", "found no duration"),
-    "negative-duration": ("echo '{\"format\": {\"duration\": \"-5\"}}'", "found no duration"),
-    "nan-duration": ("echo '{\"format\": {\"duration\": \"nan\"}}'", "found no duration"),
+    "json-not-compact": ("echo '{\"format\": [1, 2], \"streams\": 7}'", "not its report"),
+    "wrong-sections": ("echo 'program|x=1'", "not its report"),
+    "no-duration": ("echo 'format|duration=N/A'", "found no duration"),
+    "negative-duration": ("echo 'format|duration=-5'", "found no duration"),
+    "nan-duration": ("echo 'stream|codec_type=audio|duration=nan'; echo 'format|duration=nan'", "found no duration"),
     "binary": ("head -c 4096 /dev/urandom", ""),
 }
 

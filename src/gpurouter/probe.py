@@ -143,31 +143,52 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
     ffprobe = find_executable(settings.ffprobe)
     if ffprobe is None:
         return None, f"ffprobe not found ({settings.ffprobe!r} is not on PATH)", False
+    # Compact sections ("stream|codec_type=video|width=320|...", "format|duration=2.0") rather than
+    # JSON: `import json` pulls in `re`, several ms on a path that is already ffprobe-bound.
     argv = [ffprobe, "-v", "error", "-protocol_whitelist", "file",
             "-show_entries", "format=duration:stream=codec_type,width,height,duration:stream_disposition=attached_pic",
-            "-of", "json", "file:" + os.path.abspath(path)]  # fmt: skip
+            "-of", "compact=p=1", "file:" + os.path.abspath(path)]  # fmt: skip
     output, problem = _run_bounded(argv, settings.probe_timeout_s, "ffprobe")
     if output is None:
         return None, problem, problem is not None and "timed out" not in problem and "exit" in problem
-    import json
+    sections = _compact_sections(output)
+    if sections is None:
+        return None, "ffprobe printed something that is not its report", False
+    streams = [fields for name, fields in sections if name == "stream"]
+    if probe == "pixels":
+        for stream in streams:
+            cover_art = stream.get("disposition:attached_pic") == "1"  # cover art is not a video stream
+            width, height = stream.get("width", ""), stream.get("height", "")
+            if stream.get("codec_type") == "video" and not cover_art and width.isdigit() and height.isdigit():
+                if int(width) and int(height):
+                    return float(int(width) * int(height)), None, True
+        return None, f"{path!r} has no video stream", True
+    durations = [fields.get("duration") for name, fields in sections if name == "format"]
+    durations += [stream.get("duration") for stream in streams]
+    values = []
+    for text in durations:
+        try:
+            value = float(text or "nan")
+        except ValueError:
+            continue
+        if value == value and 0 <= value < float("inf"):
+            values.append(value)
+    if not values:
+        return None, f"ffprobe found no duration in {path!r}", True
+    return values[0], None, True
 
-    try:
-        document = json.loads(output)
-        streams = [s for s in document.get("streams", []) if isinstance(s, dict)]
-        if probe == "pixels":
-            for stream in streams:
-                cover_art = (stream.get("disposition") or {}).get("attached_pic") == 1  # not a video stream
-                if stream.get("codec_type") == "video" and not cover_art and stream.get("width") and stream.get("height"):
-                    return float(int(stream["width"]) * int(stream["height"])), None, True
-            return None, f"{path!r} has no video stream", True
-        durations = [document.get("format", {}).get("duration")] + [s.get("duration") for s in streams]
-        values = [float(d) for d in durations if d not in (None, "N/A")]
-        values = [v for v in values if v == v and 0 <= v < float("inf")]
-        if not values:
-            return None, f"ffprobe found no duration in {path!r}", True
-        return values[0], None, True
-    except (ValueError, TypeError, AttributeError):
-        return None, "ffprobe printed something that is not its JSON", False
+
+def _compact_sections(output: str) -> list[tuple[str, dict[str, str]]] | None:
+    """Parse ffprobe's `-of compact=p=1` output; None if it is not that."""
+    sections = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        name, *pairs = line.split("|")
+        if name not in ("stream", "format") or not all("=" in pair for pair in pairs):
+            return None
+        sections.append((name, dict(pair.split("=", 1) for pair in pairs)))
+    return sections
 
 
 def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) -> tuple[float | None, str | None, bool]:
@@ -198,71 +219,75 @@ _LONGEST_TIMEOUT_S = 1e9  # the clocks under subprocess overflow near 9.2e9 s (a
 
 
 def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | None, str | None]:
-    """Run a helper with a timeout and a cap on what it prints: (stdout, None) or (None, problem)."""
-    import subprocess  # deferred: ~10 ms, paid only by probes that need a helper process
+    """Run a helper with a timeout and a cap on what it prints: (stdout, None) or (None, problem).
+
+    posix_spawn + poll rather than `subprocess`: its import costs ~10 ms, a tenth of an ffprobe call.
+    """
+    import select
     import time
 
-    # Why not subprocess.run(capture_output=True): it keeps all the output in memory, and an
-    # ffprobe that loops printing garbage fills gigabytes before the timeout (2 GB in 2 s).
-    # Why the clamp: probe_timeout = "99999999999d" passed validation, then raised OverflowError here.
+    # Why not capture everything: an ffprobe that loops printing garbage fills gigabytes before
+    # the timeout (2 GB in 2 s). Why the clamp: probe_timeout = "99999999999d" passed validation,
+    # then overflowed here.
     timeout_s = min(timeout_s, _LONGEST_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
     try:
-        # Its own process group: on a timeout its children go too (a wrapper script's hung ffprobe).
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   process_group=0)  # fmt: skip
-    except (OSError, ValueError) as error:
-        return None, f"{what} could not run: {getattr(error, 'strerror', None) or error}"
-    with process:
-        out, err, problem = _collect(process, deadline)
-        if problem is None:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                problem = "timed out"
-        if problem is not None:
-            try:
-                os.killpg(process.pid, 9)
-            except OSError:
-                process.kill()
-            process.wait()
-            return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
-    if process.returncode < 0:
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's hung ffprobe).
+            pid = os.posix_spawn(argv[0], argv, dict(os.environ), setpgroup=0,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_write, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_write, 2)])  # fmt: skip
+        finally:
+            os.close(devnull)
+    except OSError as error:
+        for fd in (out_read, out_write, err_read, err_write):
+            os.close(fd)
+        return None, f"{what} could not run: {error.strerror or error}"
+    os.close(out_write)
+    os.close(err_write)
+    chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
+    pidfd = os.pidfd_open(pid)  # readable when the helper exits: no polling for its end either
+    poller = select.poll()
+    for fd in (*chunks, pidfd):
+        poller.register(fd, select.POLLIN)
+    waiting, total, problem = {out_read, err_read, pidfd}, 0, None
+    while waiting and problem is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            problem = "timed out"
+            break
+        for fd, _ in poller.poll(min(left, 60.0) * 1000):
+            data = b"" if fd == pidfd else os.read(fd, 1 << 16)
+            if not data:
+                poller.unregister(fd)
+                waiting.discard(fd)
+                continue
+            chunks[fd].append(data)
+            total += len(data)
+            if total > _MAX_OUTPUT:
+                problem = f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
+    for fd in (*chunks, pidfd):
+        os.close(fd)
+    if problem is not None:
+        try:
+            os.killpg(pid, 9)
+        except OSError:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
+    status = os.waitpid(pid, 0)[1]
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
         # Why apart from the exit below: a helper killed by a signal (the OOM killer, a crash)
         # says nothing lasting about the input, and "exit" outcomes are cached per input.
-        return None, f"{what} was killed by signal {-process.returncode}"
-    if process.returncode != 0:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        return None, f"{what} failed (exit {process.returncode}): {tail[0][:200]}"
-    return out.decode("utf-8", "replace"), None
-
-
-def _collect(process: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, str | None]:
-    """Read stdout and stderr until both close, the deadline passes or the cap is reached."""
-    import selectors
-    import time
-
-    assert process.stdout is not None and process.stderr is not None
-    out, err = process.stdout.fileno(), process.stderr.fileno()
-    chunks: dict[int, list[bytes]] = {out: [], err: []}
-    total = 0
-    with selectors.DefaultSelector() as selector:
-        for fd in (out, err):
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return b"", b"", "timed out"
-            for key, _ in selector.select(min(left, 60.0)):  # epoll takes an int of ms
-                data = os.read(key.fd, 1 << 16)
-                if not data:
-                    selector.unregister(key.fd)
-                    continue
-                chunks[key.fd].append(data)
-                total += len(data)
-                if total > _MAX_OUTPUT:
-                    return b"", b"", f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
-    return b"".join(chunks[out]), b"".join(chunks[err]), None
+        return None, f"{what} was killed by signal {-code}"
+    if code != 0:
+        tail = b"".join(chunks[err_read]).decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        return None, f"{what} failed (exit {code}): {tail[0][:200]}"
+    return b"".join(chunks[out_read]).decode("utf-8", "replace"), None
 
 
 def probe_job(profile: Profile, args: Sequence[str], settings: Settings) -> ProbeResult | None:
