@@ -95,14 +95,19 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def slot_files(gpurouter: str, lock_dir: str, run_options: list[str], command: list[str]) -> list[str]:
-    """The slot files `gpurouter run OPTIONS -- COMMAND` would wait on, from `route --json`
-    (so a policy that changes the route or the pool cannot leave the holders on other files)."""
+def route_decision(gpurouter: str, run_options: list[str], command: list[str]) -> dict:
+    """What `gpurouter route --json OPTIONS -- COMMAND` decides (route, pool, slots, priority, ...)."""
     out = subprocess.run([gpurouter, "route", "--json", *run_options, "--", *command], capture_output=True,
                          text=True, check=False, timeout=30)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"gpurouter route failed ({out.returncode}): {out.stderr.strip()}")
-    decision = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def slot_files(gpurouter: str, lock_dir: str, run_options: list[str], command: list[str]) -> list[str]:
+    """The slot files `gpurouter run OPTIONS -- COMMAND` would wait on, from `route --json`
+    (so a policy that changes the route or the pool cannot leave the holders on other files)."""
+    decision = route_decision(gpurouter, run_options, command)
     if decision.get("no_slot_because"):
         raise RuntimeError(f"gpurouter would take no slot: {decision['no_slot_because']}")
     return [os.path.join(lock_dir, f"{decision['pool']}.{index}") for index in range(int(decision["slots"]))]
@@ -132,6 +137,25 @@ def blocked_waits() -> Counter[int]:
             if len(fields) > 5 and fields[1] == "->":
                 counts[int(fields[5])] += 1
     return counts
+
+
+def waited_files(pid: int, directories: Iterable[str]) -> list[str]:
+    """Names of the files (looked up by inode in `directories`) that `pid` sleeps on in flock()."""
+    inodes = []
+    with open("/proc/locks") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 6 and fields[1] == "->" and fields[5] == str(pid):
+                inodes.append(int(fields[6].rsplit(":", 1)[1]))
+    names = {}
+    for directory in directories:
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    names.setdefault(entry.inode(), entry.name)
+        except OSError:
+            pass
+    return [names.get(inode, f"inode {inode}") for inode in inodes]
 
 
 def tree(pid: int) -> list[int]:

@@ -2,6 +2,7 @@
 
     handoff.py --work DIR --gpurouter PATH --lock-dir DIR --out FILE [--job "CMD ARGS"]
                [--n 100] [--n-sem 20] [--sem-hold 1.0]
+               [--tools gpurouter,flock,sem,gpurouter-batch,gpurouter-realtime]
 
 One hand-off, for each tool:
 
@@ -11,6 +12,12 @@ One hand-off, for each tool:
      gpurouter  `gpurouter run --wait block -- JOB`   (slot file LOCK_DIR/gpu.0)
      flock(1)   `flock LOCKFILE JOB`
      sem        `sem --id ID -j1 --fg JOB`            (the holder runs under sem too)
+     gpurouter-batch     `gpurouter run --profile bench-batch --wait block -- JOB`
+     gpurouter-realtime  `gpurouter run --profile bench-realtime --wait block -- JOB`
+   (the last two: profiles of run.sh's config with `priority = "batch"` / `"realtime"` on the
+   same gpu pool, so the same slot file: the batch waiter passes the realtime-waiting gate,
+   blocks on the slot and checks the gate again once it has won it; the realtime waiter holds
+   the gate shared while it blocks on the slot, and the realtime-running gate once it has it);
    gpurouter and flock(1) count as blocked once /proc/locks shows the waiter's pid on a
    '->' line (asleep in flock(2)); sem polls instead of blocking, so its holder keeps the
    semaphore for --sem-hold seconds (1 s) after the waiter was started;
@@ -25,8 +32,9 @@ tool: the figure is the hand-off proper). For `stamp` that cost is exec -> clock
 posix_spawn from this script -> clock read, which also counts Python's spawn machinery (an
 overestimate of a few tenths of a ms).
 The gpurouter and flock(1) holders are the same program flock'ing the same kind of file;
-only the waiter differs. Tools are interleaved round by round so that background noise hits
-them alike.
+only the waiter differs. Tools are interleaved round by round (the order rotating) so that
+background noise hits them alike; --tools picks which run (gpurouter, the base of every
+ratio, always does).
 """
 
 from __future__ import annotations
@@ -41,10 +49,25 @@ import statistics
 import sys
 import time
 
-from _bench import Children, blocked_waits, ensure_lock_dir, exit_on_signals, say, slot_files, wait_until
+from _bench import (
+    Children,
+    blocked_waits,
+    ensure_lock_dir,
+    exit_on_signals,
+    route_decision,
+    say,
+    slot_files,
+    wait_until,  # fmt: skip
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOLDER = os.path.join(HERE, "holder.py")
+# tool -> (profile of run.sh's config, the priority `route --json` must report for it)
+PRIORITY_PROFILES = {
+    "gpurouter-batch": ("bench-batch", "batch"),
+    "gpurouter-realtime": ("bench-realtime", "realtime"),
+}
+TOOLS = ("gpurouter", "flock", "sem", *PRIORITY_PROFILES)
 
 
 def read_int(path: str) -> int:
@@ -153,16 +176,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--n-sem", type=int, default=20)
     parser.add_argument("--sem-hold", type=float, default=1.0)
+    parser.add_argument("--tools", default="gpurouter,flock,sem",
+                        help=f"comma-separated, from {','.join(TOOLS)}")  # fmt: skip
     args = parser.parse_args()
+    wanted = ["gpurouter"] + [t for t in dict.fromkeys(args.tools.split(",")) if t and t != "gpurouter"]
+    unknown = [t for t in wanted if t not in TOOLS]
+    if unknown:
+        sys.exit(f"handoff.py: unknown tools {unknown} (known: {', '.join(TOOLS)})")
     exit_on_signals()
     ensure_lock_dir(args.lock_dir)
 
     job = shlex.split(args.job)
     job[0] = shutil.which(job[0]) or job[0]
-    sem = shutil.which("sem")
-    flock = shutil.which("flock")
-    if not (os.access(job[0], os.X_OK) and sem and flock):
-        sys.exit("handoff.py: the job, sem and flock(1) must be executable / on PATH")
+    sem = shutil.which("sem") or "sem"
+    flock = shutil.which("flock") or "flock"
+    if not os.access(job[0], os.X_OK):
+        sys.exit(f"handoff.py: the job {job[0]} must be executable")
+    for tool, path in (("sem", sem), ("flock", flock)):
+        if tool in wanted and not os.path.isabs(path):
+            sys.exit(f"handoff.py: {tool} must be on PATH")
     scratch = os.path.join(args.work, "handoff")
     os.makedirs(scratch, exist_ok=True)
     holder = [sys.executable, "-I", "-S", HOLDER]
@@ -176,14 +208,32 @@ def main() -> None:
         "sem": ([sem, "--will-cite", "--id", sem_id, "-j1", "--fg"] + holder,
                 [sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job], False),
     }  # fmt: skip
+    for name, (profile, expected) in PRIORITY_PROFILES.items():
+        if name not in wanted:
+            continue
+        options = ["--profile", profile, "--wait", "block"]
+        decision = route_decision(args.gpurouter, options, job)
+        if decision.get("priority") != expected:
+            sys.exit(
+                f"handoff.py: profile {profile} has priority {decision.get('priority')!r}, not {expected!r}"
+            )
+        (priority_slot,) = slot_files(args.gpurouter, args.lock_dir, options, job)
+        tools[name] = (
+            holder + ["--lock", priority_slot],
+            [args.gpurouter, "run", *options, "--", *job],
+            True,
+        )
+    tools = {name: tools[name] for name in wanted}
+    every_round = [name for name in wanted if name != "sem"]
 
     kids = Children()
     samples: dict[str, list[float]] = {name: [] for name in tools}
     try:
         job_cost = job_exec_cost_ms(job, scratch, 10)
-        every = max(1, args.n // max(1, args.n_sem)) if args.n_sem else 0
+        every = max(1, args.n // max(1, args.n_sem)) if args.n_sem and "sem" in tools else 0
         for i in range(args.n):
-            names = ["gpurouter", "flock"] if i % 2 == 0 else ["flock", "gpurouter"]
+            shift = i % len(every_round)
+            names = every_round[shift:] + every_round[:shift]  # each tool leads in turn
             if every and i % every == every // 2 and len(samples["sem"]) < args.n_sem:
                 names.append("sem")
             job_cost += job_exec_cost_ms(job, scratch, 1)
@@ -193,7 +243,8 @@ def main() -> None:
                 latency = one_handoff(kids, rnd, holder_argv, waiter_argv, in_kernel, args.sem_hold)
                 samples[name].append(latency)
             if (i + 1) % 25 == 0:
-                say(f"hand-offs: {i + 1}/{args.n} (sem {len(samples['sem'])}/{args.n_sem})")
+                sem_done = f" (sem {len(samples['sem'])}/{args.n_sem})" if "sem" in tools else ""
+                say(f"hand-offs: {i + 1}/{args.n} of {', '.join(every_round)}{sem_done}")
     finally:
         kids.kill_all()
     cost = statistics.median(job_cost)
@@ -201,7 +252,7 @@ def main() -> None:
     net = {name: [value - cost for value in values] for name, values in samples.items()}
     with open(args.out, "w") as handle:
         json.dump({"raw_ms": samples, "net_ms": net, "job_cost_ms": job_cost, "job_cost_median_ms": cost,
-                   "sem_hold_s": args.sem_hold, "job": shlex.join(job),
+                   "sem_hold_s": args.sem_hold, "job": shlex.join(job), "tools": wanted,
                    "job_cost_method": "exec -> clock read" if os.path.basename(job[0]) == "stamp"
                    else "posix_spawn -> clock read"}, handle)  # fmt: skip
 

@@ -3,9 +3,10 @@
     report.py RESULTS_DIR
 
 Reads hyperfine's --export-json files (NAME.ROUND.json for NAME in a, b_wav, b_ogg_first,
-b_ogg_cached: the times of all rounds are pooled per command), handoff.json, waiters.json
-and facts.json; prints ONE markdown table on stdout, then a few notes (sample sizes, what
-was subtracted, cross-checks).
+b_ogg_cached, g, lib: the times of all rounds are pooled per command), handoff.json,
+waiters.json, gpu_imports.json, monitor.json, lib_roundtrip.json and facts.json, whichever
+the groups run (`run.sh --only`) left; prints ONE markdown table on stdout, then a few notes
+(sample sizes, what was subtracted, cross-checks).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench import percentile  # noqa: E402
+
+
+def have(directory: str, name: str) -> bool:
+    """Did this run produce NAME (a file) or NAME.*.json (hyperfine rounds)?"""
+    if os.path.exists(os.path.join(directory, name)):
+        return True
+    return any(f.startswith(name + ".") and f.endswith(".json") for f in os.listdir(directory))
 
 
 def load(directory: str, name: str) -> dict:
@@ -45,6 +53,17 @@ def ms(value: float) -> str:
     if abs(value) >= 10:
         return f"{value:.1f} ms"
     return f"{value:.2f} ms"
+
+
+def dur(value: float) -> str:
+    """A duration given in ms, shown in µs below 1 ms."""
+    if value == value and abs(value) < 1:
+        return f"{value * 1000:.0f} µs"
+    return ms(value)
+
+
+def pct(value: float) -> str:
+    return f"{value:.3f} %" if abs(value) < 0.1 else f"{value:.2f} %"
 
 
 def mib(kib: float) -> str:
@@ -87,79 +106,195 @@ class Table:
         return "\n".join(lines)
 
 
-def main() -> None:
-    directory = sys.argv[1]
-    facts = load(directory, "facts.json")
-    table = Table()
-
+def rows_a(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    if not have(directory, "a"):
+        return
     a, a_n = hyperfine_medians(directory, "a")
     figure = "(a) start-up: `run --route cpu -- /bin/true` vs `python -c pass`"
     table.add(f"{figure} (median of {a_n['gpurouter']})", a["gpurouter"], "python -c pass", a["python"], ms,
               "ratio", 1.5)  # fmt: skip
     table.add("(a) start-up vs the runbook's bash router, no input (no ffprobe)",
               a["gpurouter"], "bash router", a["bash router"], ms, "info", None)  # fmt: skip
+    notes.append("(a) all medians: " + ", ".join(f"{k} {ms(v)}" for k, v in a.items())
+                 + f"; config memo present after warm-up: {facts['memo_warm']}")  # fmt: skip
+
+
+def rows_b(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
     rows_b = (
         ("b_wav", "(b) end to end, probe=duration, 2 s WAV (native header)", 0.3),
         ("b_ogg_first", "(b) end to end, 2 s Ogg Vorbis, first call (probe_cache=false: ffprobe)", 1.2),
         ("b_ogg_cached", "(b) end to end, 2 s Ogg Vorbis, cached retry (probe cache warm)", 0.3),
     )
     for name, figure, target in rows_b:
+        if not have(directory, name):
+            continue
         b, b_n = hyperfine_medians(directory, name)
         table.add(f"{figure} (median of {b_n['gpurouter']})", b["gpurouter"], "bash router", b["bash router"],
                   ms, "ratio", target)  # fmt: skip
 
+
+def rows_handoff(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(c) against flock(1) and sem, (f) the priority waiters against the plain gpurouter one."""
+    if not have(directory, "handoff.json"):
+        return
     h = load(directory, "handoff.json")
     net, raw = h["net_ms"], h["raw_ms"]
-    tools = ("gpurouter", "flock", "sem")
+    tools = [k for k in ("gpurouter", "flock", "sem", "gpurouter-batch", "gpurouter-realtime") if net.get(k)]
     med = {k: statistics.median(net[k]) for k in tools}
     p99 = {k: percentile(net[k], 99) for k in tools}
-    n_main, n_sem = len(net["gpurouter"]), len(net["sem"])
-    table.add(f"(c) blocking hand-off, median (n={n_main})", med["gpurouter"], "flock(1)", med["flock"], ms,
-              "ratio", 1.5)  # fmt: skip
-    table.add(f"(c) blocking hand-off, p99 (n={n_main})", p99["gpurouter"], "flock(1)", p99["flock"], ms,
-              "abs", 10.0)  # fmt: skip
-    table.add(f"(c) blocking hand-off, median vs sem (sem n={n_sem}, held {h['sem_hold_s']:g} s)",
-              med["gpurouter"], "sem", med["sem"], ms, "info", None)  # fmt: skip
-    table.add(f"(c) blocking hand-off, p99 vs sem (sem n={n_sem})", p99["gpurouter"], "sem", p99["sem"], ms,
-              "info", None)  # fmt: skip
+    n_main = len(net["gpurouter"])
+    if "flock" in tools:
+        table.add(f"(c) blocking hand-off, median (n={n_main})", med["gpurouter"], "flock(1)", med["flock"],
+                  ms, "ratio", 1.5)  # fmt: skip
+        table.add(f"(c) blocking hand-off, p99 (n={n_main})", p99["gpurouter"], "flock(1)", p99["flock"], ms,
+                  "abs", 10.0)  # fmt: skip
+    if "sem" in tools:
+        n_sem = len(net["sem"])
+        table.add(f"(c) blocking hand-off, median vs sem (sem n={n_sem}, held {h['sem_hold_s']:g} s)",
+                  med["gpurouter"], "sem", med["sem"], ms, "info", None)  # fmt: skip
+        table.add(f"(c) blocking hand-off, p99 vs sem (sem n={n_sem})", p99["gpurouter"], "sem", p99["sem"],
+                  ms, "info", None)  # fmt: skip
+    for tool, label in (("gpurouter-batch", "batch"), ("gpurouter-realtime", "realtime")):
+        if tool in tools:
+            figure = f'(f) policies: hand-off, `priority = "{label}"` waiter'
+            n = len(net[tool])
+            table.add(f"{figure}, median (n={n})", med[tool], "plain gpurouter", med["gpurouter"], ms,
+                      "ratio", 2.0)  # fmt: skip
+            table.add(f"{figure}, p99 (n={n})", p99[tool], "plain gpurouter", p99["gpurouter"], ms,
+                      "abs", 10.0)  # fmt: skip
+    notes.append(f"(c/f) hand-off = the job's clock read - the holder's T0 - the job's own start-up "
+                 f"(`{os.path.basename(h['job'])}`, {h['job_cost_method']}, sampled between rounds: "
+                 f"median {h['job_cost_median_ms']:.3f} ms); raw medians "
+                 + ", ".join(f"{k} {ms(statistics.median(raw[k]))}" for k in tools)
+                 + "; max " + ", ".join(f"{k} {ms(max(net[k]))}" for k in tools))  # fmt: skip
 
+
+def rows_waiters(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(d, e) the core waiters, (f) the blocked batch waiters."""
+    if not have(directory, "waiters.json"):
+        return
     w = load(directory, "waiters.json")
     waiters, seconds = w["waiters"], w["seconds"]
     cpu = {name: info["cpu_ms"] for name, info in waiters.items()}
     rss = {name: info["rss_kib"] for name, info in waiters.items()}
     floor = 0.05  # ms: below this a peer's CPU time is noise, not a base for a ratio
-    table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 1 slot (flock in main thread)",
-              cpu["gpurouter-1"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
-    table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 2 slots both held (threads)",
-              cpu["gpurouter-2"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
-    table.add(f"(d) CPU over {seconds:g} s, 1 slot, vs a polling waiter",
-              cpu["gpurouter-1"], "sem", cpu["sem"], ms, "info", None, floor)  # fmt: skip
-    table.add("(e) RSS (VmRSS) of a blocked waiter, 1 slot", rss["gpurouter-1"], "flock(1)", rss["flock"],
-              mib, "abs", 15 * 1024)  # fmt: skip
-    table.add("(e) RSS of a blocked waiter, 2 slots (threads)", rss["gpurouter-2"], "flock(1)", rss["flock"],
-              mib, "abs", 15 * 1024)  # fmt: skip
-    table.add("(e) RSS of a blocked waiter, 1 slot, vs sem (perl; whole process tree)",
-              rss["gpurouter-1"], "sem", waiters["sem"]["rss_tree_kib"], mib, "info", None)  # fmt: skip
+    if "gpurouter-1" in waiters:
+        table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 1 slot (flock in main thread)",
+                  cpu["gpurouter-1"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
+        table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 2 slots both held (threads)",
+                  cpu["gpurouter-2"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
+        table.add(f"(d) CPU over {seconds:g} s, 1 slot, vs a polling waiter",
+                  cpu["gpurouter-1"], "sem", cpu["sem"], ms, "info", None, floor)  # fmt: skip
+        table.add("(e) RSS (VmRSS) of a blocked waiter, 1 slot", rss["gpurouter-1"], "flock(1)", rss["flock"],
+                  mib, "abs", 15 * 1024)  # fmt: skip
+        table.add("(e) RSS of a blocked waiter, 2 slots (threads)", rss["gpurouter-2"], "flock(1)",
+                  rss["flock"], mib, "abs", 15 * 1024)  # fmt: skip
+        table.add("(e) RSS of a blocked waiter, 1 slot, vs sem (perl; whole process tree)",
+                  rss["gpurouter-1"], "sem", waiters["sem"]["rss_tree_kib"], mib, "info", None)  # fmt: skip
+    if "batch-slot" in waiters:
+        figure = f"(f) policies: CPU burnt by a blocked `batch` waiter over {seconds:g} s"
+        table.add(f"{figure}, asleep on the slot", cpu["batch-slot"], "flock(1)", cpu["flock"], ms, "abs",
+                  10.0, floor)  # fmt: skip
+        table.add(f"{figure}, asleep at the gate (a realtime job waits)", cpu["batch-gate"], "flock(1)",
+                  cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
+    for name, info in waiters.items():
+        waits_on = ", ".join(info.get("waits_on", [])) or "-"
+        notes.append(f"(d/e/f) {name}: cpu {info['cpu_ms']:.3f} ms (schedstat) / {info['cpu_ticks_ms']:.0f} "
+                     f"ms (utime+stime ticks), RSS {mib(info['rss_kib'])} (tree of {info['processes']}: "
+                     f"{mib(info['rss_tree_kib'])}), flock waits in /proc/locks: {info['blocked_in_flock']} "
+                     f"on {waits_on}, threads {' '.join(info['threads'])}")  # fmt: skip
 
+
+def rows_gpu(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(g) the NVML-aware decision against the plain threshold one, and what its imports cost."""
+    if not have(directory, "g"):
+        return
+    g, g_n = hyperfine_medians(directory, "g")
+    table.add(f"(g) GPU awareness: `run -- /bin/true`, `vram_mib = 3700` + 4-GPU device file vs the same "
+              f"profile without vram_mib (median of {g_n['vram']})", g["vram"], "plain threshold", g["plain"],
+              ms, "ratio", 1.2)  # fmt: skip
+    added = g["vram"] - g["plain"]
+    note = f"(g) the NVML-aware decision adds {ms(added)} (vram {ms(g['vram'])}, plain {ms(g['plain'])})"
+    if have(directory, "gpu_imports.json"):
+        imports = load(directory, "gpu_imports.json")
+        parts = []
+        for root in imports["roots"][:4]:
+            importer = root["importer"] or "?"
+            where = f"imported by {importer}"
+            if importer.startswith("encodings.search_function"):
+                where = "a codec lookup: .encode/.decode('ascii')"
+            below = ", ".join(f"{name} {us / 1000:.1f}" for name, us in root["heaviest_below"][:3])
+            parts.append(f"{root['module']} {root['cumulative_us'] / 1000:.1f} ms ({where}"
+                         + (f"; below it: {below} ms" if below else "") + ")")  # fmt: skip
+        rest = max(0.0, added - imports["added_us"] / 1000)
+        note += (f"; of which imports ~{imports['added_us'] / 1000:.1f} ms (-X importtime, median of "
+                 f"{imports['runs']}; {imports['added_modules']} modules the plain run does not load: "
+                 + "; ".join(parts) + f"), the rest ~{rest:.1f} ms placement work (device file read, "
+                 "/proc/locks, decide lock, device slot, claim)")  # fmt: skip
+        locks = imports.get("proc_locks_read_us")
+        if locks:
+            note += (f"; the first read of /proc/locks in a process (to judge claims) takes "
+                     f"{locks['paused'] / 1000:.1f} ms after a 0.3 s pause, "
+                     f"{locks['back_to_back'] / 1000:.1f} ms back to back (median of 5 each; the kernel "
+                     "waits for an RCU grace period unless one just passed: hyperfine's back-to-back runs "
+                     "see the cheaper case)")  # fmt: skip
+    notes.append(note)
+
+
+def rows_monitor(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(h) monitor mode's CPU per job-second against a bare Python sampler."""
+    if not have(directory, "monitor.json"):
+        return
+    mon = load(directory, "monitor.json")
+    ours, peer, record = mon["monitor"], mon["peer"], mon["end_record"]
+    table.add(f"(h) See and tune: monitor mode, CPU of the monitoring gpurouter per job-second (`sleep "
+              f"{mon['seconds']:g}`, {mon['interval_s']:g} s sampling, device file; % of one core)",
+              ours["percent_of_core"], "bare Python sampler", peer["percent_of_core"], pct, "abs", 1.0,
+              0.0001)  # fmt: skip
+    per_sample_us = ours["cpu_ms"] * 1000 / max(1.0, mon["window_s"] / mon["interval_s"])
+    notes.append(f"(h) over {mon['window_s']:.2f} s of the job: monitor {ours['cpu_ms']:.2f} ms "
+                 f"(schedstat) / {ours['cpu_ticks_ms']:.0f} ms (ticks), ~{per_sample_us:.0f} µs per sample; "
+                 f"peer {peer['cpu_ms']:.2f} ms / {peer['cpu_ticks_ms']:.0f} ms; the whole monitored run "
+                 f"(start-up, placement, samples, end record; wait4 rusage) "
+                 f"{mon['monitor_rusage_total_ms']:.0f} ms CPU; end record: samples {record['samples']}, "
+                 f"peak_vram_mib {record['peak_vram_mib']} (3000 expected), gpus {record['gpus']}; "
+                 f"monitor threads {' '.join(mon['monitor_threads'])}")  # fmt: skip
+
+
+def rows_library(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(i) `import gpurouter` and the in-process decide + slot round trip, against the CLI."""
+    if not have(directory, "lib"):
+        return
+    lib, lib_n = hyperfine_medians(directory, "lib")
+    table.add(f"(i) library: `python -c 'import gpurouter'` vs `python -c pass` (median of "
+              f"{lib_n['import gpurouter']})", lib["import gpurouter"], "python -c pass", lib["python"], ms,
+              "ratio", 1.1)  # fmt: skip
+    table.add("(i) library: `import gpurouter` vs the CLI's `run --route cpu -- /bin/true`",
+              lib["import gpurouter"], "CLI run", lib["gpurouter"], ms, "info", None)  # fmt: skip
+    if not have(directory, "lib_roundtrip.json"):
+        return
+    trip = load(directory, "lib_roundtrip.json")
+    samples = trip["samples_us"]
+    table.add(f"(i) library: `decide` + `slot` round trip in one process (median of {len(samples)}) vs "
+              "the CLI's per-job overhead (a)", trip["median_us"] / 1000, "CLI run", lib["gpurouter"], dur,
+              "ratio", 0.1)  # fmt: skip
+    notes.append(f"(i) round trip: p99 {percentile(samples, 99):.0f} µs, max {max(samples):.0f} µs (slot "
+                 f"{trip['slot']}, route {trip['route']}, profile {trip['profile']}; journals start + end); "
+                 f"in-process `import gpurouter` + api {trip['import_us'] / 1000:.1f} ms; CLI run minus "
+                 f"`python -c pass`: {ms(lib['gpurouter'] - lib['python'])}")  # fmt: skip
+
+
+def main() -> None:
+    directory = sys.argv[1]
+    facts = load(directory, "facts.json")
+    table = Table()
+    notes = [f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / "
+             f"{facts['load_after']} after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; "
+             f"{facts['flock']}; groups: {', '.join(facts.get('groups', []))}"]  # fmt: skip
+    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_monitor, rows_library):
+        rows(directory, facts, table, notes)
     print(table.render())
     print()
-    notes = [
-        f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / {facts['load_after']} "
-        f"after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; {facts['flock']}",
-        "(a) all medians: " + ", ".join(f"{k} {ms(v)}" for k, v in a.items())
-        + f"; config memo present after warm-up: {facts['memo_warm']}",
-        f"(c) hand-off = the job's clock read - the holder's T0 - the job's own start-up "
-        f"(`{os.path.basename(h['job'])}`, {h['job_cost_method']}, sampled between rounds: "
-        f"median {h['job_cost_median_ms']:.3f} ms); raw medians "
-        + ", ".join(f"{k} {ms(statistics.median(raw[k]))}" for k in tools)
-        + "; max " + ", ".join(f"{k} {ms(max(net[k]))}" for k in tools),
-    ]  # fmt: skip
-    for name in ("gpurouter-1", "gpurouter-2", "flock", "sem"):
-        info = waiters[name]
-        notes.append(f"(d/e) {name}: cpu {info['cpu_ms']:.3f} ms (schedstat) / {info['cpu_ticks_ms']:.0f} ms "
-                     f"(utime+stime ticks), RSS {mib(info['rss_kib'])} (tree of {info['processes']}: "
-                     f"{mib(info['rss_tree_kib'])}), flock waits in /proc/locks: {info['blocked_in_flock']}, "
-                     f"threads {' '.join(info['threads'])}")  # fmt: skip
     if table.misses:
         notes.append("MISSED: " + "; ".join(table.misses))
     for note in notes:

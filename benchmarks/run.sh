@@ -2,12 +2,15 @@
 # gpurouter's benchmark suite: one table, every figure as a ratio against a peer measured in
 # the same run. What each row measures: benchmarks/README.md.
 #
-#   benchmarks/run.sh            (about 1.5 minutes on a quiet 2-core box)
+#   benchmarks/run.sh                            (about 2 minutes on a quiet 2-core box)
+#   benchmarks/run.sh --only policies,gpu        (some groups only)
 #
+# Groups: core (rows a-e), policies (f), gpu (g), monitor (h), library (i); default: all.
 # Needs: the venv at ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
-# flock(1), ffmpeg and ffprobe, coreutils timeout. Everything it creates lives in one
-# mktemp dir (HOME, XDG_CACHE_HOME, TMPDIR, the config, lock_dir, journal, media), which is
-# removed on exit together with any process the helpers started.
+# flock(1), ffmpeg and ffprobe, coreutils timeout (core needs them all, the other groups
+# fewer). Everything it creates lives in one mktemp dir (HOME, XDG_CACHE_HOME, TMPDIR, the
+# config, lock_dir, journal, media, device file), which is removed on exit together with any
+# process the helpers started.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,7 +18,31 @@ ROOT=$(cd "$HERE/.." && pwd)
 PY=$ROOT/.venv/bin/python
 GR=$ROOT/.venv/bin/gpurouter
 
-for tool in hyperfine flock sem parallel ffmpeg ffprobe timeout date; do
+GROUPS_ALL="core policies gpu monitor library"
+usage() {
+    echo "usage: benchmarks/run.sh [--only GROUP[,GROUP...]]  (groups: ${GROUPS_ALL// /, }; default: all)" >&2
+}
+ONLY=$GROUPS_ALL
+while (( $# )); do
+    case $1 in
+        --only) (( $# >= 2 )) || { usage; exit 2; }; ONLY=${2//,/ }; shift 2 ;;
+        --only=*) ONLY=${1#--only=}; ONLY=${ONLY//,/ }; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; usage; exit 2 ;;
+    esac
+done
+[[ -n ${ONLY// /} ]] || { usage; exit 2; }
+for group in $ONLY; do
+    [[ " $GROUPS_ALL " == *" $group "* ]] || { echo "run.sh: unknown group: $group" >&2; usage; exit 2; }
+done
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+needs=(timeout date)
+want core && needs+=(hyperfine flock sem parallel ffmpeg ffprobe)
+want policies && needs+=(flock)
+want gpu && needs+=(hyperfine)
+want library && needs+=(hyperfine)
+for tool in "${needs[@]}"; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not on PATH" >&2; exit 1; }
 done
 [[ -x $PY && -x $GR ]] || { echo "run.sh: no venv with gpurouter at $ROOT/.venv (run scripts/test first)" >&2; exit 1; }
@@ -70,7 +97,8 @@ export HOME=$WORK/home
 export XDG_CACHE_HOME=$WORK/home/.cache
 export XDG_CONFIG_HOME=$WORK/home/.config
 export TMPDIR=$WORK/tmp
-unset GPUROUTER_PROFILE GPUROUTER_ROUTE GPUROUTER_SKIP_LOCK GPUROUTER_HELD GPUROUTER_NVML_FILE PYTHONPATH || true
+unset GPUROUTER_PROFILE GPUROUTER_ROUTE GPUROUTER_SKIP_LOCK GPUROUTER_HELD GPUROUTER_ROUTED \
+    GPUROUTER_NVML_FILE CUDA_VISIBLE_DEVICES PYTHONPATH || true
 # Bytecode: with PYTHONDONTWRITEBYTECODE set (common in dev shells and CI), a module edited since
 # its .pyc was written is compiled afresh on every call, which is not what an installed
 # gpurouter pays. Write and read bytecode in the temp dir instead (the warm-up runs fill it),
@@ -81,7 +109,14 @@ LOCK_DIR=$WORK/locks
 RESULTS=$WORK/results
 
 # gpurouter: profile "true" (picked by the command's basename) probes the duration; the
-# bench-wait* profiles give the waiter benchmark pools of 1 and 2 slots.
+# bench-wait* profiles give the waiter benchmark pools of 1 and 2 slots. The others serve the
+# groups beyond core:
+#   bench-batch, bench-realtime         (f) priority classes on the gpu pool: the core hand-off's slot
+#   bench-batch-slot, bench-batch-gate  (f) blocked batch waiters, pools wb and wg
+#   bench-plain, bench-vram             (g) one threshold profile without / with vram_mib; called
+#                                       without an input the probe has no metric and
+#                                       fallback = "gpu" routes to the GPU
+#   bench-monitor                       (h) monitor mode, 1 s sampling, a device-aware GPU route
 write_config() {  # FILE PROBE_CACHE
     cat >"$1" <<EOF
 lock_dir = "$LOCK_DIR"
@@ -107,31 +142,118 @@ slots = 1
 [profiles.bench-wait2.gpu]
 pool = "w2"
 slots = 2
+
+[profiles.bench-batch]
+priority = "batch"
+
+[profiles.bench-batch.gpu]
+slots = 1
+
+[profiles.bench-realtime]
+priority = "realtime"
+
+[profiles.bench-realtime.gpu]
+slots = 1
+
+[profiles.bench-batch-slot]
+priority = "batch"
+
+[profiles.bench-batch-slot.gpu]
+pool = "wb"
+slots = 1
+
+[profiles.bench-batch-gate]
+priority = "batch"
+
+[profiles.bench-batch-gate.gpu]
+pool = "wg"
+slots = 1
+
+[profiles.bench-plain]
+probe = "duration"
+threshold = "1h"
+fallback = "gpu"
+
+[profiles.bench-plain.gpu]
+args = ["--device", "cuda", "--compute_type", "float16"]
+slots = 1
+
+[profiles.bench-plain.cpu]
+args = ["--device", "cpu", "--compute_type", "int8"]
+slots = 1
+
+[profiles.bench-vram]
+probe = "duration"
+threshold = "1h"
+fallback = "gpu"
+
+[profiles.bench-vram.gpu]
+args = ["--device", "cuda", "--compute_type", "float16"]
+slots = 1
+vram_mib = 3700
+
+[profiles.bench-vram.cpu]
+args = ["--device", "cpu", "--compute_type", "int8"]
+slots = 1
+
+[profiles.bench-monitor]
+monitor = true
+monitor_interval = "1s"
+
+[profiles.bench-monitor.gpu]
+slots = 1
+vram_mib = 3700
 EOF
 }
 write_config "$WORK/config.toml" true
 write_config "$WORK/config-nocache.toml" false
 export GPUROUTER_CONFIG=$WORK/config.toml
 
-# The runbook's router, with the runbook's inputs for the same job.
-cp "$HERE/bash_router.sh" "$WORK/bin/bash_router.sh"
-chmod +x "$WORK/bin/bash_router.sh"
-ROUTER=$WORK/bin/bash_router.sh
-export WORKLOAD_BINARY=/bin/true PROBE_TOOL=ffprobe THRESHOLD_VALUE=3600 MAX_GPU_JOBS=1 MAX_CPU_JOBS=1
-export GPU_ARGS="--device cuda --compute_type float16" CPU_ARGS="--device cpu --compute_type int8"
-export ROUTER_LOGFILE=$WORK/router/workload-router.log
-export ROUTER_GPU_LOCK=$WORK/router/gpu-workload.lock ROUTER_CPU_LOCK=$WORK/router/cpu-workload.lock
+# The device file (CONTRACT.md, "Device file"): four GPUs, one too full for 3700 MiB + the
+# 256 MiB cushion, one busy but roomy, one idle, one small; GPUROUTER_NVML_FILE is set only
+# for the rows that use it (g, h).
+DEVICES=$WORK/devices.json
+cat >"$DEVICES" <<'EOF'
+{"devices": [
+  {"index": 0, "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
+   "memory_total_mib": 16376, "memory_used_mib": 14100, "utilization_percent": 97,
+   "temperature_c": 71, "power_w": 131.5, "processes": [{"pid": 4194301, "used_mib": 13900}]},
+  {"index": 1, "uuid": "GPU-6f1c2a01-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
+   "memory_total_mib": 16376, "memory_used_mib": 1200, "utilization_percent": 5,
+   "temperature_c": 41, "power_w": 35.5, "processes": []},
+  {"index": 2, "uuid": "GPU-6f1c2a02-0000-0000-0000-000000000000", "name": "NVIDIA RTX A5000",
+   "memory_total_mib": 24564, "memory_used_mib": 8000, "utilization_percent": 40,
+   "temperature_c": 60, "power_w": 110.0},
+  {"index": 3, "uuid": "GPU-6f1c2a03-0000-0000-0000-000000000000", "name": "Tesla T4",
+   "memory_total_mib": 15360, "memory_used_mib": 300, "utilization_percent": 0,
+   "temperature_c": 35, "power_w": 20.0, "processes": []}
+]}
+EOF
 
-# Media: 2 s of sine as WAV (gpurouter reads its header) and as Ogg Vorbis (needs ffprobe).
-step "making media"
-WAV=$WORK/media/talk.wav
-OGG=$WORK/media/talk.ogg
-SINE=(-nostdin -hide_banner -loglevel error -f lavfi -i sine=frequency=440:duration=2)
-ffmpeg "${SINE[@]}" -c:a pcm_s16le "$WAV"
-ffmpeg "${SINE[@]}" -c:a libvorbis "$OGG" 2>/dev/null ||
-    ffmpeg "${SINE[@]}" -c:a vorbis -strict -2 -ac 2 "$OGG"
+# Sanity: gpurouter works here.
+"$GR" run --route cpu -- /bin/true
 
-# Sanity: gpurouter works here and probes as the rows assume; the bash router routes to GPU.
+if want core; then
+    # The runbook's router, with the runbook's inputs for the same job.
+    cp "$HERE/bash_router.sh" "$WORK/bin/bash_router.sh"
+    chmod +x "$WORK/bin/bash_router.sh"
+    ROUTER=$WORK/bin/bash_router.sh
+    export WORKLOAD_BINARY=/bin/true PROBE_TOOL=ffprobe THRESHOLD_VALUE=3600 MAX_GPU_JOBS=1 MAX_CPU_JOBS=1
+    export GPU_ARGS="--device cuda --compute_type float16" CPU_ARGS="--device cpu --compute_type int8"
+    export ROUTER_LOGFILE=$WORK/router/workload-router.log
+    export ROUTER_GPU_LOCK=$WORK/router/gpu-workload.lock ROUTER_CPU_LOCK=$WORK/router/cpu-workload.lock
+
+    # Media: 2 s of sine as WAV (gpurouter reads its header) and as Ogg Vorbis (needs ffprobe).
+    step "making media"
+    WAV=$WORK/media/talk.wav
+    OGG=$WORK/media/talk.ogg
+    SINE=(-nostdin -hide_banner -loglevel error -f lavfi -i sine=frequency=440:duration=2)
+    ffmpeg "${SINE[@]}" -c:a pcm_s16le "$WAV"
+    ffmpeg "${SINE[@]}" -c:a libvorbis "$OGG" 2>/dev/null ||
+        ffmpeg "${SINE[@]}" -c:a vorbis -strict -2 -ac 2 "$OGG"
+fi
+
+# Sanity: gpurouter probes as the rows assume; the bash router routes to GPU.
 expect_via() {  # VIA FILE [CONFIG]: `gpurouter route` must say it measured FILE via VIA
     local decision
     decision=$(GPUROUTER_CONFIG=${3:-$GPUROUTER_CONFIG} "$GR" route --json -- /bin/true "$2")
@@ -140,19 +262,19 @@ expect_via() {  # VIA FILE [CONFIG]: `gpurouter route` must say it measured FILE
         exit 1
     fi
 }
-"$GR" run --route cpu -- /bin/true
-expect_via native:wav "$WAV"
-"$ROUTER" "$WAV"
-if ! grep -q 'mode=GPU metric=2 ' "$ROUTER_LOGFILE"; then
-    echo "run.sh: the bash router misrouted:" >&2
-    cat "$ROUTER_LOGFILE" >&2
-    exit 1
+if want core; then
+    expect_via native:wav "$WAV"
+    "$ROUTER" "$WAV"
+    if ! grep -q 'mode=GPU metric=2 ' "$ROUTER_LOGFILE"; then
+        echo "run.sh: the bash router misrouted:" >&2
+        cat "$ROUTER_LOGFILE" >&2
+        exit 1
+    fi
 fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # hyperfine --shell=none splits a command line into words itself (POSIX quoting): quote paths.
-GRq=$(printf %q "$GR") PYq=$(printf %q "$PY") ROUTERq=$(printf %q "$ROUTER")
-WAVq=$(printf %q "$WAV") OGGq=$(printf %q "$OGG")
+GRq=$(printf %q "$GR") PYq=$(printf %q "$PY")
 
 # hyperfine runs all runs of one command, then all of the next: a burst of load from other
 # work on the box would hit one side only. So each figure is ROUNDS short hyperfine runs with
@@ -176,54 +298,117 @@ bench() {  # NAME ROUNDS RUNS  NAME1 CMD1 NAME2 CMD2 [NAME3 CMD3]
     done
 }
 
-# ---------------------------------------------------------------- (a) start-up overhead
-step "(a) start-up overhead (hyperfine, 5 x 40 runs each)"
-bench a 5 40 \
-    gpurouter "$GRq run --route cpu -- /bin/true" \
-    python "$PYq -c pass" \
-    "bash router" "$ROUTERq"
-MEMO_WARM=no
-[[ -s $XDG_CACHE_HOME/gpurouter/config.memo ]] && MEMO_WARM=yes
+MEMO_WARM=n/a
+if want core; then
+    ROUTERq=$(printf %q "$ROUTER") WAVq=$(printf %q "$WAV") OGGq=$(printf %q "$OGG")
 
-# ---------------------------------------------------------------- (b) end to end with a probe
-step "(b) end to end, WAV (hyperfine, 5 x 16 runs each)"
-bench b_wav 5 16 gpurouter "$GRq run -- /bin/true $WAVq" "bash router" "$ROUTERq $WAVq"
+    # ------------------------------------------------------------ (a) start-up overhead
+    step "(a) start-up overhead (hyperfine, 5 x 40 runs each)"
+    bench a 5 40 \
+        gpurouter "$GRq run --route cpu -- /bin/true" \
+        python "$PYq -c pass" \
+        "bash router" "$ROUTERq"
+    MEMO_WARM=no  # one memo file per config path: $XDG_CACHE_HOME/gpurouter/config-CRC.memo
+    for memo in "$XDG_CACHE_HOME"/gpurouter/config*.memo; do
+        if [[ -s $memo ]]; then MEMO_WARM=yes; fi
+    done
 
-step "(b) end to end, OGG first call, probe_cache = false (hyperfine, 5 x 16 runs each)"
-GPUROUTER_CONFIG=$WORK/config-nocache.toml bench b_ogg_first 5 16 \
-    gpurouter "$GRq run -- /bin/true $OGGq" "bash router" "$ROUTERq $OGGq"
-expect_via ffprobe "$OGG" "$WORK/config-nocache.toml"
+    # ------------------------------------------------------------ (b) end to end with a probe
+    step "(b) end to end, WAV (hyperfine, 5 x 16 runs each)"
+    bench b_wav 5 16 gpurouter "$GRq run -- /bin/true $WAVq" "bash router" "$ROUTERq $WAVq"
 
-step "(b) end to end, OGG cached retry (hyperfine, 5 x 16 runs each)"
-"$GR" run -- /bin/true "$OGG"  # fills the probe cache
-expect_via cache "$OGG"
-bench b_ogg_cached 5 16 gpurouter "$GRq run -- /bin/true $OGGq" "bash router" "$ROUTERq $OGGq"
+    step "(b) end to end, OGG first call, probe_cache = false (hyperfine, 5 x 16 runs each)"
+    GPUROUTER_CONFIG=$WORK/config-nocache.toml bench b_ogg_first 5 16 \
+        gpurouter "$GRq run -- /bin/true $OGGq" "bash router" "$ROUTERq $OGGq"
+    expect_via ffprobe "$OGG" "$WORK/config-nocache.toml"
 
-# ---------------------------------------------------------------- (c) blocking hand-off
-step "(c) blocking hand-off: gpurouter, flock(1), sem"
-# The job under each waiter prints its start time: a static C `stamp` (its start-up is one
-# execve, measured with `stamp --exec-self`), else date(1) (start-up measured by posix_spawn).
-# Either way that start-up is subtracted.
-JOB="date +%s%N"
-if command -v cc >/dev/null; then
-    cc -O2 -static -o "$WORK/bin/stamp" "$HERE/stamp.c" 2>/dev/null ||
-        cc -O2 -o "$WORK/bin/stamp" "$HERE/stamp.c" 2>/dev/null || true
-    if [[ -x $WORK/bin/stamp && $("$WORK/bin/stamp") =~ ^[0-9]{19}$ ]]; then
-        JOB=$WORK/bin/stamp
-    fi
+    step "(b) end to end, OGG cached retry (hyperfine, 5 x 16 runs each)"
+    "$GR" run -- /bin/true "$OGG"  # fills the probe cache
+    expect_via cache "$OGG"
+    bench b_ogg_cached 5 16 gpurouter "$GRq run -- /bin/true $OGGq" "bash router" "$ROUTERq $OGGq"
 fi
-run_step timeout -k 5 150 "$PY" "$HERE/handoff.py" --work "$WORK" --gpurouter "$GR" --lock-dir "$LOCK_DIR" \
-    --out "$RESULTS/handoff.json" --job "$JOB" --n 150 --n-sem 20 --sem-hold 1.0
 
-# ---------------------------------------------------------------- (d, e) blocked waiters
-step "(d, e) CPU and RSS of blocked waiters"
-run_step timeout -k 5 60 "$PY" "$HERE/waiters.py" --work "$WORK" --gpurouter "$GR" --lock-dir "$LOCK_DIR" \
-    --out "$RESULTS/waiters.json" --seconds 10
+# ---------------------------------------------------------------- (c, f) blocking hand-off
+if want core || want policies; then
+    tools=gpurouter n_sem=0
+    want core && tools+=,flock,sem n_sem=20
+    want policies && tools+=,gpurouter-batch,gpurouter-realtime
+    step "(c, f) blocking hand-off: ${tools//,/, }"
+    # The job under each waiter prints its start time: a static C `stamp` (its start-up is one
+    # execve, measured with `stamp --exec-self`), else date(1) (start-up measured by posix_spawn).
+    # Either way that start-up is subtracted.
+    JOB="date +%s%N"
+    if command -v cc >/dev/null; then
+        cc -O2 -static -o "$WORK/bin/stamp" "$HERE/stamp.c" 2>/dev/null ||
+            cc -O2 -o "$WORK/bin/stamp" "$HERE/stamp.c" 2>/dev/null || true
+        if [[ -x $WORK/bin/stamp && $("$WORK/bin/stamp") =~ ^[0-9]{19}$ ]]; then
+            JOB=$WORK/bin/stamp
+        fi
+    fi
+    run_step timeout -k 5 300 "$PY" "$HERE/handoff.py" --work "$WORK" --gpurouter "$GR" \
+        --lock-dir "$LOCK_DIR" --out "$RESULTS/handoff.json" --job "$JOB" --n 150 --n-sem "$n_sem" \
+        --sem-hold 1.0 --tools "$tools"
+
+    # ------------------------------------------------------------ (d, e, f) blocked waiters
+    waiters=
+    want core && waiters+=,gpurouter-1,gpurouter-2,flock,sem
+    want policies && waiters+=,batch-slot,batch-gate,flock
+    step "(d, e, f) CPU and RSS of blocked waiters"
+    run_step timeout -k 5 60 "$PY" "$HERE/waiters.py" --work "$WORK" --gpurouter "$GR" \
+        --lock-dir "$LOCK_DIR" --out "$RESULTS/waiters.json" --seconds 10 --waiters "${waiters#,}"
+fi
+
+# ---------------------------------------------------------------- (g) NVML-aware decision
+if want gpu; then
+    export GPUROUTER_NVML_FILE=$DEVICES
+    decision=$("$GR" route --json --profile bench-vram -- /bin/true)
+    if [[ ! $decision =~ \"route\":\ *\"gpu\" || ! $decision =~ \"vram_mib\":\ *3700 ]]; then
+        echo "run.sh: expected bench-vram to be a device-aware GPU route, it decided: $decision" >&2
+        exit 1
+    fi
+    # The aware run must place the job on a device; the plain one must not.
+    "$GR" run --profile bench-vram -- /bin/sh -c '[ -n "${CUDA_VISIBLE_DEVICES-}" ]' ||
+        { echo "run.sh: bench-vram did not set CUDA_VISIBLE_DEVICES" >&2; exit 1; }
+    "$GR" run --profile bench-plain -- /bin/sh -c '[ -z "${CUDA_VISIBLE_DEVICES-}" ]' ||
+        { echo "run.sh: bench-plain set CUDA_VISIBLE_DEVICES" >&2; exit 1; }
+    step "(g) NVML-aware decision (device file) vs plain threshold (hyperfine, 5 x 30 runs each)"
+    bench g 5 30 \
+        plain "$GRq run --profile bench-plain -- /bin/true" \
+        vram "$GRq run --profile bench-vram -- /bin/true"
+    step "(g) what the aware decision imports (python -X importtime, 7 runs each)"
+    run_step timeout -k 5 60 "$PY" "$HERE/gpu_imports.py" --python "$PY" --gpurouter "$GR" \
+        --out "$RESULTS/gpu_imports.json" --runs 7 \
+        --base "--profile bench-plain" --aware "--profile bench-vram" -- /bin/true
+    unset GPUROUTER_NVML_FILE
+fi
+
+# ---------------------------------------------------------------- (i) library
+if want library; then
+    step "(i) library: import gpurouter (hyperfine, 5 x 30 runs each)"
+    bench lib 5 30 \
+        "import gpurouter" "$PYq -c 'import gpurouter'" \
+        python "$PYq -c pass" \
+        gpurouter "$GRq run --route cpu -- /bin/true"
+    step "(i) library: decide + slot round trips in one process (200)"
+    run_step timeout -k 5 60 "$PY" "$HERE/lib_roundtrip.py" --out "$RESULTS/lib_roundtrip.json" --n 200 \
+        --warmup 20 --profile true --route cpu -- /bin/true
+fi
+
+# ---------------------------------------------------------------- (h) monitor mode
+if want monitor; then
+    step "(h) monitor mode: CPU of a monitored 'sleep 10' (1 s sampling, device file)"
+    run_step timeout -k 5 60 "$PY" "$HERE/monitor_cpu.py" --work "$WORK" --gpurouter "$GR" \
+        --lock-dir "$LOCK_DIR" --devices "$DEVICES" --journal "$LOCK_DIR/journal.jsonl" \
+        --out "$RESULTS/monitor.json" --seconds 10 --interval 1 --profile bench-monitor
+fi
 
 # ---------------------------------------------------------------- the table
-LOAD_BEFORE=$LOAD_BEFORE MEMO_WARM=$MEMO_WARM V_HYPERFINE=$(hyperfine --version) \
-    V_PARALLEL=$(parallel --version | head -n1) V_FLOCK=$(flock --version) \
-    "$PY" - "$RESULTS/facts.json" <<'EOF'
+V_PARALLEL=n/a V_FLOCK=n/a V_HYPERFINE=n/a
+if command -v hyperfine >/dev/null; then V_HYPERFINE=$(hyperfine --version); fi
+if command -v parallel >/dev/null; then V_PARALLEL=$(parallel --version | head -n1) || true; fi
+if command -v flock >/dev/null; then V_FLOCK=$(flock --version); fi
+LOAD_BEFORE=$LOAD_BEFORE MEMO_WARM=$MEMO_WARM GROUPS_RUN=$ONLY \
+    V_HYPERFINE=$V_HYPERFINE V_PARALLEL=$V_PARALLEL V_FLOCK=$V_FLOCK "$PY" - "$RESULTS/facts.json" <<'EOF'
 import json, os, platform, sys
 json.dump({
     "nproc": os.cpu_count(),
@@ -234,6 +419,7 @@ json.dump({
     "parallel": os.environ["V_PARALLEL"],
     "flock": os.environ["V_FLOCK"],
     "memo_warm": os.environ["MEMO_WARM"],
+    "groups": os.environ["GROUPS_RUN"].split(),
 }, open(sys.argv[1], "w"))
 EOF
 step "done"

@@ -1,9 +1,10 @@
 """CPU time and RSS of blocked waiters.
 
     waiters.py --work DIR --gpurouter PATH --lock-dir DIR --out FILE [--seconds 10]
+               [--waiters gpurouter-1,gpurouter-2,flock,sem,batch-slot,batch-gate]
 
-All slots are held by holder.py processes (the sem holder runs under sem), then four
-waiters are started side by side and left blocked:
+All slots are held by holder.py processes (the sem holder runs under sem), then the
+waiters (--waiters; default: the first four) are started side by side and left blocked:
 
     gpurouter-1  `gpurouter run --profile bench-wait1 --wait block -- /bin/true`  pool w1, slots = 1:
                  the main thread sleeps in flock(2)
@@ -11,6 +12,13 @@ waiters are started side by side and left blocked:
                  both held: one thread per slot sleeps in flock(2), the main thread on an Event
     flock(1)     `flock LOCKFILE /bin/true`
     sem          `sem --id ID -j1 --fg /bin/true` (GNU parallel polls with a back-off)
+    batch-slot   `gpurouter run --profile bench-batch-slot --wait block -- /bin/true`: pool wb,
+                 `priority = "batch"`, no realtime job about: it passes the gate and sleeps in
+                 flock(2) on the held slot
+    batch-gate   `gpurouter run --profile bench-batch-gate --wait block -- /bin/true`: pool wg,
+                 `priority = "batch"`, its slot free but a realtime job waiting (the holder keeps
+                 a shared flock on `wg.realtime-waiting`, as a realtime waiter does): it sleeps in
+                 flock(LOCK_EX) on that gate
 
 Once every flock waiter shows up on '->' lines of /proc/locks (as many as it has slots) and
 one more second has passed (start-up done, sem in its back-off), the script reads CPU time
@@ -29,11 +37,13 @@ import shutil
 import sys
 import time
 
-from _bench import (Children, blocked_waits, cpu_ns, cpu_ticks, ensure_lock_dir, exit_on_signals, rss_kib,
-                    say, slot_files, thread_states, tree, wait_until)  # fmt: skip
+from _bench import (Children, blocked_waits, cpu_ns, cpu_ticks, ensure_lock_dir, exit_on_signals,
+                    route_decision, rss_kib, say, slot_files, thread_states, tree, wait_until,
+                    waited_files)  # fmt: skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOLDER = os.path.join(HERE, "holder.py")
+REALTIME_WAITING = "realtime-waiting"  # the gate a realtime waiter holds shared (gpurouter/priority.py)
 
 
 def main() -> None:
@@ -43,38 +53,59 @@ def main() -> None:
     parser.add_argument("--lock-dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--waiters", default="gpurouter-1,gpurouter-2,flock,sem")
     args = parser.parse_args()
+    wanted = list(dict.fromkeys(w for w in args.waiters.split(",") if w))
+    known = ("gpurouter-1", "gpurouter-2", "flock", "sem", "batch-slot", "batch-gate")
+    if not wanted or any(w not in known for w in wanted):
+        sys.exit(f"waiters.py: --waiters takes some of {', '.join(known)}, got {args.waiters!r}")
     exit_on_signals()
     ensure_lock_dir(args.lock_dir)
 
-    sem = shutil.which("sem")
-    flock = shutil.which("flock")
-    if not (sem and flock):
-        sys.exit("waiters.py: sem and flock(1) must be on PATH")
+    sem = shutil.which("sem") or "sem"
+    flock = shutil.which("flock") or "flock"
+    for tool, path in (("sem", sem), ("flock", flock)):
+        if tool in wanted and not os.path.isabs(path):
+            sys.exit(f"waiters.py: {tool} must be on PATH")
     scratch = os.path.join(args.work, "waiters")
     os.makedirs(scratch, exist_ok=True)
     holder = [sys.executable, "-I", "-S", HOLDER]
     flock_file = os.path.join(scratch, "flock1.lock")
     sem_id = f"bench-waiters-{os.getpid()}"
     job = ["/bin/true"]
-    one = ["--profile", "bench-wait1", "--wait", "block"]  # pool w1, slots = 1
-    two = ["--profile", "bench-wait2", "--wait", "block"]  # pool w2, slots = 2
-    slots_one = slot_files(args.gpurouter, args.lock_dir, one, job)
-    slots_two = slot_files(args.gpurouter, args.lock_dir, two, job)
-    if len(slots_one) != 1 or len(slots_two) != 2:
-        sys.exit(f"waiters.py: expected 1 and 2 slots, gpurouter would wait on {slots_one}, {slots_two}")
-    holders = {
-        "gpurouter-1": holder + [arg for path in slots_one for arg in ("--lock", path)],
-        "gpurouter-2": holder + [arg for path in slots_two for arg in ("--lock", path)],
-        "flock": holder + ["--lock", flock_file],
-        "sem": [sem, "--will-cite", "--id", sem_id, "-j1", "--fg"] + holder,
+    profiles = {  # waiter -> run options (profiles of run.sh's config), slots it must see
+        "gpurouter-1": (["--profile", "bench-wait1", "--wait", "block"], 1),  # pool w1, slots = 1
+        "gpurouter-2": (["--profile", "bench-wait2", "--wait", "block"], 2),  # pool w2, slots = 2
+        "batch-slot": (["--profile", "bench-batch-slot", "--wait", "block"], 1),  # pool wb, batch
+        "batch-gate": (["--profile", "bench-batch-gate", "--wait", "block"], 1),  # pool wg, batch
     }
-    waiters = {  # argv, how many flock() calls it sleeps in
-        "gpurouter-1": ([args.gpurouter, "run", *one, "--", *job], 1),
-        "gpurouter-2": ([args.gpurouter, "run", *two, "--", *job], 2),
-        "flock": ([flock, flock_file, *job], 1),
-        "sem": ([sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job], 0),
-    }
+    holders: dict[str, list[str]] = {}
+    waiters: dict[str, tuple[list[str], int]] = {}  # argv, how many flock() calls it sleeps in
+    for name in wanted:
+        if name == "flock":
+            holders[name] = holder + ["--lock", flock_file]
+            waiters[name] = ([flock, flock_file, *job], 1)
+            continue
+        if name == "sem":
+            holders[name] = [sem, "--will-cite", "--id", sem_id, "-j1", "--fg"] + holder
+            waiters[name] = ([sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job], 0)
+            continue
+        options, count = profiles[name]
+        paths = slot_files(args.gpurouter, args.lock_dir, options, job)
+        if len(paths) != count:
+            sys.exit(f"waiters.py: expected {count} slot(s) for {name}, gpurouter would wait on {paths}")
+        if name.startswith("batch-"):
+            decision = route_decision(args.gpurouter, options, job)
+            if decision.get("priority") != "batch":
+                sys.exit(
+                    f"waiters.py: {name}'s profile has priority {decision.get('priority')!r}, not 'batch'"
+                )
+        if name == "batch-gate":  # the slot stays free; a stand-in realtime waiter holds the gate shared
+            gate = os.path.join(args.lock_dir, f"{decision['pool']}.{REALTIME_WAITING}")
+            holders[name] = holder + ["--lock-shared", gate]
+        else:
+            holders[name] = holder + [arg for path in paths for arg in ("--lock", path)]
+        waiters[name] = ([args.gpurouter, "run", *options, "--", *job], count)
     kids = Children()
     result: dict[str, dict[str, object]] = {}
     try:
@@ -119,6 +150,7 @@ def main() -> None:
                 "rss_tree_kib": sum(rss_kib(pid) for pid in pids),
                 "blocked_in_flock": blocked[proc.pid],
                 "threads": thread_states(proc.pid),
+                "waits_on": waited_files(proc.pid, [args.lock_dir, scratch]),
             }
             say(f"{name}: {result[name]}")
     finally:
