@@ -76,7 +76,7 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
         names = os.listdir(lock_dir)
     except OSError:
         return {}
-    locks = kernel.kernel_flocks()
+    locks: dict[tuple[int, int, int], dict[str, list[int]]] | None = None  # read only if there is a claim
     promised: dict[int, int] = {}
     for gpu in gpus:
         prefix = f"{spec_pool}{gpu.index}."
@@ -91,6 +91,10 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
                 info = os.stat(os.path.join(lock_dir, name[: -len(".claim")]), follow_symlinks=False)
             except OSError:
                 continue
+            if locks is None:
+                # The first read of /proc/locks in a process can wait ~15 ms for an RCU grace period
+                # (locks_start takes file_rwsem for writing): only pay it when a claim exists.
+                locks = kernel.kernel_flocks()
             if pid not in locks.get(kernel.file_key(info), {}).get("held", []):
                 continue  # the claimant no longer holds that slot: a stale claim
             if gpu.processes is None:
