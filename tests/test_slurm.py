@@ -359,7 +359,7 @@ def test_a_gpurouter_killed_right_after_the_start_report_still_takes_its_job_alo
 def test_kill_9_of_gpurouters_process_group_leaves_no_allocation_behind(sbox: SlurmBox) -> None:
     """What `kill -9 -PGID` and many runners do: srun is in a group of its own and outlives it briefly."""
     argv = cluster.gpurouter_command(GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--",
-                                     "sh", "-c", "sleep 300")  # fmt: skip
+                                     "sh", "-c", "exec sleep 300")  # fmt: skip (no child left to outlive the task)
     job = subprocess.Popen(argv, env=sbox.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     sbox.processes.append(job)  # type: ignore[arg-type]
@@ -375,7 +375,7 @@ def test_kill_9_of_gpurouter_and_srun_together_is_cleaned_up_by_inactive_limit(s
     """The backstop: gpurouter, srun and srun's helper all SIGKILLed at once (a cgroup kill, the OOM
     killer): nothing of ours is left to cancel; slurmctld's InactiveLimit revokes the job."""
     argv = cluster.gpurouter_command(GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--",
-                                     "sh", "-c", "sleep 300")  # fmt: skip
+                                     "sh", "-c", "exec sleep 300")  # fmt: skip (no child left to outlive the task)
     job = subprocess.Popen(argv, env=sbox.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
