@@ -61,8 +61,10 @@ def visible_devices(pid: int) -> str | None:
 
 
 def comm(pid: int) -> str:
+    """The program name once execve has finished (comm changes before the new environ is in place)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        return name if Path(f"/proc/{pid}/environ").read_bytes() else ""
     except OSError:
         return ""
 

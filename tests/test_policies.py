@@ -31,7 +31,8 @@ def started_pids(box: Box) -> list[int]:
 
 def job_is_running(pid: int, name: str = "sleep") -> bool:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == name  # after exec, not gpurouter's argv
+        # comm changes early in execve, the new environ a moment later: wait for both.
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name and bool(Path(f"/proc/{pid}/environ").read_bytes())
     except OSError:
         return False
 
