@@ -187,8 +187,7 @@ def gpus(as_json: bool, config_file: str | None) -> None:
     Example:
         gpurouter gpus --json
     """
-    from gpurouter import config, render
-    from gpurouter import gpuview
+    from gpurouter import config, gpuview, render
 
     with exit_codes():
         settings = config.load(config_file)

@@ -127,3 +127,24 @@ def open_shared_dir(path: str, create: bool = True) -> int:
         os.close(fd)
         raise OSError(errno.EPERM, "is world-writable without the sticky bit (chmod 1777 it)", path)
     return fd
+
+
+def write_replacing(path: str, data: bytes, mode: int) -> None:
+    """Write beside `path`, fsync, rename over it: a crash leaves the old file or the new, whole."""
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                dir=os.path.dirname(os.path.abspath(path)))  # fmt: skip
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fchmod(stream.fileno(), mode)
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise

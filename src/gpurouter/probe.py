@@ -17,7 +17,6 @@ from gpurouter._record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from typing import Sequence
 
     from gpurouter.config import Profile, Settings

@@ -16,7 +16,7 @@ counter reset, as they should.
 
 from __future__ import annotations
 
-import os
+from gpurouter import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -165,21 +165,5 @@ def write_textfile(settings: Settings, path: str, profile: str | None = None,
 
 
 def replace_atomically(path: str, text: str) -> None:
-    """Write `text` to a temp file beside `path`, fsync it, and rename it over `path` (mode 0644)."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fchmod(stream.fileno(), 0o644)  # node_exporter often runs as another user
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    """Write `text` beside `path` and rename it over `path` (mode 0644: node_exporter often runs as another user)."""
+    fsutil.write_replacing(path, text.encode("utf-8"), 0o644)

@@ -193,9 +193,8 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
         NoFreeSlot: Slurm had no room now (fail) or within the bound; a `busy` record is written.
         SlurmError: srun is missing or failed before the job started (exit 125).
     """
-    import time
-
     import _signal  # type: ignore[import-not-found]  # no stubs; `signal` would import enum (~15 ms)
+    import time
 
     from gpurouter.execute import find_executable
 

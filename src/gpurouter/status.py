@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 from gpurouter import journal
+from gpurouter._record import Record
 from gpurouter.config import is_safe_name
 from gpurouter.kernel import kernel_flocks
-from gpurouter._record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 
+from gpurouter import fsutil
 from gpurouter._record import Record
 from gpurouter.errors import GpurouterError
 
@@ -292,28 +293,6 @@ def apply(config_path: str, profile: str, threshold_text: str) -> str:
     except (ConfigError, tomllib.TOMLDecodeError) as error:
         raise TuneRefused(f"not applied: the edited file would not be valid: {error}") from None
     backup = config_path + ".bak"
-    _write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
-    _write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
+    fsutil.write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
+    fsutil.write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
     return backup
-
-
-def _write_replacing(path: str, data: bytes, mode: int) -> None:
-    """Write beside `path`, fsync, rename over it: a crash leaves the old file or the new, whole."""
-    import tempfile
-
-    fd, temp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path))
-    )
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fchmod(stream.fileno(), mode)
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
