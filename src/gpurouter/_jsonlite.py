@@ -37,7 +37,7 @@ def loads(text: str) -> Any:
         import json
 
         return json.loads(text)
-    scan = make_scanner(_Context())
+    scan = make_scanner(_Context())  # type: ignore[arg-type]  # duck-typed context, as json.decoder passes
     start = len(text) - len(text.lstrip())
     try:
         value, end = scan(text, start)

@@ -31,7 +31,7 @@ def _fit(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> tu
     identity = ("autotune", settings.journal, profile.name, info.st_dev, info.st_ino, info.st_size >> 20)
     cached = _memo.recall("autotune", identity, environ)
     if isinstance(cached, (tuple, str)):
-        return cached  # type: ignore[return-value]
+        return cached  # type: ignore[return-value,unused-ignore]
     points = tune.runs(settings, profile.name)["points"]
     result: tuple[float, float, float] | str
     if len(points) < tune.MIN_RUNS:

@@ -71,7 +71,7 @@ def _check_runnable(path: str) -> None:
 def restore_default_signals() -> None:
     """Undo Python's start-up SIG_IGN of SIGPIPE and SIGXFSZ: exec keeps ignored signals, and a job
     like `yes | head -1` must die of SIGPIPE, not print "Broken pipe"."""
-    import _signal  # the C module: `signal` imports enum (~3 ms) for its IntEnum wrappers
+    import _signal  # type: ignore[import-not-found]  # the C module: `signal` imports enum (~3 ms) for its IntEnum wrappers
 
     for name in ("SIGPIPE", "SIGXFSZ"):
         number = getattr(_signal, name, None)

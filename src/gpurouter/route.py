@@ -71,6 +71,7 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
                          reason=f"no metric ({probe.problem}) and profile {profile.name!r} says fallback = \"fail\"")  # fmt: skip
         return Route(name=profile.fallback, spec=profile.route(profile.fallback),
                      reason=f"no metric ({probe.problem}): fallback {profile.fallback}", action=RUN)  # fmt: skip
+    assert profile.threshold is not None  # a metric without a threshold returned above
     shown = units.format_metric(probe.metric, probe.kind)
     limit = units.format_metric(profile.threshold, probe.kind)
     if probe.metric < profile.threshold:
