@@ -126,3 +126,22 @@ def test_a_nested_prefix_run_of_the_same_profile_still_routes(box: Box, media: d
     assert done.stdout.strip().endswith("--device cpu")
     outer, inner = box.records()
     assert (inner["profile"], inner["route"], inner["slot"]) == ("transcribe", "cpu", "cpu.0")
+
+
+def test_an_inherited_profile_never_makes_a_link_exec_another_profiles_binary(box: Box) -> None:
+    other = box.root / "whisper-binary"
+    other.write_text("#!/bin/sh\necho \"whisper ran: $*\"\n")
+    other.chmod(0o755)
+    box.write_config(f'[profiles.whisper]\nbinary = "{other}"\n[profiles.whisper.gpu]\nargs = ["--device", "cuda"]\n')
+    intercept(box)  # transcribe -> gpurouter, transcribe-real beside it
+    done = box.run("run", "--", "sh", "-c", "transcribe -i x.mp4", env={"GPUROUTER_PROFILE": "whisper"})
+    assert done.returncode == 0, done.stderr
+    assert "args: -i x.mp4" in done.stdout and "whisper ran" not in done.stdout
+
+
+def test_skip_lock_still_routes_an_intercepted_name_only_once(box: Box, media: dict[str, Path]) -> None:
+    box.write_config(WHISPER_PROFILE)
+    intercept(box)
+    done = box.run("run", "--", "transcribe", str(media["wav2"]), env={"GPUROUTER_SKIP_LOCK": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"{media['wav2']} --device cuda")

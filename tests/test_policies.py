@@ -299,3 +299,10 @@ def test_status_shows_realtime_waiters_and_batch_jobs_at_the_gate(box: Box) -> N
     assert gate["waiters"][0]["priority"] == "batch"
     text = box.run("status").stdout
     assert "batch waiting for realtime jobs" in text and "realtime waiting" in text
+
+
+def test_an_unusable_lock_dir_with_priority_is_one_clear_line(box: Box) -> None:
+    box.config.write_text(f'lock_dir = "{box.root}/missing/locks"\n[profiles.sh]\npriority = "batch"\n')
+    done = box.run("run", "--", "sh", "-c", "true")
+    assert done.returncode == 125
+    assert "lock dir unusable" in done.stderr and "internal error" not in done.stderr

@@ -33,7 +33,10 @@ def open_gate(lock_dir: str, pool: str, which: str) -> int:
     Raises:
         LockDirError: the gate name is planted (symlink, FIFO, ...) or unusable.
     """
-    dir_fd = fsutil.open_shared_dir(lock_dir)
+    try:
+        dir_fd = fsutil.open_shared_dir(lock_dir)
+    except OSError as error:
+        raise LockDirError(lock_dir, f"lock dir unusable: {error.strerror or error}") from None
     try:
         return fsutil.open_shared_file(f"{pool}.{which}", os.O_RDONLY, dir_fd=dir_fd)
     except OSError as error:

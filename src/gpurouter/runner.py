@@ -71,6 +71,20 @@ class Decision(Record):
         }  # fmt: skip
 
 
+def routed_value(profile: str, route_name: str, command: str) -> str:
+    """GPUROUTER_ROUTED for a job: 'PROFILE:ROUTE:COMMAND-NAME'."""
+    return f"{profile}:{route_name}:{os.path.basename(command)}"
+
+
+def parse_routed(value: str) -> tuple[str, str, str]:
+    """(profile, route, command name) from GPUROUTER_ROUTED; empty strings when absent or foreign."""
+    for route_name in ROUTES:  # split at the route: profile names may hold ':' themselves
+        profile, marker, command = value.partition(f":{route_name}:")
+        if marker:
+            return profile, route_name, command
+    return "", "", ""
+
+
 def held_pools(environ: Mapping[str, str]) -> list[str]:
     """Pools an ancestor holds, from GPUROUTER_HELD ('gpu,cpu')."""
     return [p for p in environ.get(HELD_VAR, "").split(",") if p]
@@ -111,8 +125,8 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         ProbeRefused: no metric under `fallback = "fail"`.
     """
     env_in = os.environ if environ is None else environ
-    parent_profile, _, parent_route = env_in.get(ROUTED_VAR, "").rpartition(":")
-    if intercepted and parent_profile == profile.name and env_in.get(HELD_VAR):
+    parent_profile, parent_route, parent_command = parse_routed(env_in.get(ROUTED_VAR, ""))
+    if intercepted and parent_profile == profile.name and parent_command == os.path.basename(argv[0]):
         # `gpurouter run -- NAME` where NAME is itself an intercepting link: the parent already
         # probed, added the route args and holds the slot. Only the interception form passes
         # through; a nested `gpurouter run` routes as usual (and takes no slot of a held pool).
@@ -247,7 +261,6 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
             held.waited_s = placement.slots[0].waited_s + waited_window
             held.env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
             held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool, *(s.pool for s in placement.slots)])
-            held.env[ROUTED_VAR] = f"{decision.profile}:{decision.route}"
     held.guard = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
     if not held.slots and decision.no_slot_because is None:
         slot, escaped, gate_fds = _take_slot(settings, decision, record, verbose, waited_window)
@@ -256,11 +269,15 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
             held.slots = [slot]
             held.waited_s = slot.waited_s + waited_window
             held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool])
-            held.env[ROUTED_VAR] = f"{decision.profile}:{decision.route}"
         else:
             held.escaped_after_s = escaped
             held.waited_s = escaped or 0.0
             held.guard = guard.merged(held.guard, rules.escape)  # capped and niced as configured for an escape
+    if decision.action != route.PASS:
+        # Whether or not a slot was taken (skip-lock, escape, held pool): the route args are in argv
+        # now, so an intercepting link this job execs must not add them again.
+        final = held.decision
+        held.env[ROUTED_VAR] = routed_value(final.profile, final.route, final.argv[0])
     # The final route's env (a low-VRAM fallback may have switched to the CPU route), under the slot and
     # placement variables: a route's env must not override CUDA_VISIBLE_DEVICES or GPUROUTER_HELD.
     held.env = {**held.decision.env, **held.env}
@@ -520,7 +537,10 @@ def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | 
     env = os.environ if environ is None else environ
     name = os.path.basename(argv0)
     link = argv0 if "/" in argv0 else (find_executable(name, env.get("PATH")) or name)
-    target = profile.binary or os.path.join(os.path.dirname(os.path.abspath(link)), f"{name}-real")
+    # The profile's `binary` only when the profile is NAME's own: a GPUROUTER_PROFILE inherited from a
+    # parent job must never make an intercepted ffmpeg run the whisper binary.
+    own_binary = profile.binary if profile.name == name else None
+    target = own_binary or os.path.join(os.path.dirname(os.path.abspath(link)), f"{name}-real")
     target = resolve_command(target, env.get("PATH"))
     # Never exec ourselves: a NAME-real (or binary) that resolves back to this launcher would
     # loop forever, re-taking slots each time.

@@ -213,7 +213,9 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     job_env = dict(env_in)
     job_env["GPUROUTER_HELD"] = ",".join([*(p for p in env_in.get("GPUROUTER_HELD", "").split(",") if p),
                                           decision.pool])  # fmt: skip
-    job_env["GPUROUTER_ROUTED"] = decision.profile
+    from gpurouter.runner import routed_value
+
+    job_env["GPUROUTER_ROUTED"] = routed_value(decision.profile, decision.route, decision.argv[0])
     job_env.update(decision.env)
 
     gpus = getattr(decision, "gpu_count", None) or gpu_count(spec, job_argv[1:])
