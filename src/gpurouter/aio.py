@@ -98,10 +98,10 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
         except NoFreeSlot as busy:
             remaining = wait_s - (time.monotonic() - began)
             if remaining <= 0:
-                journal.append_record(settings.journal, "busy", **_record(decision), waited_s=round(time.monotonic() - began, 3))
+                journal.append_record(settings.journal, "busy", **runner.job_record(decision.inner), waited_s=round(time.monotonic() - began, 3))
                 raise NoFreeSlot(busy.pool, busy.slots, time.monotonic() - began, why=busy.why) from None
             if not announced:
-                journal.append_record(settings.journal, "wait", **_record(decision), wait=config.format_wait(wait_s))
+                journal.append_record(settings.journal, "wait", **runner.job_record(decision.inner), wait=config.format_wait(wait_s))
                 announced = True
             await wait_for_release(settings.lock_dir, _candidates(decision), min(remaining, devices.RECHECK_S)
                                    if decision.inner.device_mode else remaining)  # fmt: skip
@@ -111,12 +111,6 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
                               waited_s=round(held.waited_s, 3), escaped=False,
                               no_slot_because=held.decision.no_slot_because)  # fmt: skip
         return api.Held(settings, held)
-
-
-def _record(decision: api.Decision) -> dict[str, object]:
-    inner = decision.inner
-    return {"profile": inner.profile, "route": inner.route, "metric": inner.metric, "reason": inner.reason,
-            "pid": os.getpid(), "argv": inner.argv, "pool": inner.pool, "priority": inner.rules.priority}  # fmt: skip
 
 
 def _candidates(decision: api.Decision) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ from gpurouter.errors import ExitCode, GpurouterError, NoFreeSlot, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, Sequence
+    from typing import Callable, Mapping, Sequence
 
 
 def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
@@ -30,20 +30,32 @@ def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
 def run_command(opts: Mapping[str, str | bool], command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """`gpurouter run [OPTIONS] -- COMMAND ...`: returns only on failure (else it has exec'd)."""
     env = os.environ if environ is None else environ
-    busy = ExitCode.NO_SLOT
-    try:
+
+    def load() -> config.Settings:
         if not command:
             raise UsageError("run needs a COMMAND to run (gpurouter run [OPTIONS] -- COMMAND [ARGS...])")
-        settings = config.load(_str(opts.get("config")), env)
+        return config.load(_str(opts.get("config")), env)
+
+    def act(settings: config.Settings) -> None:
+        runner.run(settings, prepare(settings, opts, command, env), env, verbose=bool(opts.get("verbose")))
+
+    return _exit_code(load, act)
+
+
+def _exit_code(load: Callable[[], config.Settings], act: Callable[[config.Settings], None]) -> int:
+    """Run one per-job call; every failure before exec becomes one line and the contract's exit code."""
+    busy = ExitCode.NO_SLOT
+    try:
+        settings = load()
         busy = settings.busy_exit_code
-        decision = prepare(settings, opts, command, env)
-        runner.run(settings, decision, env, verbose=bool(opts.get("verbose")))
+        act(settings)
     except GpurouterError as error:
         return fail(error, busy)
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
         return internal_error(error)
+    return ExitCode.WRAPPER_FAILED  # not reached: act() execs or raises
 
 
 def internal_error(error: BaseException) -> int:
@@ -74,22 +86,14 @@ def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: 
 def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Started as NAME (a symlink to gpurouter): route and exec NAME-real with all args untouched."""
     env = os.environ if environ is None else environ
-    busy = ExitCode.NO_SLOT
-    try:
-        settings = config.load(None, env)
-        busy = settings.busy_exit_code
-        name = os.path.basename(argv[0])
-        profile = options.pick_profile(settings, name, None, env, intercepted=True)
+
+    def act(settings: config.Settings) -> None:
+        profile = options.pick_profile(settings, os.path.basename(argv[0]), None, env, intercepted=True)
         executable = runner.intercept_target(argv[0], profile, env)
         forced = runner.forced_route(None, env)
-        decision = runner.decide(settings, profile, [argv[0], *argv[1:]], executable, forced, env, intercepted=True)
-        runner.run(settings, decision, env)
-    except GpurouterError as error:
-        return fail(error, busy)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
-        return internal_error(error)
+        runner.run(settings, runner.decide(settings, profile, list(argv), executable, forced, env, intercepted=True), env)
+
+    return _exit_code(lambda: config.load(None, env), act)
 
 
 def _str(value: object) -> str | None:

@@ -225,6 +225,29 @@ class Held:
         self.extra_fds = []
 
 
+def job_record(decision: Decision, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fields every journal record of this job carries (start, wait, busy, end...)."""
+    return {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
+            "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
+            "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
+            "priority": decision.rules.priority, **(extra or {})}  # fmt: skip
+
+
+def _wait_announcer(settings: Settings, decision: Decision, record: dict[str, Any],
+                    verbose: bool) -> Callable[[], None]:  # fmt: skip
+    """A callback that journals `wait` (and says so with --verbose) the first time a job starts to wait."""
+    announced: list[bool] = []
+
+    def announce_wait() -> None:
+        if not announced:
+            announced.append(True)
+            journal.append_record(settings.journal, "wait", **record, wait=format_wait(decision.wait_s))
+            if verbose:
+                _say(f"waiting for a {decision.pool} slot ({format_wait(decision.wait_s)})")
+
+    return announce_wait
+
+
 def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
             verbose: bool = False, extra: Mapping[str, Any] | None = None) -> Held:  # fmt: skip
     """Carry out the decision up to the exec: window wait, devices or slot, escape; journal `start`.
@@ -235,10 +258,7 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
     """
     env_in = os.environ if environ is None else environ
     rules = decision.rules
-    record = {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
-              "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
-              "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
-              "priority": rules.priority, **(extra or {})}  # fmt: skip
+    record = job_record(decision, extra)
     if decision.action == route.BUSY:
         journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
         raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
@@ -340,13 +360,7 @@ def _take_devices(settings: Settings, decision: Decision, record: dict[str, Any]
     from gpurouter import devices
 
     spec, rules = decision.spec, decision.rules
-    announced: list[bool] = []
-
-    def announce_wait() -> None:
-        if not announced:
-            announced.append(True)
-            journal.append_record(settings.journal, "wait", **record, wait=format_wait(decision.wait_s))
-
+    announce_wait = _wait_announcer(settings, decision, record, verbose)
     policy = spec.on_low_vram
     for attempt in range(4):
         try:
@@ -423,15 +437,7 @@ def _take_slot(settings: Settings, decision: Decision, record: dict[str, Any], v
     # The escape is for the CPU route: a GPU job run without its slot is the OOM the slot prevents.
     escape_after = rules.max_wait_s if decision.route == "cpu" else None
     wait_s = limit if escape_after is None else min(limit, escape_after)
-    announced: list[bool] = []
-
-    def announce_wait() -> None:
-        if not announced:
-            announced.append(True)
-            journal.append_record(settings.journal, "wait", **record, wait=format_wait(decision.wait_s))
-            if verbose:
-                _say(f"waiting for a {decision.pool} slot ({format_wait(decision.wait_s)})")
-
+    announce_wait = _wait_announcer(settings, decision, record, verbose)
     inherited: list[int] = []
     try:
         if rules.priority == "realtime":
