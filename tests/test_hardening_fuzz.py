@@ -346,11 +346,11 @@ def option_lists(files: list[str]) -> st.SearchStrategy[list[str]]:
                              "--cpu-slots", "--wait", "--verbose", "--bogus", "-x"])  # fmt: skip
     values = st.one_of(st.sampled_from(["gpu", "cpu", "size", "duration", "command", "fail", "block", "10ms", "0",
                                         "2", "1025", "'", "a b", "transcribe", "default", "nope"]),
-                       quantity("size"),
-                       # argv cannot carry a NUL byte (execve's strings end there), nor lone surrogates
-                       st.text(max_size=6).filter(lambda t: "\x00" not in t and _surrogate_free(t)))  # fmt: skip
+                       quantity("size"), st.text(max_size=6))  # fmt: skip
     option = st.tuples(names, values, st.booleans()).map(lambda t: [f"{t[0]}={t[1]}"] if t[2] else [t[0], t[1]])
-    return st.lists(option, max_size=4).map(lambda groups: [a for g in groups for a in g])
+    # Only what argv can carry: no NUL byte (execve's strings end there), no lone surrogates.
+    argv_safe = lambda args: all("\x00" not in a and _surrogate_free(a) for a in args)  # noqa: E731
+    return st.lists(option, max_size=4).map(lambda groups: [a for g in groups for a in g]).filter(argv_safe)
 
 
 def arg_lists(files: list[str]) -> st.SearchStrategy[list[str]]:
