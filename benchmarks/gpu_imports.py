@@ -7,7 +7,7 @@ Runs `PY -X importtime GPUROUTER run OPTIONS -- COMMAND` RUNS times for each of 
 sets (alternating), in the caller's environment (run.sh sets GPUROUTER_NVML_FILE). Per module:
 the median of its self and cumulative µs. The modules only the aware run imports are grouped
 into subtrees: a root is such a module whose importer is not one (e.g. `json`, imported by
-gpurouter.nvml to read the device file, with `json.decoder` -> `re` -> `enum` ... below it).
+gpurouter.gpu.nvml to read the device file, with `json.decoder` -> `re` -> `enum` ... below it).
 Written: the roots with their cumulative µs and their heaviest aware-only descendants, and the
 sum of the roots (the import share of the added start-up; importtime's own bookkeeping
 inflates it a little).

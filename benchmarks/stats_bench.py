@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from gpurouter import config, journal, stats
+from gpurouter.job import config, journal
+from gpurouter.observe import stats
 
 PROFILES = ("whisper-ctranslate2", "ffmpeg-hevc", "comfyui", "llama-server")
 START = 1_790_000_000.0  # a fixed epoch (late 2026) so runs are comparable

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from gpurouter import config, journal
+from gpurouter.job import config, journal
 
 T0 = 1_790_000_000.0  # a fixed moment (2026-09-21), so every test is reproducible
 

@@ -3,7 +3,7 @@ drive gpurouter against it, and look at Slurm's queue.
 
 Until the runner calls the Slurm backend itself, `gpurouter_command` drives the same path
 through a small entry point that does what `gpurouter run` does (config, options, decision) and
-then calls `gpurouter.slurm.run_slurm`; once runner.py is wired, the real launcher is used.
+then calls `gpurouter.backends.slurm.run_slurm`; once runner.py is wired, the real launcher is used.
 """
 
 from __future__ import annotations
@@ -24,18 +24,19 @@ CANNOT_INSTALL = 3  # slurm-up's exit code when Slurm cannot be had here (no apt
 
 
 def _runner_wired() -> bool:
-    import gpurouter.runner  # the one the launcher will import (PYTHONPATH may point elsewhere)
+    import gpurouter.job.runner  # the one the launcher will import (PYTHONPATH may point elsewhere)
 
-    return "run_slurm" in Path(gpurouter.runner.__file__).read_text()
+    return "run_slurm" in Path(gpurouter.job.runner.__file__).read_text()
 
 
 RUNNER_WIRED = _runner_wired()
 
-# `gpurouter run [OPTIONS] -- COMMAND` through gpurouter.slurm.run_slurm, for as long as the
+# `gpurouter run [OPTIONS] -- COMMAND` through gpurouter.backends.slurm.run_slurm, for as long as the
 # runner does not call it itself. Same option parsing, config lookup, decision and exit codes.
 DRIVER = """
 import os, sys
-from gpurouter import config, fastpath, options, runner, slurm
+from gpurouter.job import config, entry, options, runner
+from gpurouter.backends import slurm
 from gpurouter.errors import GpurouterError
 opts, command = options.parse_run_args(sys.argv[1:])
 busy = 75

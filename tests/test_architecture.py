@@ -58,14 +58,14 @@ def _modules_loaded_by(args: list[str], tmp_path: Path) -> set[str]:
 
 def test_run_loads_no_heavy_module(tmp_path: Path) -> None:
     loaded = _modules_loaded_by(["gpurouter", "run", "--route", "cpu", "--", "/bin/true"], tmp_path)
-    assert "gpurouter.runner" in loaded
+    assert "gpurouter.job.runner" in loaded
     assert sorted(set(HEAVY) & loaded) == []
 
 
 def test_the_interception_form_loads_no_heavy_module(tmp_path: Path) -> None:
     (tmp_path / "tool-real").symlink_to("/bin/true")
     loaded = _modules_loaded_by([str(tmp_path / "tool"), "x"], tmp_path)
-    assert "gpurouter.runner" in loaded
+    assert "gpurouter.job.runner" in loaded
     assert sorted(set(HEAVY) & loaded) == []
 
 

@@ -33,7 +33,7 @@ def test_python_dash_m_gpurouter_shows_help() -> None:
 
 
 def test_run_help_comes_from_click_and_lists_every_option() -> None:
-    from gpurouter.options import RUN_OPTIONS
+    from gpurouter.job.options import RUN_OPTIONS
 
     done = subprocess.run([sys.executable, "-m", "gpurouter", "run", "--help"], capture_output=True, text=True)
     assert done.returncode == 0

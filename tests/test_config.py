@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Box
-from gpurouter import config
+from gpurouter.job import config
 from gpurouter.errors import ConfigError
 
 

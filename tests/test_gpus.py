@@ -328,8 +328,8 @@ def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: 
         job.send_signal(signal.SIGKILL)
         job.wait()
         gpus.write(device(0, used=16000))
-    from gpurouter import config
-    from gpurouter.residents import read_state
+    from gpurouter.job import config
+    from gpurouter.gpu.residents import read_state
 
     settings = config.load(str(box.config))
     state_file = box.lock_dir / "residents.state"

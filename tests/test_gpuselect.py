@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpurouter.gpuselect import eligible, fits, pick, score
-from gpurouter.nvml import GpuSnapshot
+from gpurouter.gpu.selection import eligible, fits, pick, score
+from gpurouter.gpu.nvml import GpuSnapshot
 
 
 def gpu(index: int, free: int | None, total: int | None = 16000, util: float | None = 0,

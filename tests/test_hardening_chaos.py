@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GPUROUTER, Box, wait_for
-from gpurouter import _memo, probecache
+from gpurouter.job import memo, probe_cache
 from test_hardening_support import (alive, assert_no_traceback, journal_lines, record_figures,
                                     slot_lock_holders)  # fmt: skip
 
@@ -84,7 +84,7 @@ def assert_next_job_gets_a_slot_at_once(box: Box, *options: str) -> float:
 
 def assert_state_readable(box: Box) -> dict[str, int]:
     """Probe cache entries recall, the config memo loads, the journal parses; returns counts."""
-    cache = Path(probecache.cache_dir(str(box.lock_dir)))
+    cache = Path(probe_cache.cache_dir(str(box.lock_dir)))
     entries = leftovers = 0
     if cache.exists():
         for name in os.listdir(cache):
@@ -92,7 +92,7 @@ def assert_state_readable(box: Box) -> dict[str, int]:
                 leftovers += 1  # a temporary from a write killed before its rename: never read
                 continue
             entries += 1
-            assert probecache.recall(str(box.lock_dir), name) is not None, f"cache entry {name} unreadable"
+            assert probe_cache.recall(str(box.lock_dir), name) is not None, f"cache entry {name} unreadable"
     import marshal
 
     memos = 0

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import GPUROUTER, Box
-from gpurouter import config, units
+from gpurouter.job import config, units
 from gpurouter.errors import ConfigError, GpurouterError
-from gpurouter.fastpath import prepare
-from gpurouter.options import NeedsClick, parse_run_args
-from gpurouter.probe import select_input
+from gpurouter.job.entry import prepare
+from gpurouter.job.options import NeedsClick, parse_run_args
+from gpurouter.job.probe import select_input
 from test_hardening_support import journal_lines, record_figures
 
 EXAMPLES = int(os.environ.get("GPUROUTER_FUZZ_EXAMPLES", "60"))

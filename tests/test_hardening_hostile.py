@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import EXAMPLE_JOB, GPUROUTER, ROOT, Box, wait_for
-from gpurouter import probecache
+from gpurouter.job import probe_cache
 from test_hardening_support import (assert_one_line_error, journal_lines, record_figures,
                                     slot_lock_holders)  # fmt: skip
 
@@ -293,7 +293,7 @@ def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedB
               "profiles": {"transcribe": {"gpu": {"args": ["--forged-by-b"]}}}}  # fmt: skip
     memo_dir = Path(shared.env(a)["XDG_CACHE_HOME"]) / "gpurouter"
     memo_dir.mkdir(parents=True)
-    from gpurouter import _memo
+    from gpurouter.job import memo
 
     naming = getattr(_memo, "_memo_name", None)  # the memo's file name (its own business: ask it)
     memo = memo_dir / (naming("config", identity) if naming else "config.memo")
@@ -377,7 +377,7 @@ def plant(path: Path, kind: str, victim: Path, victim_dir: Path) -> None:
 
 def _memo_file_name(box: Box) -> str:
     """The name of this box's config memo (the memo's own business: ask it)."""
-    from gpurouter import _memo
+    from gpurouter.job import memo
 
     naming = getattr(_memo, "_memo_name", None)
     return naming("config", (str(box.config),)) if naming else "config.memo"
@@ -399,12 +399,12 @@ def test_a_planted_name_neither_hangs_nor_writes_a_victim(box: Box, media: dict[
     box.write_config('[profiles.transcribe]\nprobe = "duration"\nthreshold = "1h"\n')
     box.lock_dir.mkdir(mode=0o1777)
     box.lock_dir.chmod(0o1777)
-    cache = Path(probecache.cache_dir(str(box.lock_dir)))
+    cache = Path(probe_cache.cache_dir(str(box.lock_dir)))
     memo_dir = Path(box.env["XDG_CACHE_HOME"]) / "gpurouter"
     if target == "cache-entry":
         cache.mkdir(mode=0o700)
     path = {"slot": box.lock_dir / "gpu.0", "journal": box.journal, "cache-dir": cache,
-            "cache-entry": cache / probecache.entry_name("duration", clip.stat()),
+            "cache-entry": cache / probe_cache.entry_name("duration", clip.stat()),
             "memo": memo_dir / _memo_file_name(box), "memo-dir": memo_dir}[target]  # fmt: skip
     plant(path, kind, victim, victim_dir)
     began = time.monotonic()

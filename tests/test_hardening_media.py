@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Box
-from gpurouter import config
-from gpurouter.probe import probe_file
+from gpurouter.job import config
+from gpurouter.job.probe import probe_file
 from test_hardening_support import assert_no_traceback, journal_lines, record_figures
 
 PROFILE = """

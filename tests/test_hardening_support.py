@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from conftest import GPUROUTER, Box
-from gpurouter.status import kernel_flocks
+from gpurouter.observe.status import kernel_flocks
 from test_runners import overlap
 
 FIGURES_VAR = "GPUROUTER_FIGURES"

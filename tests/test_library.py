@@ -186,7 +186,7 @@ def test_await_gpus_and_gpus(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> N
     assert [g.index for g in gpurouter.gpus()] == [0, 1, 2, 3]
     found = asyncio.run(gpurouter.await_gpus(2, 4000, timeout_s=5))
     assert [g.index for g in found] == [0, 1]
-    from gpurouter.devices import TooManyGpus
+    from gpurouter.gpu.placement import TooManyGpus
 
     with pytest.raises(TooManyGpus):
         gpurouter.wait_for_gpus(8, 100, timeout_s=60)

@@ -1,4 +1,4 @@
-"""Tests of gpurouter.media: native header reading checked against ffprobe on real files.
+"""Tests of gpurouter.job.media: native header reading checked against ffprobe on real files.
 
 Every file is made by ffmpeg once per session. Tolerance: ffprobe prints `format=duration`
 in whole microseconds, computed from the same header integers we read (mvhd units /
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpurouter import media
-from gpurouter.media import MediaInfo, read_media_info
+from gpurouter.job import media
+from gpurouter.job.media import MediaInfo, read_media_info
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("ffmpeg") and shutil.which("ffprobe")), reason="needs ffmpeg and ffprobe"

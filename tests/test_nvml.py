@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from gpurouter import nvml
-from gpurouter.nvml import GpuQuery, GpuSnapshot, ProcessUse, describe, query_gpus
+from gpurouter.gpu import nvml
+from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot, ProcessUse, describe, query_gpus
 
 MIB = 1048576
 
@@ -251,7 +251,7 @@ def test_an_empty_device_file_variable_means_nvml() -> None:
 
 
 def test_the_real_nvml_path_prints_no_traceback_in_a_fresh_process() -> None:
-    code = "from gpurouter.nvml import describe, query_gpus; print(describe(query_gpus({})))"
+    code = "from gpurouter.gpu.nvml import describe, query_gpus; print(describe(query_gpus({})))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     if done.stdout.startswith("["):
         pytest.skip("NVML initialised: this box has an NVIDIA driver")
@@ -269,7 +269,7 @@ def test_without_nvidia_ml_py_there_is_no_gpu_and_the_message_says_so(
 
 
 def test_importing_the_nvml_module_loads_neither_pynvml_nor_other_heavy_modules() -> None:
-    code = "import sys; import gpurouter.nvml, gpurouter.gpuselect; print(' '.join(sorted(sys.modules)))"
+    code = "import sys; import gpurouter.gpu.nvml, gpurouter.gpu.selection; print(' '.join(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     heavy = {"pynvml", "json", "re", "typing", "dataclasses", "subprocess", "threading", "enum"}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import WHISPER_PROFILE, Box
-from gpurouter import config
-from gpurouter.probe import probe_file, select_input
+from gpurouter.job import config
+from gpurouter.job.probe import probe_file, select_input
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> config.Settings:
@@ -144,9 +144,9 @@ def test_a_corrupt_cache_entry_is_ignored(tmp_path: Path, media: dict[str, Path]
 def test_a_cache_dir_planted_by_someone_else_is_not_trusted(tmp_path: Path, media: dict[str, Path]) -> None:
     import os
 
-    from gpurouter import probecache
+    from gpurouter.job import probe_cache
 
-    planted = Path(probecache.cache_dir(str(tmp_path / "locks")))
+    planted = Path(probe_cache.cache_dir(str(tmp_path / "locks")))
     planted.mkdir(parents=True, mode=0o777)
     planted.chmod(0o777)  # opened up: another user could have written it
     settings = settings_for(tmp_path)

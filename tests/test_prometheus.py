@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import GPUROUTER, wait_for
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter import prometheus, status
+from gpurouter.observe import prometheus, status
 from gpurouter.cli import cli
 
 parser = pytest.importorskip("prometheus_client.parser", reason="prometheus_client is in the test extra")

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter import report
+from gpurouter.observe import report
 from gpurouter.cli import cli
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is in the test extra (it draws --png)")

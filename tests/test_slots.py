@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpurouter.errors import ExitCode, LockDirError, NoFreeSlot
-from gpurouter.slots import acquire_slot
+from gpurouter.job.slots import acquire_slot
 
 
 def test_second_job_fails_with_no_slot_when_the_only_slot_is_held(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_a_lock_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_kill_9_of_a_holder_releases_the_slot_at_once(tmp_path: Path) -> None:
-    code = ("import sys, time; from gpurouter.slots import acquire_slot;"
+    code = ("import sys, time; from gpurouter.job.slots import acquire_slot;"
             f"s = acquire_slot({str(tmp_path)!r}, 'gpu', 1, 0); print('held', flush=True); time.sleep(60)")  # fmt: skip
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

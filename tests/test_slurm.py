@@ -23,7 +23,8 @@ import pytest
 
 import slurm_cluster as cluster
 from conftest import GPUROUTER, Box, wait_for
-from gpurouter import config, slurm
+from gpurouter.job import config
+from gpurouter.backends import slurm
 from gpurouter.errors import NoFreeSlot
 
 # ---------------------------------------------------------------- the srun request (no cluster needed)
@@ -131,10 +132,10 @@ def test_the_gpu_hours_still_refuse_before_any_srun(box: Box) -> None:
         hours = "{window}"
         outside_hours = "busy"
     """)
-    from gpurouter import fastpath
+    from gpurouter.job import entry
 
     settings = config.load(str(box.config), box.env)
-    decision = fastpath.prepare(settings, {"profile": "p"}, ["true"], box.env)
+    decision = entry.prepare(settings, {"profile": "p"}, ["true"], box.env)
     assert (decision.route, decision.action) == ("gpu", "busy")
     with pytest.raises(NoFreeSlot):
         slurm.run_slurm(settings, decision, box.env)
@@ -143,7 +144,7 @@ def test_the_gpu_hours_still_refuse_before_any_srun(box: Box) -> None:
 
 
 def test_importing_the_backend_loads_nothing_heavy() -> None:
-    code = "import sys, gpurouter.slurm; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, gpurouter.backends.slurm; print(' '.join(sorted(sys.modules)))"
     done = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
     assert not loaded & {"subprocess", "enum", "signal", "json", "ctypes", "threading", "re", "typing"}

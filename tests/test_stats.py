@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, touch, write
 
-from gpurouter import stats
+from gpurouter.observe import stats
 from gpurouter.cli import cli
 
 GPU_FAIL_FAST = """
@@ -240,11 +240,11 @@ def test_stats_command_rejects_a_bad_since_with_exit_2(tmp_path: Path) -> None:
 # --- import discipline ------------------------------------------------------------------------
 
 OBSERVABILITY = (
-    "gpurouter.stats",
-    "gpurouter.prometheus",
-    "gpurouter.top",
-    "gpurouter.report",
-    "gpurouter.tune",
+    "gpurouter.observe.stats",
+    "gpurouter.observe.prometheus",
+    "gpurouter.observe.top",
+    "gpurouter.observe.report",
+    "gpurouter.observe.tune",
 )
 HEAVY_EXTRAS = ("PIL", "tomlkit", "prometheus_client", "rich", "matplotlib")
 
@@ -253,7 +253,7 @@ def test_run_and_the_interception_form_load_none_of_the_observability_modules(tm
     from test_architecture import _modules_loaded_by
 
     loaded = _modules_loaded_by(["gpurouter", "run", "--route", "cpu", "--", "/bin/true"], tmp_path)
-    assert "gpurouter.runner" in loaded
+    assert "gpurouter.job.runner" in loaded
     assert sorted(set(OBSERVABILITY + HEAVY_EXTRAS) & loaded) == []
 
 

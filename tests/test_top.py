@@ -13,7 +13,7 @@ import pytest
 from conftest import GPUROUTER, wait_for
 from journal_factory import T0, record, settings_for
 
-from gpurouter import status, top
+from gpurouter.observe import status, top
 
 DEVICE_FILE = {"devices": [
     {"index": 0, "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter import config, tune
+from gpurouter.job import config
+from gpurouter.observe import tune
 from gpurouter.cli import cli
 
 DEVICES = {"devices": [{"index": 0, "uuid": "GPU-0", "name": "RTX A4000", "memory_total_mib": 16376,

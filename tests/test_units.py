@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpurouter import units
+from gpurouter.job import units
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -16,12 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch on how we were started; returns the exit code (the per-job paths exec instead)."""
     args = sys.argv if argv is None else argv
     if args and os.path.basename(args[0]) not in _OWN_NAMES:
-        from gpurouter.fastpath import intercept
+        from gpurouter.job.entry import intercept
 
         return intercept(args)
     if len(args) > 1 and args[1] == "run":
-        from gpurouter.fastpath import run_command
-        from gpurouter.options import NeedsClick, parse_run_args
+        from gpurouter.job.entry import run_command
+        from gpurouter.job.options import NeedsClick, parse_run_args
 
         try:
             opts, command = parse_run_args(args[2:])

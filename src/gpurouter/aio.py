@@ -18,18 +18,20 @@ import os
 import signal
 import time
 
-from gpurouter import api, config, devices, fsutil, journal, nvml, runner, slots
+from gpurouter import api
+from gpurouter.job import config, fsutil, journal, runner, slots
+from gpurouter.gpu import nvml, placement
 from gpurouter.errors import NoFreeSlot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping
 
-    from gpurouter.nvml import GpuSnapshot
+    from gpurouter.gpu.nvml import GpuSnapshot
 
 
 def _flock_binary() -> str | None:
-    from gpurouter.execute import find_executable
+    from gpurouter.job.execute import find_executable
 
     return find_executable("flock")
 
@@ -103,7 +105,7 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
             if not announced:
                 journal.append_record(settings.journal, "wait", **runner.job_record(decision.inner), wait=config.format_wait(wait_s))
                 announced = True
-            await wait_for_release(settings.lock_dir, _candidates(decision), min(remaining, devices.RECHECK_S)
+            await wait_for_release(settings.lock_dir, _candidates(decision), min(remaining, placement.RECHECK_S)
                                    if decision.inner.device_mode else remaining)  # fmt: skip
             continue
         held.waited_s = time.monotonic() - began
@@ -117,7 +119,7 @@ def _candidates(decision: api.Decision) -> list[tuple[str, int]]:
     inner = decision.inner
     if inner.device_mode:
         found = nvml.query_gpus().gpus
-        return [(devices.device_pool(inner.spec, g.index), i) for g in found for i in range(inner.slots)]
+        return [(placement.device_pool(inner.spec, g.index), i) for g in found for i in range(inner.slots)]
     return [(inner.pool, i) for i in range(inner.slots)]
 
 
@@ -139,4 +141,4 @@ async def await_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = m
         settings = config.load(config_file, environ)
         found = nvml.query_gpus(environ).gpus
         candidates = [(f"gpu{g.index}", i) for g in found for i in range(api._slot_count(settings))]
-        await wait_for_release(settings.lock_dir, candidates, min(remaining, devices.RECHECK_S))
+        await wait_for_release(settings.lock_dir, candidates, min(remaining, placement.RECHECK_S))

@@ -17,7 +17,8 @@ import math
 import os
 import time
 
-from gpurouter import config, nvml, options, runner
+from gpurouter.job import config, options, runner
+from gpurouter.gpu import nvml
 from gpurouter.errors import GpurouterError, NoFreeSlot
 
 TYPE_CHECKING = False
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Mapping, Sequence
 
-    from gpurouter.nvml import GpuSnapshot
+    from gpurouter.gpu.nvml import GpuSnapshot
 
 Busy = NoFreeSlot  # raised by `slot` when no slot is free: carries .pool and .waited_s
 Gpu = nvml.GpuSnapshot
@@ -100,7 +101,7 @@ class Held:
     def release(self) -> None:
         """Give the slot back (idempotent); journals `end`."""
         if self._held.slots or self._held.extra_fds:
-            from gpurouter import journal
+            from gpurouter.job import journal
 
             self._held.release()
             journal.append_record(self._settings.journal, "end", **self._held.record,
@@ -185,16 +186,16 @@ def wait_for_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math
         GpuWaitTimeout: not within `timeout_s`.
         TooManyGpus: `count` exceeds the GPUs of the box (never a wait that cannot end).
     """
-    from gpurouter import devices, gpuselect
+    from gpurouter.gpu import placement, selection
 
     settings = _settings(config_file, environ)
     began = time.monotonic()
     while True:
-        found = gpuselect.eligible(nvml.query_gpus(environ).gpus, settings.gpu.devices)
+        found = selection.eligible(nvml.query_gpus(environ).gpus, settings.gpu.devices)
         if found and count > len(found):
-            raise devices.TooManyGpus(f"{count} GPUs asked for but this box has {len(found)} usable")
-        promised = devices.read_claims(settings.lock_dir, found, "gpu")
-        chosen = gpuselect.pick(found, min_free_mib or None, settings.gpu.cushion_mib, settings.gpu.select,
+            raise placement.TooManyGpus(f"{count} GPUs asked for but this box has {len(found)} usable")
+        promised = placement.read_claims(settings.lock_dir, found, "gpu")
+        chosen = selection.pick(found, min_free_mib or None, settings.gpu.cushion_mib, settings.gpu.select,
                                 count, promised)  # fmt: skip
         if chosen is not None and len(chosen) == count:
             return chosen
@@ -203,7 +204,7 @@ def wait_for_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math
             seen = ", ".join(f"GPU {g.index}: {g.memory_free_mib} MiB free" for g in found) or "no GPU"
             raise GpuWaitTimeout(count, min_free_mib, time.monotonic() - began, seen)
         candidates = [(f"gpu{g.index}", i) for g in found for i in range(_slot_count(settings))]
-        devices._sleep_until_a_release(settings.lock_dir, candidates, min(remaining, devices.RECHECK_S))
+        placement._sleep_until_a_release(settings.lock_dir, candidates, min(remaining, placement.RECHECK_S))
 
 
 def _slot_count(settings: config.Settings) -> int:

@@ -15,7 +15,7 @@ import click
 
 from gpurouter import __version__
 from gpurouter.errors import GpurouterError, NoFreeSlot
-from gpurouter.options import RUN_OPTIONS
+from gpurouter.job.options import RUN_OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
     Example:
         gpurouter run --wait 10m -- whisper-ctranslate2 talk.wav
     """
-    from gpurouter.fastpath import run_command
+    from gpurouter.job.entry import run_command
 
     sys.exit(run_command({k: v for k, v in opts.items() if v not in (None, False)}, list(command)))
 
@@ -88,8 +88,8 @@ def route(command: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     Example:
         gpurouter route -- whisper-ctranslate2 talk.wav
     """
-    from gpurouter import config
-    from gpurouter.fastpath import prepare
+    from gpurouter.job import config
+    from gpurouter.job.entry import prepare
 
     opts = {k: v for k, v in opts.items() if v not in (None, False)}
     with exit_codes():
@@ -119,8 +119,8 @@ def probe(files: tuple[str, ...], as_json: bool, config_file: str | None) -> Non
     Example:
         gpurouter probe talk.wav clip.mp4 --json
     """
-    from gpurouter import config, units
-    from gpurouter.probe import probe_file
+    from gpurouter.job import config, units
+    from gpurouter.job.probe import probe_file
 
     with exit_codes():
         settings = config.load(config_file)
@@ -158,12 +158,13 @@ def config_command(as_json: bool, check: bool, config_file: str | None) -> None:
         gpurouter config --json
         gpurouter config --check
     """
-    from gpurouter import config, render
+    from gpurouter.job import config
+    from gpurouter.observe import render
 
     with exit_codes():
         settings = config.load(config_file)
     if check:
-        from gpurouter import budget
+        from gpurouter.gpu import budget
 
         report = budget.check(settings)
         click.echo(json.dumps(report, indent=2) if as_json else render.budget_text(report))
@@ -187,11 +188,12 @@ def gpus(as_json: bool, config_file: str | None) -> None:
     Example:
         gpurouter gpus --json
     """
-    from gpurouter import config, gpuview, render
+    from gpurouter.job import config
+    from gpurouter.observe import gpus_view, render
 
     with exit_codes():
         settings = config.load(config_file)
-    view = gpuview.view(settings)
+    view = gpus_view.view(settings)
     click.echo(json.dumps(view, indent=2) if as_json else render.gpus_text(view))
 
 
@@ -235,13 +237,14 @@ def status(as_json: bool, config_file: str | None) -> None:
     Example:
         gpurouter status --json
     """
-    from gpurouter import config, render
-    from gpurouter import status as status_core
+    from gpurouter.job import config
+    from gpurouter.observe import render
+    from gpurouter.observe import status as status_core
 
     with exit_codes():
         settings = config.load(config_file)
     if settings.backend.kind == "slurm":
-        from gpurouter import slurm
+        from gpurouter.backends import slurm
 
         with exit_codes():
             jobs = slurm.slurm_jobs(settings)
@@ -278,8 +281,9 @@ def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple
         gpurouter stats --journal old.jsonl.gz --json
         gpurouter stats --prometheus /var/lib/node_exporter/textfile_collector/gpurouter.prom
     """
-    from gpurouter import config, render, units
-    from gpurouter import stats as stats_core
+    from gpurouter.job import config, units
+    from gpurouter.observe import render
+    from gpurouter.observe import stats as stats_core
     from gpurouter.errors import UsageError
 
     with exit_codes():
@@ -287,7 +291,7 @@ def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple
         if prometheus_file:
             if since:
                 raise UsageError("--since does not apply to --prometheus: its counters count the whole journal")
-            from gpurouter import prometheus
+            from gpurouter.observe import prometheus
 
             try:
                 prometheus.write_textfile(settings, prometheus_file, profile=profile, journals=journals)
@@ -317,8 +321,8 @@ def top(once: bool, interval_s: float, config_file: str | None) -> None:
         gpurouter top
         gpurouter top --once | grep held
     """
-    from gpurouter import config
-    from gpurouter import top as top_core
+    from gpurouter.job import config
+    from gpurouter.observe import top as top_core
     from gpurouter.errors import UsageError
 
     with exit_codes():
@@ -353,8 +357,9 @@ def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple
         gpurouter tune whisper-ctranslate2
         gpurouter tune whisper-ctranslate2 --apply
     """
-    from gpurouter import config, render, units
-    from gpurouter import tune as tune_core
+    from gpurouter.job import config, units
+    from gpurouter.observe import render
+    from gpurouter.observe import tune as tune_core
     from gpurouter.errors import UsageError
 
     with exit_codes():
@@ -397,8 +402,8 @@ def report(html_file: str | None, png_dir: str | None, since: str | None, journa
         gpurouter report --html report.html --since 7d
         gpurouter report --html report.html --png charts/
     """
-    from gpurouter import config, units
-    from gpurouter import report as report_core
+    from gpurouter.job import config, units
+    from gpurouter.observe import report as report_core
     from gpurouter.errors import UsageError
 
     with exit_codes():

@@ -23,7 +23,7 @@ class InstallError(GpurouterError):
 
 def launcher_path() -> str:
     """The absolute path of the `gpurouter` console script the symlink should point at."""
-    from gpurouter.execute import find_executable
+    from gpurouter.job.execute import find_executable
 
     candidates = [os.path.join(os.path.dirname(sys.executable), "gpurouter")]
     if os.path.basename(sys.argv[0]) == "gpurouter":
@@ -38,7 +38,7 @@ def launcher_path() -> str:
 
 
 def _locate(target: str) -> str:
-    from gpurouter.execute import find_executable
+    from gpurouter.job.execute import find_executable
 
     if "/" in target:
         return os.path.abspath(target)

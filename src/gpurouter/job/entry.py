@@ -1,0 +1,100 @@
+"""The two per-job entry points, `run` and the interception form, without click.
+
+Both end in exec; every failure before that is one `gpurouter: ...` line on stderr and
+the contract's exit code. stdout is never written: it belongs to the job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gpurouter.job import config, options, runner
+from gpurouter.errors import ExitCode, GpurouterError, NoFreeSlot, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Sequence
+
+
+def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
+    """Print the one-line message and return the exit code for `error`."""
+    try:
+        sys.stderr.write(f"gpurouter: {error}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return busy_exit_code if isinstance(error, NoFreeSlot) else error.exit_code
+
+
+def run_command(opts: Mapping[str, str | bool], command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """`gpurouter run [OPTIONS] -- COMMAND ...`: returns only on failure (else it has exec'd)."""
+    env = os.environ if environ is None else environ
+
+    def load() -> config.Settings:
+        if not command:
+            raise UsageError("run needs a COMMAND to run (gpurouter run [OPTIONS] -- COMMAND [ARGS...])")
+        return config.load(_str(opts.get("config")), env)
+
+    def act(settings: config.Settings) -> None:
+        runner.run(settings, prepare(settings, opts, command, env), env, verbose=bool(opts.get("verbose")))
+
+    return _exit_code(load, act)
+
+
+def _exit_code(load: Callable[[], config.Settings], act: Callable[[config.Settings], None]) -> int:
+    """Run one per-job call; every failure before exec becomes one line and the contract's exit code."""
+    busy = ExitCode.NO_SLOT
+    try:
+        settings = load()
+        busy = settings.busy_exit_code
+        act(settings)
+    except GpurouterError as error:
+        return fail(error, busy)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
+        return internal_error(error)
+    return ExitCode.WRAPPER_FAILED  # not reached: act() execs or raises
+
+
+def internal_error(error: BaseException) -> int:
+    """A bug in gpurouter: one line (the traceback with GPUROUTER_DEBUG=1), exit 125."""
+    if os.environ.get("GPUROUTER_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"gpurouter: internal error: {type(error).__name__}: {error} "
+                     "(GPUROUTER_DEBUG=1 shows the traceback; please report it)\n")  # fmt: skip
+    return ExitCode.WRAPPER_FAILED
+
+
+def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],
+            environ: Mapping[str, str]) -> runner.Decision:  # fmt: skip
+    """Resolve the binary first (a typo never queues), then pick the profile and decide."""
+    from gpurouter.job.execute import resolve_command
+
+    if command[0].startswith("-") and command[0] != "-":
+        raise UsageError(f"no such option: {command[0]} (put the command after --: run [OPTIONS] -- COMMAND ...)")
+    executable = resolve_command(command[0], environ.get("PATH"))
+    profile = options.pick_profile(settings, command[0], _str(opts.get("profile")), environ)
+    profile = options.apply_overrides(profile, opts)
+    forced = runner.forced_route(_str(opts.get("route")), environ)
+    return runner.decide(settings, profile, command, executable, forced, environ)
+
+
+def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """Started as NAME (a symlink to gpurouter): route and exec NAME-real with all args untouched."""
+    env = os.environ if environ is None else environ
+
+    def act(settings: config.Settings) -> None:
+        profile = options.pick_profile(settings, os.path.basename(argv[0]), None, env, intercepted=True)
+        executable = runner.intercept_target(argv[0], profile, env)
+        forced = runner.forced_route(None, env)
+        runner.run(settings, runner.decide(settings, profile, list(argv), executable, forced, env, intercepted=True), env)
+
+    return _exit_code(lambda: config.load(None, env), act)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,105 @@
+"""The last step: resolve the binary, hand the slot fd to it, flush, and exec.
+
+After `os.execve` gpurouter is gone: the job keeps our pid, its exit status is the
+caller's, signals reach it directly, and the slot's flock is held by the job's own
+inherited fd until it exits, crashes or is killed -9.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+
+from gpurouter.errors import CommandNotFound, NotExecutable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, NoReturn, Sequence
+
+    from gpurouter.job.slots import Slot
+
+
+def find_executable(command: str, search_path: str | None = None) -> str | None:
+    """Like `shutil.which` (which costs ~5 ms of imports): an executable file, or None."""
+    try:
+        return resolve_command(command, search_path)
+    except (CommandNotFound, NotExecutable):
+        return None
+
+
+def resolve_command(command: str, search_path: str | None = None) -> str:
+    """The path `execvp` would run for `command`.
+
+    Raises:
+        CommandNotFound: no such file (exit 127).
+        NotExecutable: found, but a directory or without execute permission (exit 126).
+    """
+    if not command:
+        raise CommandNotFound("''", "an empty command name")
+    if "/" in command:
+        _check_runnable(command)
+        return command
+    directories = (os.environ.get("PATH", os.defpath) if search_path is None else search_path).split(os.pathsep)
+    denied = None
+    for directory in directories:
+        candidate = os.path.join(directory or ".", command)
+        try:
+            _check_runnable(candidate)
+            return candidate
+        except CommandNotFound:
+            continue
+        except NotExecutable:
+            denied = denied or candidate
+    if denied is not None:
+        raise NotExecutable(denied, "found, but not executable")
+    raise CommandNotFound(command, f"PATH={':'.join(directories)}")
+
+
+def _check_runnable(path: str) -> None:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        raise CommandNotFound(path, path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise NotExecutable(path, "is a directory")
+    if not os.access(path, os.X_OK):
+        raise NotExecutable(path, "not executable (permission denied)")
+
+
+def restore_default_signals() -> None:
+    """Undo Python's start-up SIG_IGN of SIGPIPE and SIGXFSZ: exec keeps ignored signals, and a job
+    like `yes | head -1` must die of SIGPIPE, not print "Broken pipe"."""
+    import _signal  # type: ignore[import-not-found]  # the C module: `signal` imports enum (~3 ms) for its IntEnum wrappers
+
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        number = getattr(_signal, name, None)
+        if number is not None:
+            _signal.signal(number, _signal.SIG_DFL)
+
+
+def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: Slot | None) -> NoReturn:
+    """Replace this process with the job; the slot (if any) passes to it.
+
+    Raises:
+        CommandNotFound / NotExecutable: the kernel refused the exec (the slot is released).
+    """
+    if slot is not None:
+        # Python opens fds close-on-exec (PEP 446); without this the slot would be freed by
+        # the exec itself while the job still runs.
+        os.set_inheritable(slot.fd, True)
+    restore_default_signals()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # buffered writes are lost across exec
+        except (OSError, ValueError):
+            pass
+    try:
+        os.execve(path, list(argv), dict(env))
+    except OSError as error:
+        if slot is not None:
+            slot.release()
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CommandNotFound(path, f"{path} (or its #! interpreter)") from None
+        raise NotExecutable(path, f"cannot be executed: {error.strerror}") from None

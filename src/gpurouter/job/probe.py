@@ -1,0 +1,299 @@
+"""Measure a job's input: duration, size, pixels, or a number printed by a user command.
+
+Duration and pixels are read natively from the container header where that is exact
+(see `media.py`: ~0.1 ms instead of ~100 ms for ffprobe); everything else goes to ffprobe,
+run with a timeout, given `file:` + the absolute path so that names like `-x.wav`,
+`a|b.wav` or `http:x` are plain local files, and never an option or URL from the job's
+arguments. ffprobe and command results are cached per input identity (`probecache.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from gpurouter.job import probe_cache
+from gpurouter.job.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Sequence
+
+    from gpurouter.job.config import Profile, Settings
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO input must not hang us
+KIND_OF_PROBE = {"duration": "duration", "size": "size", "pixels": "pixels", "command": "number"}
+
+
+class ProbeResult(Record):
+    """What a probe found: a metric, or why there is none."""
+
+    __slots__ = ("input", "metric", "kind", "via", "problem")
+    input: str | None
+    metric: float | None
+    kind: str | None  # duration | size | pixels | number
+    via: str | None  # native:wav, ffprobe, cache, stat, command
+    problem: str | None  # why there is no metric
+
+
+def select_input(args: Sequence[str], rule: str | int) -> tuple[str | None, str | None]:
+    """The job's input path per the profile's `input` rule, or (None, why not).
+
+    Args:
+        args: the job's arguments (without the command itself).
+        rule: "last" / "first" existing regular file, an index into `args`, or a flag
+            such as "--input" (its value, `--input VALUE` or `--input=VALUE`; last one wins).
+    """
+    if rule in ("last", "first"):
+        ordered = reversed(args) if rule == "last" else iter(args)
+        for arg in ordered:
+            if arg and _is_regular_file(arg):
+                return arg, None
+        return None, "no existing input file among the arguments"
+    if isinstance(rule, int):
+        try:
+            return args[rule], None
+        except IndexError:
+            return None, f"the job has no argument {rule}"
+    found = None
+    for position, arg in enumerate(args):
+        if arg == rule and position + 1 < len(args):
+            found = args[position + 1]
+        elif arg.startswith(rule + "="):
+            found = arg[len(rule) + 1 :]
+    if found is None:
+        return None, f"no {rule} argument"
+    return found, None
+
+
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def probe_file(path: str, probe: str, settings: Settings, probe_command: tuple[str, ...] | None = None) -> ProbeResult:
+    """Measure one input file with one probe; never raises for a bad input."""
+    kind = KIND_OF_PROBE[probe]
+
+    def failed(problem: str, via: str | None = None) -> ProbeResult:
+        return ProbeResult(input=path, metric=None, kind=kind, via=via, problem=problem)
+
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError) as error:
+        return failed(f"cannot open {path!r}: {getattr(error, 'strerror', None) or error}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            from gpurouter.job.fsutil import describe_mode
+
+            return failed(f"{path!r} is {describe_mode(info.st_mode)}, not a regular file")
+        if probe == "size":
+            return ProbeResult(input=path, metric=float(info.st_size), kind=kind, via="stat", problem=None)
+        if info.st_size == 0:
+            return failed(f"{path!r} is empty")
+        if probe in ("duration", "pixels"):
+            native = _native(fd, info.st_size, probe)
+            if native is not None:
+                return ProbeResult(input=path, metric=native[0], kind=kind, via=native[1], problem=None)
+    finally:
+        os.close(fd)
+
+    cache_name = probe_cache.entry_name(probe, info, probe_command) if settings.probe_cache else None
+    if cache_name:
+        hit = probe_cache.recall(settings.lock_dir, cache_name)
+        if hit is not None:
+            metric, note = hit
+            return ProbeResult(input=path, metric=metric, kind=kind, via="cache",
+                               problem=None if metric is not None else note)  # fmt: skip
+    if probe == "command":
+        assert probe_command is not None
+        metric, problem, lasting = _run_command_probe(probe_command, path, settings.probe_timeout_s)
+        via = "command"
+    else:
+        metric, problem, lasting = _run_ffprobe(path, probe, settings)
+        via = "ffprobe"
+    if cache_name and lasting:
+        probe_cache.remember(settings.lock_dir, cache_name, metric, problem or via)
+    return ProbeResult(input=path, metric=metric, kind=kind, via=via, problem=problem)
+
+
+def _native(fd: int, size: int, probe: str) -> tuple[float, str] | None:
+    try:
+        from gpurouter.job.media import read_media_info
+    except ImportError:  # pragma: no cover - media.py ships with the package
+        return None
+    info = read_media_info(fd, size)
+    if info is None:
+        return None
+    if probe == "duration" and info.duration_s is not None:
+        return float(info.duration_s), f"native:{info.container}"
+    if probe == "pixels" and info.width and info.height:
+        return float(info.width * info.height), f"native:{info.container}"
+    return None
+
+
+def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | None, str | None, bool]:
+    """(metric, problem, whether the outcome is worth caching)."""
+    from gpurouter.job.execute import find_executable
+
+    ffprobe = find_executable(settings.ffprobe)
+    if ffprobe is None:
+        return None, f"ffprobe not found ({settings.ffprobe!r} is not on PATH)", False
+    # Compact sections ("stream|codec_type=video|width=320|...", "format|duration=2.0") rather than
+    # JSON: `import json` pulls in `re`, several ms on a path that is already ffprobe-bound.
+    argv = [ffprobe, "-v", "error", "-protocol_whitelist", "file",
+            "-show_entries", "format=duration:stream=codec_type,width,height,duration:stream_disposition=attached_pic",
+            "-of", "compact=p=1", "file:" + os.path.abspath(path)]  # fmt: skip
+    output, problem = _run_bounded(argv, settings.probe_timeout_s, "ffprobe")
+    if output is None:
+        return None, problem, problem is not None and "timed out" not in problem and "exit" in problem
+    sections = _compact_sections(output)
+    if sections is None:
+        return None, "ffprobe printed something that is not its report", False
+    streams = [fields for name, fields in sections if name == "stream"]
+    if probe == "pixels":
+        for stream in streams:
+            cover_art = stream.get("disposition:attached_pic") == "1"  # cover art is not a video stream
+            width, height = stream.get("width", ""), stream.get("height", "")
+            if stream.get("codec_type") == "video" and not cover_art and width.isdigit() and height.isdigit():
+                if int(width) and int(height):
+                    return float(int(width) * int(height)), None, True
+        return None, f"{path!r} has no video stream", True
+    durations = [fields.get("duration") for name, fields in sections if name == "format"]
+    durations += [stream.get("duration") for stream in streams]
+    values = []
+    for text in durations:
+        try:
+            value = float(text or "nan")
+        except ValueError:
+            continue
+        if value == value and 0 <= value < float("inf"):
+            values.append(value)
+    if not values:
+        return None, f"ffprobe found no duration in {path!r}", True
+    return values[0], None, True
+
+
+def _compact_sections(output: str) -> list[tuple[str, dict[str, str]]] | None:
+    """Parse ffprobe's `-of compact=p=1` output; None if it is not that."""
+    sections = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        name, *pairs = line.split("|")
+        if name not in ("stream", "format") or not all("=" in pair for pair in pairs):
+            return None
+        sections.append((name, dict(pair.split("=", 1) for pair in pairs)))
+    return sections
+
+
+def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) -> tuple[float | None, str | None, bool]:
+    from gpurouter.job.execute import find_executable
+
+    program = find_executable(command[0])
+    if program is None:
+        return None, f"probe command {command[0]!r} not found", False
+    # The input is one argv element (never through a shell): '{}' marks its place, else it goes last.
+    argv = [program] + [path if arg == "{}" else arg for arg in command[1:]]
+    if "{}" not in command[1:]:
+        argv.append(path)
+    output, problem = _run_bounded(argv, timeout_s, "probe command")
+    if output is None:
+        return None, problem, False
+    words = output.split()
+    try:
+        metric = float(words[0]) if words else float("nan")
+    except ValueError:
+        metric = float("nan")
+    if not (metric == metric and 0 <= metric < float("inf")):
+        return None, f"probe command printed {output[:60].strip()!r}, not a number >= 0", True
+    return metric, None, True
+
+
+_MAX_OUTPUT = 1 << 20  # ffprobe's JSON for one file is a few KiB: a helper printing more is broken
+_LONGEST_TIMEOUT_S = 1e9  # the clocks under subprocess overflow near 9.2e9 s (an OverflowError, not a wait)
+
+
+def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | None, str | None]:
+    """Run a helper with a timeout and a cap on what it prints: (stdout, None) or (None, problem).
+
+    posix_spawn + poll rather than `subprocess`: its import costs ~10 ms, a tenth of an ffprobe call.
+    """
+    import select
+    import time
+
+    # Why not capture everything: an ffprobe that loops printing garbage fills gigabytes before
+    # the timeout (2 GB in 2 s). Why the clamp: probe_timeout = "99999999999d" passed validation,
+    # then overflowed here.
+    timeout_s = min(timeout_s, _LONGEST_TIMEOUT_S)
+    deadline = time.monotonic() + timeout_s
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's hung ffprobe).
+            pid = os.posix_spawn(argv[0], argv, dict(os.environ), setpgroup=0,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_write, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_write, 2)])  # fmt: skip
+        finally:
+            os.close(devnull)
+    except OSError as error:
+        for fd in (out_read, out_write, err_read, err_write):
+            os.close(fd)
+        return None, f"{what} could not run: {error.strerror or error}"
+    os.close(out_write)
+    os.close(err_write)
+    chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
+    pidfd = os.pidfd_open(pid)  # readable when the helper exits: no polling for its end either
+    poller = select.poll()
+    for fd in (*chunks, pidfd):
+        poller.register(fd, select.POLLIN)
+    waiting, total, problem = {out_read, err_read, pidfd}, 0, None
+    while waiting and problem is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            problem = "timed out"
+            break
+        for fd, _ in poller.poll(min(left, 60.0) * 1000):
+            data = b"" if fd == pidfd else os.read(fd, 1 << 16)
+            if not data:
+                poller.unregister(fd)
+                waiting.discard(fd)
+                continue
+            chunks[fd].append(data)
+            total += len(data)
+            if total > _MAX_OUTPUT:
+                problem = f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
+    for fd in (*chunks, pidfd):
+        os.close(fd)
+    if problem is not None:
+        try:
+            os.killpg(pid, 9)
+        except OSError:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
+    status = os.waitpid(pid, 0)[1]
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        # Why apart from the exit below: a helper killed by a signal (the OOM killer, a crash)
+        # says nothing lasting about the input, and "exit" outcomes are cached per input.
+        return None, f"{what} was killed by signal {-code}"
+    if code != 0:
+        tail = b"".join(chunks[err_read]).decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        return None, f"{what} failed (exit {code}): {tail[0][:200]}"
+    return b"".join(chunks[out_read]).decode("utf-8", "replace"), None
+
+
+def probe_job(profile: Profile, args: Sequence[str], settings: Settings) -> ProbeResult | None:
+    """Pick the input per the profile and probe it; None when the profile has no probe."""
+    if profile.probe is None:
+        return None
+    path, why_not = select_input(args, profile.input)
+    if path is None:
+        return ProbeResult(input=None, metric=None, kind=KIND_OF_PROBE[profile.probe], via=None, problem=why_not)
+    return probe_file(path, profile.probe, settings, profile.probe_command)

@@ -1,0 +1,94 @@
+"""The routing decision: a pure function of the profile, the probe result, the time of day
+and whether a GPU is usable. No I/O and no clock here, so every rule is testable with
+plain values.
+"""
+
+from __future__ import annotations
+
+from gpurouter.job import units
+from gpurouter.job.records import Record
+from gpurouter.job.config import within_hours
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Sequence
+
+    from gpurouter.job.config import Profile, RouteSpec
+    from gpurouter.job.probe import ProbeResult
+
+RUN, BUSY, FAIL, WAIT_WINDOW, PASS = "run", "busy", "fail", "wait-window", "pass-through"
+
+
+class Route(Record):
+    """The route taken, why, and what to do about it (run, refuse busy, fail, wait for the window)."""
+
+    __slots__ = ("name", "spec", "reason", "action")
+    name: str  # gpu | cpu
+    spec: RouteSpec
+    reason: str
+    action: str  # run | busy | fail | wait-window
+
+
+def choose_route(profile: Profile, probe: ProbeResult | None, forced: str | None = None,
+                 forced_by: str | None = None, minute_of_day: int | None = None,
+                 gpu_problem: str | None = None) -> Route:  # fmt: skip
+    """GPU when metric < threshold, else CPU; then the GPU route's time window and availability.
+
+    Args:
+        profile: the rules.
+        probe: what the probe found (None: no probe configured or route forced).
+        forced: a route forced by `--route` / GPUROUTER_ROUTE (wins over everything).
+        forced_by: who forced it, for the reason.
+        minute_of_day: local time, for `hours`.
+        gpu_problem: why no GPU is usable (None: usable, or not checked).
+    """
+    if forced is not None:
+        return Route(name=forced, spec=profile.route(forced), reason=f"forced by {forced_by or 'caller'}", action=RUN)
+    route = _by_threshold(profile, probe)
+    if route.name != "gpu":
+        return route
+    if profile.hours is not None and minute_of_day is not None and not within_hours(profile.hours, minute_of_day):
+        why = f"outside hours {profile.hours_text}"
+        if profile.outside_hours == "cpu":
+            return Route(name="cpu", spec=profile.cpu, reason=f"{route.reason}; {why}: cpu", action=RUN)
+        action = BUSY if profile.outside_hours == "busy" else WAIT_WINDOW
+        return route.replace(reason=f"{route.reason}; {why}: {profile.outside_hours}", action=action)
+    if gpu_problem is not None:
+        why = f"no usable GPU ({gpu_problem})"
+        if profile.no_gpu in (None, "cpu"):
+            return Route(name="cpu", spec=profile.cpu, reason=f"{route.reason}; {why}: cpu", action=RUN)
+        return route.replace(reason=f"{route.reason}; {why}: no_gpu = {profile.no_gpu}",
+                             action=BUSY if profile.no_gpu == "busy" else FAIL)  # fmt: skip
+    return route
+
+
+def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
+    if probe is None or (profile.threshold is None and probe.metric is not None):
+        return Route(name="gpu", spec=profile.gpu, reason="no probe configured", action=RUN)
+    if probe.metric is None:
+        if profile.fallback == "fail":
+            return Route(name="cpu", spec=profile.cpu, action=FAIL,
+                         reason=f"no metric ({probe.problem}) and profile {profile.name!r} says fallback = \"fail\"")  # fmt: skip
+        return Route(name=profile.fallback, spec=profile.route(profile.fallback),
+                     reason=f"no metric ({probe.problem}): fallback {profile.fallback}", action=RUN)  # fmt: skip
+    assert profile.threshold is not None  # a metric without a threshold returned above
+    shown = units.format_metric(probe.metric, probe.kind)
+    limit = units.format_metric(profile.threshold, probe.kind)
+    if probe.metric < profile.threshold:
+        return Route(name="gpu", spec=profile.gpu, reason=f"{probe.kind} {shown} < threshold {limit}", action=RUN)
+    return Route(name="cpu", spec=profile.cpu, reason=f"{probe.kind} {shown} >= threshold {limit}", action=RUN)
+
+
+def seconds_until_window(hours: Sequence[tuple[int, int]], seconds_of_day: float) -> float:
+    """How long until the next range of `hours` opens (0 if inside one now)."""
+    minute = int(seconds_of_day // 60) % 1440
+    if within_hours(tuple(hours), minute):
+        return 0.0
+    return min((start * 60 - seconds_of_day) % 86400 for start, _ in hours)
+
+
+def job_argv(argv: Sequence[str], spec: RouteSpec) -> list[str]:
+    """The job's argv with the route's args appended (or prepended after the command)."""
+    if spec.args_position == "prepend":
+        return [argv[0], *spec.args, *argv[1:]]
+    return [*argv, *spec.args]

@@ -1,0 +1,715 @@
+"""Figures from the journal: jobs by profile and route, refusals by pool, waits, run times,
+peak VRAM, evictions, escapes, OOM fallbacks, and the runbook's advice in words.
+
+The journal (and its rotated files: `journal.jsonl.1`, `.2.gz`, `-20261123`...) is streamed,
+never loaded whole. Decoding every line as JSON costs ~6-9 µs a line: 5.5-8.7 s for a
+million lines here. Most lines are `start` / `busy` / `end` records of our own compact
+encoder (`journal.encode`); for those the event, profile and route come from a cached *head*
+(see `Scanner`) and the few other fields counted (pool, wait, duration, peak VRAM) are cut
+from the bytes: ~3.2-3.4 s for a million lines (`benchmarks/stats_bench.py`). That is safe
+because in compact JSON an unescaped `,"pool":"` can only be a key (a quote inside a string is
+always escaped), and it is done only where the part read holds no nested object (an `end`
+record's device figures come last and are not read); every other line (`evict`, `oom`,
+other writers' lines, anything with a backslash to unescape) goes through the real decoder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from array import array
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Final, Iterable, Iterator, Sequence
+
+    from gpurouter.job.config import Settings
+
+# Advice thresholds: below these the figures are noise, not a pattern.
+ADVISE_MIN_COUNT: Final = 3
+ADVISE_REFUSAL_RATE: Final = 0.2
+ADVISE_ESCAPE_RATE: Final = 0.1
+# `--since` bisects the journal for its start and lands this far earlier (clock jitter, slow writers).
+SEEK_MARGIN_S: Final = 3600.0
+
+_OURS: Final = b'{"v":1,"ts":"'  # how every line of journal.encode starts (compact, keys in this order)
+_EVENT_KEY: Final = b'"event":"'
+_METRIC_KEY: Final = b',"metric":'
+_COUNTED: Final = ("start", "busy", "escape", "refused", "oom", "end", "evict")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def journal_files(path: str) -> list[str]:
+    """The journal and its rotated files, oldest first (by mtime); the live journal last.
+
+    Rotated names are logrotate's: `NAME.1`, `NAME.2.gz`, `NAME-20261123`, `NAME-20261123.gz`.
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    rotated: list[tuple[float, str]] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    for name in names:
+        if name == base or not name.startswith(base):
+            continue
+        rest = name[len(base) :]
+        core = rest[:-3] if rest.endswith(".gz") else rest
+        if len(core) >= 2 and core[0] in ".-" and core[1:].isdigit():
+            full = os.path.join(directory, name)
+            try:
+                rotated.append((os.stat(full, follow_symlinks=False).st_mtime, full))
+            except OSError:
+                continue
+    return [full for _, full in sorted(rotated)] + [path]
+
+
+def _open(path: str) -> tuple[BinaryIO, BinaryIO] | None:
+    """(line stream, the file under it) for a journal file, gunzipped when it ends in .gz;
+    None if it cannot be read. Close both (GzipFile leaves its file object open)."""
+    from gpurouter.job import fsutil
+
+    try:
+        fd = fsutil.open_regular_for_reading(path)  # never follows a symlink planted in a shared dir
+    except OSError:
+        return None
+    raw = open(fd, "rb", buffering=1 << 20)
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    return raw, raw
+
+
+class Scanner:
+    """Stream records from journal files, filtered by event, profile and time.
+
+    Every record our encoder writes begins `{"v":1,"ts":"...","event":"E","profile":"P",
+    "route":"R","metric":` (runner, aio, slurm and monitor all build their records in that
+    order). The bytes from the event to `,"metric":` are the line's *head*; there are only a
+    few distinct heads in a journal, so each is decoded once (as real JSON, escapes and all)
+    and cached. Filters on event and profile then cost a slice and a dict look-up per line.
+
+    Args:
+        events: keep only these events (None: all).
+        profile: keep only this profile.
+        since_epoch: keep only records at or after this time (seconds since the epoch).
+    """
+
+    def __init__(self, events: Iterable[str] | None = None, profile: str | None = None,
+                 since_epoch: float | None = None) -> None:  # fmt: skip
+        import json
+
+        self.events = None if events is None else frozenset(events)
+        self.profile = profile
+        self.since_epoch = since_epoch
+        self._heads: dict[bytes, tuple[str, str | None, str | None] | None] = {}
+        self._minutes: dict[str, float] = {}
+        self._loads = json.loads
+        self._decode = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # no json.loads overhead (~3 µs)
+        self.lines = 0  # lines read
+        self.decoded = 0  # lines decoded as JSON
+        self.files: list[str] = []
+
+    def lines_of(self, paths: Iterable[str]) -> Iterator[bytes]:
+        """Every line of the files, oldest file first; skips rotated files older than the cutoff."""
+        for path in paths:
+            if self.since_epoch is not None:
+                try:  # a rotated file last written before the cutoff holds nothing newer
+                    if os.stat(path).st_mtime < self.since_epoch:
+                        continue
+                except OSError:
+                    continue
+            opened = _open(path)
+            if opened is None:
+                continue
+            stream, raw = opened
+            self.files.append(path)
+            with raw, stream:
+                try:
+                    if self.since_epoch is not None and not path.endswith(".gz"):
+                        self._seek_near(stream, self.since_epoch - SEEK_MARGIN_S)
+                    for line in stream:
+                        self.lines += 1
+                        yield line
+                except (OSError, EOFError):  # a truncated .gz: what was read still counts
+                    continue
+
+    def _seek_near(self, stream: BinaryIO, cutoff: float) -> None:
+        """Bisect a plain journal for the first line at or after `cutoff` and seek there.
+
+        Records are appended in time order but for a few milliseconds of jitter between
+        writers (a timestamp is taken just before the write), so the bisection lands safely
+        `SEEK_MARGIN_S` before the cutoff and the lines after it are still checked one by one.
+        """
+        size = os.fstat(stream.fileno()).st_size
+        low, high = 0, size
+        while high - low > 1 << 16:
+            middle = (low + high) // 2
+            stream.seek(middle)
+            stream.readline()  # the rest of a line cut in the middle
+            epoch = None
+            for _ in range(8):  # a torn or foreign line: try the next few
+                line = stream.readline()
+                if not line:
+                    break
+                epoch = self.epoch(_ts_of(line))
+                if epoch is not None:
+                    break
+            if epoch is None or epoch >= cutoff:
+                high = middle
+            else:
+                low = middle
+        stream.seek(low)
+        if low:
+            stream.readline()
+
+    def loads_string(self, raw: bytes) -> str:
+        """The text of a JSON string from its raw bytes between the quotes."""
+        if b"\\" not in raw:
+            return raw.decode("utf-8", "surrogateescape")
+        return str(self._loads(b'"' + raw + b'"'))
+
+    def head(self, line: bytes) -> tuple[str, str | None, str | None] | None:
+        """(event, profile, route) of a line of ours from its cached head, or None (decode it)."""
+        if not line.startswith(_OURS):
+            return None
+        at = line.find(_EVENT_KEY, 13, 64)
+        stop = line.find(_METRIC_KEY, at, at + 400) if at > 0 else -1
+        if stop < 0:
+            return None
+        raw = line[at + 9 : stop]
+        try:
+            return self._heads[raw]
+        except KeyError:
+            return self.parse_head(raw)
+
+    def parse_head(self, raw: bytes) -> tuple[str, str | None, str | None] | None:
+        """Decode (and cache) a head: the bytes between `"event":"` and `,"metric":`."""
+        parsed: tuple[str, str | None, str | None] | None = None
+        try:
+            fields = self._loads(b'{"event":"' + raw + b"}")
+            if isinstance(fields, dict) and isinstance(fields.get("event"), str) and \
+                    set(fields) <= {"event", "profile", "route"}:  # fmt: skip
+                profile, route = fields.get("profile"), fields.get("route")
+                parsed = (fields["event"], profile if isinstance(profile, str) else None,
+                          route if isinstance(route, str) else None)  # fmt: skip
+        except ValueError:
+            pass
+        if len(self._heads) < 100_000:  # a journal of random heads must not grow this without bound
+            self._heads[raw] = parsed
+        return parsed
+
+    def wanted(self, head: tuple[str, str | None, str | None]) -> bool:
+        """Does a record with this head pass the event and profile filters?"""
+        return (self.events is None or head[0] in self.events) and (
+            self.profile is None or head[1] == self.profile
+        )
+
+    def recent(self, line: bytes) -> bool:
+        """Is a line of ours at or after the cutoff (always, without one)?"""
+        if self.since_epoch is None:
+            return True
+        epoch = self.epoch(line[13 : line.find(b'"', 13)].decode("ascii", "replace"))
+        return epoch is not None and epoch >= self.since_epoch
+
+    def records(self, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Every record that passes the filters, decoded; torn and foreign lines are skipped."""
+        for line in self.lines_of(paths):
+            head = self.head(line)
+            if head is not None and (not self.wanted(head) or not self.recent(line)):
+                continue
+            record = self.decode(line)
+            if record is not None:
+                yield record
+
+    def decode(self, line: bytes) -> dict[str, Any] | None:
+        """One line as a record, if it is one and passes the filters."""
+        text = line.decode("utf-8", "surrogateescape").strip()
+        if not text.startswith("{"):
+            return None
+        try:
+            record, end = self._decode(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            return None  # torn or foreign line
+        if end != len(text) or not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            return None
+        if self.events is not None and record["event"] not in self.events:
+            return None
+        if self.profile is not None and record.get("profile") != self.profile:
+            return None
+        if self.since_epoch is not None:
+            epoch = self.epoch(record.get("ts"))
+            if epoch is None or epoch < self.since_epoch:
+                return None
+        self.decoded += 1
+        return record
+
+    def epoch(self, ts: object) -> float | None:
+        """Seconds since the epoch of an ISO 8601 time with zone; cached per minute for our format."""
+        if not isinstance(ts, str):
+            return None
+        if len(ts) == 29 and ts[19] == ".":  # 2026-11-23T21:50:34.123+01:00 (journal.timestamp)
+            key = ts[:16] + ts[23:]
+            minute = self._minutes.get(key)
+            if minute is None:
+                minute = _parse_epoch(ts[:16] + ":00" + ts[23:])
+                if minute is None:
+                    return None
+                self._minutes[key] = minute
+            try:
+                return minute + float(ts[17:23])
+            except ValueError:
+                return None
+        return _parse_epoch(ts)
+
+
+def _ts_of(line: bytes) -> str | None:
+    """The `ts` of a line, cheaply for ours, else by decoding it."""
+    if line.startswith(_OURS):
+        return line[13 : line.find(b'"', 13)].decode("ascii", "replace")
+    import json
+
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("ts") if isinstance(record, dict) else None
+
+
+def _parse_epoch(ts: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # no zone: local time, as the journal would have written it
+        return time.mktime(moment.timetuple()) + moment.microsecond / 1e6
+    return moment.timestamp()
+
+
+def epoch_of(ts: object) -> float | None:
+    """Seconds since the epoch of a journal timestamp, or None if it does not parse."""
+    return _parse_epoch(ts) if isinstance(ts, str) else None
+
+
+def default_files(settings: Settings, journals: Iterable[str] | None = None) -> list[str]:
+    """The files to read: those named, else the configured journal and its rotated files."""
+    named = list(journals or ())
+    if named:
+        return named
+    return journal_files(settings.journal) if settings.journal else []
+
+
+# --------------------------------------------------------------------------- figures
+
+
+class Quantiles:
+    """Values of one figure (8 bytes each) for exact percentiles."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = array("d")
+
+    def add(self, value: object) -> None:
+        """Add a number (anything else is ignored)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            self.values.append(float(value))
+
+    def summary(self) -> dict[str, Any]:
+        """n, min, median, p95, max, mean (None when empty)."""
+        ordered = sorted(self.values)
+        n = len(ordered)
+        if not n:
+            return {"n": 0, "min": None, "p50": None, "p95": None, "max": None, "mean": None, "sum": 0.0}
+        total = sum(ordered)
+        return {"n": n, "min": ordered[0], "p50": percentile(ordered, 0.5), "p95": percentile(ordered, 0.95),
+                "max": ordered[-1], "mean": round(total / n, 3), "sum": round(total, 3)}  # fmt: skip
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of already sorted values."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+class _Profile:
+    """Running figures of one profile."""
+
+    __slots__ = ("starts", "busy", "escapes", "refused", "oom", "oom_retries", "oom_retries_ok", "oom_metrics",
+                 "oom_kind", "busy_pools", "waits", "durations", "peaks", "monitored")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.starts = {"gpu": 0, "cpu": 0}
+        self.busy: dict[str | None, int] = {"gpu": 0, "cpu": 0, None: 0}
+        self.escapes = self.refused = self.oom = self.oom_retries = self.oom_retries_ok = self.monitored = 0
+        self.oom_metrics: list[float] = []
+        self.oom_kind: str | None = None
+        self.busy_pools: dict[str, int] = {}
+        self.waits = Quantiles()
+        self.durations = {"gpu": Quantiles(), "cpu": Quantiles()}
+        self.peaks = Quantiles()
+
+    def as_row(self) -> dict[str, Any]:
+        gpu, cpu = self.starts["gpu"], self.starts["cpu"]
+        busy = sum(self.busy.values())
+        attempts = gpu + cpu + busy
+        waits = self.waits.summary()
+        return {
+            "gpu": gpu, "cpu": cpu, "busy": busy, "busy_gpu": self.busy["gpu"], "busy_cpu": self.busy["cpu"],
+            "busy_rate": round(busy / attempts, 4) if attempts else 0.0,
+            "busy_by_pool": dict(sorted(self.busy_pools.items())),
+            "wait_p50_s": waits["p50"], "wait_p95_s": waits["p95"], "wait_max_s": waits["max"],
+            "refused": self.refused, "escapes": self.escapes,
+            "oom": self.oom, "oom_min_metric": min(self.oom_metrics) if self.oom_metrics else None,
+            "oom_kind": self.oom_kind,
+            "oom_retries": self.oom_retries, "oom_retries_ok": self.oom_retries_ok,
+            "monitored": self.monitored,
+            "duration_s": {route: q.summary() for route, q in self.durations.items()},
+            "peak_vram_mib": self.peaks.summary(),
+            "waits": waits,
+        }  # fmt: skip
+
+
+_FLAT: Final = frozenset({"start", "busy", "escape", "refused"})
+_UNSEEN: Final = object()
+
+
+def _plan(scanner: Scanner, tally: _Tally, raw: bytes) -> Any:
+    """What summarise does with lines of this head: None decode, False skip, or a tuple."""
+    head = scanner.parse_head(raw)
+    if head is None:
+        return None
+    if head[1] is None or not scanner.wanted(head):
+        return False
+    if head[0] not in _FLAT and head[0] != "end":
+        return None
+    return (head[0], head[1], head[2], tally.profile(head[1]).waits.values)
+
+
+_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("duration_s", "elapsed_s", "peak_vram_mib",
+                                                                       "exit_status"))  # fmt: skip
+
+
+def _cut_end(line: bytes, event: str, name: str, route: str | None) -> dict[str, Any] | None:
+    """The fields stats needs from an `end` record of ours, without decoding its device figures.
+
+    The monitor writes the device figures last (`..."samples":12,"devices":{...}}`): the part
+    before `,"devices":{` is then flat, and its keys are the record's own. Anything else
+    (another layout, a backslash to unescape) returns None: decode the line.
+    """
+    cut = line.find(b',"devices":{')
+    if cut > 0:
+        if not (line.endswith(b"}}}}\n") or line.endswith(b',"devices":{}}\n')):
+            return None
+        part = line[:cut]
+    elif line[-2:] == b"}\n":
+        part = line
+    else:
+        return None
+    if part.count(b"{") != 1 or b"\\" in part:
+        return None
+    record: dict[str, Any] = {"event": event, "profile": name, "route": route,
+                              "ts": line[13 : line.find(b'"', 13)].decode("ascii", "replace")}  # fmt: skip
+    for field, key in _END_FIELDS:
+        at = part.rfind(key)
+        if at < 0:
+            continue
+        at += len(key)
+        end = part.find(b",", at)
+        token = part[at : end if end > 0 else part.rfind(b"}")]
+        if token == b"null":
+            record[field] = None
+        else:
+            try:
+                record[field] = float(token) if b"." in token or b"e" in token else int(token)
+            except ValueError:
+                return None
+    if b',"retry_of":"' in part:
+        record["retry_of"] = True
+    return record
+
+
+class _Tally:
+    """The figures, fed by the byte-level fast path (`flat`) or by decoded records (`add`)."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, _Profile] = {}
+        self.pools: dict[tuple[str, str | None], list[int]] = {}  # (pool, route) -> [starts, busy]
+        self.evictions: dict[str, dict[str, int]] = {}
+        self.records = 0
+        self.first: str | None = None
+        self.last: str | None = None
+
+    def seen(self, ts: object) -> None:
+        self.records += 1
+        self.span(ts)
+
+    def span(self, ts: object) -> None:
+        if isinstance(ts, str):
+            if self.first is None or ts < self.first:
+                self.first = ts
+            if self.last is None or ts > self.last:
+                self.last = ts
+
+    def profile(self, name: str) -> _Profile:
+        row = self.profiles.get(name)
+        if row is None:
+            row = self.profiles[name] = _Profile()
+        return row
+
+    def flat(self, event: str, name: str, route: str | None, pool: str | None, waited: object,
+             retry: bool, count: int = 1) -> None:  # fmt: skip
+        """`count` start, busy, escape or refused records (a start's wait is added once)."""
+        row = self.profile(name)
+        if event == "start":
+            if route == "gpu" or route == "cpu":
+                row.starts[route] += count
+            row.waits.add(waited)
+            if retry:
+                row.oom_retries += count
+            self._pool(pool, route)[0] += count
+        elif event == "busy":
+            row.busy[route if route == "gpu" or route == "cpu" else None] += count
+            row.busy_pools[pool or "(none)"] = row.busy_pools.get(pool or "(none)", 0) + count
+            self._pool(pool, route)[1] += count
+        elif event == "escape":
+            row.escapes += count
+        elif event == "refused":
+            row.refused += count
+
+    def _pool(self, pool: str | None, route: str | None) -> list[int]:
+        key = (pool or "(none)", route if route == "gpu" or route == "cpu" else None)
+        found = self.pools.get(key)
+        if found is None:
+            found = self.pools[key] = [0, 0]
+        return found
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One decoded record of any event."""
+        name = record.get("profile")
+        if not isinstance(name, str):
+            return
+        self.seen(record.get("ts"))
+        event = record["event"]
+        route = record.get("route")
+        route = route if isinstance(route, str) else None
+        if event in _FLAT:
+            pool = record.get("pool")
+            self.flat(event, name, route, pool if isinstance(pool, str) else None, record.get("waited_s"),
+                      bool(record.get("retry_of")))  # fmt: skip
+            return
+        row = self.profile(name)
+        if event == "oom":
+            row.oom += 1
+            metric = record.get("metric")
+            if isinstance(metric, (int, float)) and not isinstance(metric, bool):
+                row.oom_metrics.append(float(metric))
+                kind = record.get("kind")
+                row.oom_kind = kind if isinstance(kind, str) else row.oom_kind
+        elif event == "end":
+            if route == "gpu" or route == "cpu":
+                row.durations[route].add(record.get("duration_s", record.get("elapsed_s")))
+            if "peak_vram_mib" in record:
+                row.monitored += 1
+                row.peaks.add(record.get("peak_vram_mib"))
+            if record.get("retry_of") and record.get("exit_status") == 0:
+                row.oom_retries_ok += 1
+        elif event == "evict":
+            victim = record.get("victim")
+            counts = self.evictions.setdefault(
+                "(none)" if victim is None else str(victim), {"ok": 0, "failed": 0}
+            )
+            counts["ok" if record.get("ok") else "failed"] += 1
+
+    def pool_rows(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for (name, route), (starts, busy) in self.pools.items():
+            row = rows.setdefault(name, {"route": route, "starts": 0, "busy": 0})
+            row["route"] = row["route"] or route
+            row["starts"] += starts
+            row["busy"] += busy
+        for row in rows.values():
+            attempts = row["starts"] + row["busy"]
+            row["busy_rate"] = round(row["busy"] / attempts, 4) if attempts else 0.0
+        return dict(sorted(rows.items()))
+
+
+def summarise(settings: Settings, since_s: float | None = None, profile: str | None = None,
+              now: float | None = None, journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Jobs by profile and route, refusals by pool and their rate, waits, durations, peak VRAM,
+    evictions, escapes and OOM fallbacks; and advice in words where the figures call for it.
+
+    Args:
+        settings: the configuration (journal path; each profile's wait, thresholds... for the advice).
+        since_s: only records of the last `since_s` seconds.
+        profile: only this profile.
+        now: the present, for `since_s` (tests).
+        journals: read these files instead of the configured journal and its rotated files.
+
+    Returns:
+        Plain data: `profiles` {name: counts, busy_rate, wait_p50_s/p95_s, duration_s, peak_vram_mib,
+        oom...}, `pools` {pool: route, starts, busy, busy_rate}, `waits`, `evictions` {victim: ok,
+        failed}, `advice` [sentences], and what was read (`files`, `lines`, `records`).
+    """
+    cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
+    scanner = Scanner(events=_COUNTED, profile=profile, since_epoch=cutoff)
+    tally = _Tally()
+    # The hot loop, inlined (~3 µs a line on a busy 2-core box; decoding each line is ~6-9 µs).
+    # Per distinct head, a plan: None = decode the line, False = not wanted, else
+    # (event, name, route, the profile's wait values).
+    plans: dict[bytes, Any] = {}
+    counts: dict[tuple[bytes, bytes | None], int] = {}  # (raw head, raw pool) -> records
+    retries: dict[str, int] = {}
+    first = last = None
+    decode, recent = scanner.decode, scanner.recent
+    ours, event_key, metric_key, unseen = _OURS, _EVENT_KEY, _METRIC_KEY, _UNSEEN  # locals: no global look-ups
+    plan_of, count_of = plans.get, counts.get
+    for line in scanner.lines_of(default_files(settings, journals)):
+        plan = None
+        if line.startswith(ours):
+            at = line.find(event_key, 13, 64)
+            stop = line.find(metric_key, at, at + 400) if at > 0 else -1
+            if stop > 0:
+                raw = line[at + 9 : stop]
+                plan = plan_of(raw, unseen)
+                if plan is unseen:
+                    plan = plans[raw] = _plan(scanner, tally, raw)
+        if plan is False:
+            continue
+        if plan is not None and plan[0] == "end":  # monitored runs: half the lines of a monitored box
+            if cutoff is None or recent(line):
+                record = _cut_end(line, "end", plan[1], plan[2]) or decode(line)
+                if record is not None:
+                    tally.add(record)
+            continue
+        if plan is None or line[-2:] != b"}\n" or line.count(b"{") != 1:  # not ours, nested, or torn
+            record = decode(line)
+            if record is not None:
+                tally.add(record)
+            continue
+        if cutoff is not None and not recent(line):
+            continue
+        event = plan[0]
+        pool = None
+        if event == "start" or event == "busy":
+            at = line.rfind(b',"pool":"')
+            if at > 0:
+                pool = line[at + 9 : line.find(b'"', at + 9)]
+            if event == "start":
+                at = line.rfind(b',"waited_s":')
+                if at > 0:
+                    end = line.find(b",", at + 12)
+                    try:
+                        plan[3].append(float(line[at + 12 : end if end > 0 else -2]))
+                    except ValueError:
+                        pass
+                if b',"retry_of":"' in line:
+                    retries[plan[1]] = retries.get(plan[1], 0) + 1
+        key = (raw, pool)
+        counts[key] = count_of(key, 0) + 1
+        if first is None:
+            first = line
+        last = line
+    for (raw, raw_pool), count in counts.items():
+        event, name, route, _ = plans[raw]
+        pool_name = None if raw_pool is None else scanner.loads_string(raw_pool)
+        tally.flat(event, name, route, pool_name, None, False, count)
+    for name, count in retries.items():
+        tally.profile(name).oom_retries += count
+    for edge in (first, last):
+        if edge is not None:
+            tally.span(edge[13 : edge.find(b'"', 13)].decode("ascii", "replace"))
+    tally.records += sum(counts.values())
+    profiles = {name: row.as_row() for name, row in sorted(tally.profiles.items())}
+    waits_all = Quantiles()
+    for row in tally.profiles.values():
+        waits_all.values.extend(row.waits.values)
+    evictions = dict(sorted(tally.evictions.items()))
+    return {
+        "journal": settings.journal, "files": scanner.files,
+        "since": None if since_s is None else f"{since_s:g}s", "profile": profile,
+        "records": tally.records, "lines": scanner.lines, "decoded": scanner.decoded,
+        "first": tally.first, "last": tally.last,
+        "profiles": profiles, "pools": tally.pool_rows(), "waits": waits_all.summary(), "evictions": evictions,
+        "advice": advise(settings, profiles, evictions),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- advice
+
+
+def advise(
+    settings: Settings, profiles: dict[str, dict[str, Any]], evictions: dict[str, dict[str, int]]
+) -> list[str]:
+    """The runbook's advice, in words, where the figures call for it (and only then).
+
+    Direction matters: refusals on the GPU pool are not cured by a higher threshold (that sends
+    *more* jobs to the GPU); refusals on the CPU pool are, and GPU OOMs call for a lower one.
+    """
+    from gpurouter.job import units
+    from gpurouter.job.config import format_wait
+
+    advice = []
+    for name, row in profiles.items():
+        rules = settings.profile(name)
+        gpu_attempts = row["gpu"] + row["busy_gpu"]
+        cpu_attempts = row["cpu"] + row["busy_cpu"]
+        if row["busy_gpu"] >= ADVISE_MIN_COUNT and row["busy_gpu"] / gpu_attempts > ADVISE_REFUSAL_RATE:
+            share = f"{row['busy_gpu']} refusals on the GPU pool ({row['busy_gpu'] / gpu_attempts:.0%} of GPU attempts)"
+            if rules.wait_s == 0:
+                advice.append(f'{name}: {share} under wait = "fail": a runner that retries at once (GNU parallel, '
+                              'the PeerTube runner) burns its retries in a second; set wait = "block" or a bounded '
+                              'wait (e.g. "30m"), or more GPU slots if VRAM allows (gpurouter config --check)')  # fmt: skip
+            else:
+                advice.append(f"{name}: {share} after waiting up to {format_wait(rules.wait_s)}: a longer wait, "
+                              "more GPU slots if VRAM allows (gpurouter config --check), or a lower threshold "
+                              "(more jobs to the CPU)")  # fmt: skip
+        if row["busy_cpu"] >= ADVISE_MIN_COUNT and row["busy_cpu"] > row["cpu"] and \
+                row["busy_cpu"] / cpu_attempts > ADVISE_REFUSAL_RATE:  # fmt: skip
+            advice.append(f"{name}: {row['busy_cpu']} refusals on the CPU pool against {row['cpu']} CPU runs: "
+                          "the threshold sends too many jobs to the CPU; raise the threshold (more jobs to the GPU) "
+                          "or the CPU slots if RAM allows")  # fmt: skip
+        if row["oom"]:
+            kind = rules.probe if rules.probe in ("duration", "size", "pixels") else row["oom_kind"]
+            smallest = human_metric(row["oom_min_metric"], kind)
+            advice.append(f"{name}: {row['oom']} GPU run(s) ran out of memory (smallest input {smallest}, "
+                          f"threshold {rules.threshold_text or 'none'}): lower the threshold below that "
+                          f"(gpurouter tune {name} fits it to the runs)")  # fmt: skip
+        started = row["gpu"] + row["cpu"]
+        if row["escapes"] >= ADVISE_MIN_COUNT and started and row["escapes"] / started > ADVISE_ESCAPE_RATE:
+            limit = "unset" if rules.max_wait_s is None else units.format_duration(rules.max_wait_s)
+            advice.append(f"{name}: {row['escapes']} of {started} jobs ran without a slot after max_wait ({limit}): "
+                          "more slots (if memory allows) or a longer max_wait")  # fmt: skip
+    for victim, tally in evictions.items():
+        if tally["failed"] >= ADVISE_MIN_COUNT and tally["failed"] > tally["ok"]:
+            advice.append(f"resident {victim}: {tally['failed']} evictions failed against {tally['ok']} that worked: "
+                          "check its unload action (gpurouter gpus)")  # fmt: skip
+    return advice
+
+
+def human_metric(value: float | None, kind: str | None) -> str:
+    """A metric rounded for people: 1h53m, 5m14s, 12.5s; 1.5GiB, 700MiB; 2.1MP; else the number."""
+    if value is None:
+        return "none"
+    if kind == "duration":
+        if value < 60:
+            return f"{value:.1f}s".replace(".0s", "s")
+        minutes, seconds = divmod(int(value), 60)
+        if value < 3600:
+            return f"{minutes}m" if not seconds else f"{minutes}m{seconds:02d}s"
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}h" if not minutes else f"{hours}h{minutes:02d}m"
+    if kind == "size":
+        for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value >= factor:
+                return f"{value / factor:.3g}{unit}"
+        return f"{value:.0f}B"
+    if kind == "pixels":
+        return f"{value / 1e6:.3g}MP"
+    return f"{value:.4g}"

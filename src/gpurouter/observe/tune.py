@@ -1,0 +1,298 @@
+"""`gpurouter tune PROFILE`: fit peak VRAM against the probe's metric from monitored GPU runs,
+and propose the threshold under which a job fits its VRAM budget.
+
+The fit is a least-squares line `peak_mib = intercept + slope × metric` over the `end`
+records of successful monitored GPU runs. A job is predicted to fit when the line *plus the
+largest under-estimate the fit made on the runs seen* (`max_residual_mib`) stays within the
+budget, so every run observed so far would have been let through with its real peak. A GPU
+run that ran out of memory at a smaller metric caps the threshold below that metric: what
+happened beats what the line says.
+
+`fit`, `predict_peak_mib` and `threshold_for` are pure (no I/O, no clock): the router can
+call them for `threshold = "auto"` with the live free VRAM as the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from gpurouter.job import fsutil
+from gpurouter.job.records import Record
+from gpurouter.errors import GpurouterError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, Iterable, Mapping, TypeGuard
+
+    from gpurouter.job.config import Settings
+
+MIN_RUNS: Final = 3
+# How each probe's metric reads best in words: (unit name, size of that unit in metric units).
+_UNITS: Final = {"duration": ("minute", 60.0), "size": ("GiB", float(2**30)), "pixels": ("megapixel", 1e6)}
+
+
+class TuneRefused(GpurouterError):
+    """tune cannot propose anything: too few runs, no probe, no budget (exit 1)."""
+
+    exit_code = 1
+
+
+class Fit(Record):
+    """A least-squares line of peak VRAM (MiB) against the probe's metric."""
+
+    __slots__ = ("n", "slope", "intercept", "r2", "max_residual_mib", "max_metric", "max_metric_peak_mib",
+                 "min_metric")  # fmt: skip
+    n: int  # runs fitted
+    slope: float  # MiB per metric unit (per second, per byte, per pixel)
+    intercept: float  # MiB at metric 0
+    r2: float  # coefficient of determination (1.0 when every point is on the line)
+    max_residual_mib: float  # largest under-estimate: max(peak - line), >= 0
+    max_metric: float  # the largest run that fit (its metric)
+    max_metric_peak_mib: float  # ...and its peak
+    min_metric: float
+
+
+def fit(points: Iterable[tuple[float, float]]) -> Fit:
+    """Least squares over (metric, peak_mib) points.
+
+    Raises:
+        ValueError: fewer than 2 points, or all at the same metric (no line through them).
+    """
+    pairs = [(float(x), float(y)) for x, y in points]
+    n = len(pairs)
+    if n < 2:
+        raise ValueError(f"need at least 2 runs to fit a line, got {n}")
+    mean_x = sum(x for x, _ in pairs) / n
+    mean_y = sum(y for _, y in pairs) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in pairs)
+    if sxx <= 0:
+        raise ValueError("every run has the same metric: no line to fit")
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in pairs)
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    residuals = [y - (intercept + slope * x) for x, y in pairs]
+    ss_res = sum(r * r for r in residuals)
+    ss_tot = sum((y - mean_y) ** 2 for _, y in pairs)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    largest = max(pairs)
+    return Fit(n=n, slope=slope, intercept=intercept, r2=r2, max_residual_mib=max(0.0, max(residuals)),
+               max_metric=largest[0], max_metric_peak_mib=largest[1], min_metric=min(pairs)[0])  # fmt: skip
+
+
+def predict_peak_mib(model: Fit, metric: float) -> float:
+    """The peak VRAM to plan for at `metric`: the line plus the largest under-estimate seen."""
+    return model.intercept + model.slope * metric + model.max_residual_mib
+
+
+def threshold_for(model: Fit, budget_mib: float) -> float:
+    """The largest metric whose planned peak (`predict_peak_mib`) fits in `budget_mib`.
+
+    Returns:
+        The threshold in metric units: route GPU when metric < threshold. `math.inf` when the
+        peak does not grow with the metric and fits (any job fits); 0.0 when even a job of
+        metric 0 would not fit.
+    """
+    base = model.intercept + model.max_residual_mib
+    if model.slope <= 0:
+        return math.inf if base <= budget_mib else 0.0
+    return max(0.0, (budget_mib - base) / model.slope)
+
+
+# --------------------------------------------------------------------------- from the journal
+
+
+def runs(settings: Settings, profile: str, since_s: float | None = None,
+         journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The monitored GPU runs of a profile that ended well, and its GPU OOMs, from the journal.
+
+    Returns:
+        {"points": [(metric, peak_mib)], "kind": the metric's kind, "ooms": [metrics], "skipped": n}
+    """
+    import time
+
+    from gpurouter.observe import stats
+
+    cutoff = None if since_s is None else time.time() - since_s
+    scanner = stats.Scanner(events=("end", "oom"), profile=profile, since_epoch=cutoff)
+    points: list[tuple[float, float]] = []
+    ooms: list[float] = []
+    kind = None
+    skipped = 0
+    for record in scanner.records(stats.default_files(settings, journals)):
+        metric = record.get("metric")
+        if not _is_number(metric) or record.get("route") != "gpu":
+            continue
+        kind = record.get("kind") if isinstance(record.get("kind"), str) else kind
+        if record["event"] == "oom":
+            ooms.append(float(metric))
+            continue
+        peak = record.get("peak_vram_mib")
+        devices = record.get("gpus")
+        if not _is_number(peak) or record.get("exit_status", 0) != 0 or (isinstance(devices, list) and len(devices) > 1):
+            # a run that failed, saw no process memory, or spread over several GPUs (its peak is
+            # their sum, while the budget is per device)
+            skipped += "peak_vram_mib" in record
+            continue
+        points.append((float(metric), float(peak)))
+    return {"points": points, "kind": kind, "ooms": sorted(ooms), "skipped": skipped}
+
+
+def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None = None,
+           override_mib: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The VRAM one job of the profile may use: `vram_mib` if configured, else
+    (smallest allowed device's total - cushion) / GPU slots.
+
+    Raises:
+        TuneRefused: no vram_mib, no override and no GPU to read the total from.
+    """
+    rules = settings.profile(profile)
+    if override_mib is not None:
+        return {"mib": float(override_mib), "why": f"--budget-mib {override_mib:g}"}
+    if isinstance(rules.gpu.vram_mib, int):
+        return {"mib": float(rules.gpu.vram_mib), "why": f"vram_mib = {rules.gpu.vram_mib} (configured)"}
+    from gpurouter.gpu import nvml, selection
+
+    query = nvml.query_gpus(environ)
+    totals = [(g.memory_total_mib, g) for g in selection.eligible(query.gpus, settings.gpu.devices)
+              if g.memory_total_mib]  # fmt: skip
+    if not totals:
+        raise TuneRefused(f"no VRAM budget for {profile}: no GPU seen ({query.message or 'none'}), "
+                          "no gpu.vram_mib configured; give --budget-mib")  # fmt: skip
+    total, gpu = min(totals, key=lambda item: item[0])
+    cushion, slots = settings.gpu.cushion_mib, rules.gpu.slots
+    mib = (total - cushion) / slots
+    return {
+        "mib": mib,
+        "why": f"(GPU {gpu.index} {gpu.name or ''} {total} MiB - cushion {cushion}) / {slots} slot(s)",
+    }
+
+
+def propose(settings: Settings, profile: str, since_s: float | None = None, journals: Iterable[str] | None = None,
+            environ: Mapping[str, str] | None = None, budget_mib: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fit the profile's runs and propose a threshold, with the evidence, as plain data.
+
+    Raises:
+        TuneRefused: fewer than MIN_RUNS usable runs, all at one metric, or no budget.
+    """
+    from gpurouter.observe.stats import human_metric
+
+    rules = settings.profile(profile)
+    found = runs(settings, profile, since_s, journals)
+    points = found["points"]
+    kind = rules.probe if rules.probe in ("duration", "size", "pixels") else found["kind"] or "number"
+    if len(points) < MIN_RUNS:
+        raise TuneRefused(f"{profile}: {len(points)} monitored GPU run(s) with a metric and a peak VRAM in the "
+                          f"journal; tune needs at least {MIN_RUNS} (set monitor = true on the profile and let "
+                          "it run)")  # fmt: skip
+    try:
+        model = fit(points)
+    except ValueError as error:
+        raise TuneRefused(f"{profile}: {error}") from None
+    allowed = budget(settings, profile, environ, budget_mib)
+    raw = threshold_for(model, allowed["mib"])
+    notes = []
+    capped_by_oom = None
+    below = [m for m in found["ooms"] if m < raw]
+    if below:
+        capped_by_oom = below[0]
+        raw = below[0]
+        notes.append(f"a GPU run of {human_metric(below[0], kind)} ran out of memory: the threshold stays "
+                     "below it")  # fmt: skip
+    proposed = _round_down(raw, kind)
+    if math.isfinite(raw) and raw > model.max_metric:
+        notes.append(f"extrapolated beyond the largest run seen ({human_metric(model.max_metric, kind)}): "
+                     "watch the first runs above it, or let more runs come in and tune again")  # fmt: skip
+    if model.r2 < 0.8:
+        notes.append(f"a weak fit (R² {model.r2:.2f}): peak VRAM depends on more than this metric")
+    unit, per = per_unit(kind, model.slope)
+    return {
+        "profile": profile, "kind": kind, "runs": model.n, "skipped": found["skipped"], "ooms": found["ooms"],
+        "fit": model.as_dict(), "slope_per_unit": {"unit": unit, "mib": per},
+        "budget_mib": allowed["mib"], "budget_why": allowed["why"],
+        "threshold": proposed if math.isfinite(proposed) and proposed > 0 else None,
+        "threshold_text": _text(proposed, kind) if proposed > 0 else None,
+        "every_job_fits": math.isinf(proposed), "no_job_fits": proposed <= 0,
+        "current": rules.threshold, "current_text": rules.threshold_text, "capped_by_oom": capped_by_oom,
+        "points": points, "notes": notes,
+    }  # fmt: skip
+
+
+def per_unit(kind: str, slope: float) -> tuple[str, float]:
+    """A slope in MiB per metric unit as MiB per readable unit: ("minute", 40.0) for 0.667 per second."""
+    unit, scale = _UNITS.get(kind, ("unit", 1.0))
+    return unit, slope * scale
+
+
+def _round_down(value: float, kind: str) -> float:
+    """A threshold people can read: whole minutes (or seconds under 10 min), whole MiB, whole pixels."""
+    if not math.isfinite(value):
+        return value
+    if kind == "duration":
+        step = 60.0 if value >= 600 else 1.0
+    elif kind == "size":
+        step = float(2**20)
+    else:
+        step = 1.0
+    return math.floor(value / step) * step
+
+
+def _text(value: float, kind: str) -> str | None:
+    from gpurouter.job import units
+
+    if not math.isfinite(value):
+        return None
+    if kind == "size":
+        return f"{int(value // 2**20)}MiB"
+    return units.format_metric(value, kind if kind in ("duration", "size") else None)
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------- --apply
+
+
+def apply(config_path: str, profile: str, threshold_text: str) -> str:
+    """Write `threshold = "..."` into the profile's table, keeping comments and layout; back up first.
+
+    Returns:
+        The backup's path (`FILE.bak`).
+
+    Raises:
+        TuneRefused: the file is not TOML, the result would not validate, or tomlkit is missing.
+    """
+    try:
+        import tomlkit  # deferred: ~30 ms, and an optional extra (gpurouter[tune])
+    except ImportError:
+        raise TuneRefused("--apply needs tomlkit (pip install 'gpurouter[tune]')") from None
+    import tomllib
+
+    from gpurouter.job import config
+    from gpurouter.errors import ConfigError
+
+    with open(config_path, "rb") as stream:
+        original = stream.read()
+    try:
+        document = tomlkit.parse(original.decode("utf-8"))
+    except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as error:
+        raise TuneRefused(f"{config_path}: cannot edit: {error}") from None
+    profiles = document.get("profiles")
+    if profiles is None:
+        profiles = tomlkit.table(is_super_table=True)
+        document["profiles"] = profiles
+    table = profiles.get(profile)
+    if table is None:
+        table = tomlkit.table()
+        profiles[profile] = table
+    table["threshold"] = threshold_text
+    text = tomlkit.dumps(document)
+    try:
+        config.validate(tomllib.loads(text), config_path, config_path)
+    except (ConfigError, tomllib.TOMLDecodeError) as error:
+        raise TuneRefused(f"not applied: the edited file would not be valid: {error}") from None
+    backup = config_path + ".bak"
+    fsutil.write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
+    fsutil.write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
+    return backup
