@@ -1,9 +1,5 @@
 """Helpers for the Slurm backend's tests: bring up the single-node cluster (scripts/slurm-up),
 drive gpurouter against it, and look at Slurm's queue.
-
-Until the runner calls the Slurm backend itself, `gpurouter_command` drives the same path
-through a small entry point that does what `gpurouter run` does (config, options, decision) and
-then calls `gpurouter.backends.slurm.run_slurm`; once runner.py is wired, the real launcher is used.
 """
 
 from __future__ import annotations
@@ -21,36 +17,6 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_UP = ROOT / "scripts" / "slurm-up"
 CANNOT_INSTALL = 3  # slurm-up's exit code when Slurm cannot be had here (no apt-get, not root, apt failed)
-
-
-def _runner_wired() -> bool:
-    import gpurouter.job.runner  # the one the launcher will import (PYTHONPATH may point elsewhere)
-
-    return "run_slurm" in Path(gpurouter.job.runner.__file__).read_text()
-
-
-RUNNER_WIRED = _runner_wired()
-
-# `gpurouter run [OPTIONS] -- COMMAND` through gpurouter.backends.slurm.run_slurm, for as long as the
-# runner does not call it itself. Same option parsing, config lookup, decision and exit codes.
-DRIVER = """
-import os, sys
-from gpurouter.job import config, entry, options, runner
-from gpurouter.backends import slurm
-from gpurouter.errors import GpurouterError
-opts, command = options.parse_run_args(sys.argv[1:])
-busy = 75
-try:
-    settings = config.load(opts.get("config"), os.environ)
-    busy = settings.busy_exit_code
-    assert settings.backend.kind == "slurm", settings.backend
-    decision = fastpath.prepare(settings, opts, command, os.environ)
-    if decision.no_slot_because is None:  # the wiring asked of runner.run
-        slurm.run_slurm(settings, decision, os.environ, verbose=bool(opts.get("verbose")))
-    runner.run(settings, decision, os.environ)  # takes no slot: execs here
-except GpurouterError as error:
-    sys.exit(fastpath.fail(error, busy))
-"""
 
 
 def cluster_up(timeout: float = 300) -> tuple[bool, str]:
@@ -81,10 +47,8 @@ def exclusive_use() -> Iterator[None]:
 
 
 def gpurouter_command(gpurouter: str, *args: str) -> list[str]:
-    """The argv of `gpurouter ARGS...` (run through the Slurm backend)."""
-    if RUNNER_WIRED or not args or args[0] != "run":
-        return [gpurouter, *args]
-    return [sys.executable, "-c", DRIVER, *args[1:]]
+    """The argv of `gpurouter ARGS...` (the runner sends `run` through the Slurm backend)."""
+    return [gpurouter, *args]
 
 
 def squeue(name_prefix: str) -> list[dict[str, str]]:

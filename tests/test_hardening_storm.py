@@ -78,7 +78,7 @@ def test_fail_fast_storm_under_gnu_parallel_retries(box: Box) -> None:
 def test_concurrent_appends_of_records_spanning_pages_stay_whole_lines(tmp_path: Path) -> None:
     """8 writers, records larger than a page (long argv): no torn, merged or blank line."""
     journal = tmp_path / "journal.jsonl"
-    code = ("import sys; from gpurouter import journal\n"
+    code = ("import sys; from gpurouter.job import journal\n"
             "for i in range(300): journal.append_record(sys.argv[1], 'start', profile='p', route='gpu', metric=None,"
             " reason='r', pid=i, argv=['x' * 5000, sys.argv[2], str(i)])\n")  # fmt: skip
     writers = [subprocess.Popen([sys.executable, "-c", code, str(journal), f"w{n}"]) for n in range(8)]

@@ -203,3 +203,19 @@ def test_a_device_aware_library_slot_sets_cuda_visible_devices(lib_env: Box, mon
     with gpurouter.slot(decision) as held:
         assert held.env["CUDA_VISIBLE_DEVICES"] == "GPU-1" and [g.index for g in held.devices] == [1]
         assert held.slots == ["gpu1.0"]
+
+
+def test_a_low_vram_fallback_to_the_cpu_honours_the_callers_environ(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpurouter
+
+    devices = lib_env.root / "gpus.json"
+    monkeypatch.setenv("GPUROUTER_NVML_FILE", str(devices))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    device_file(devices, 500)
+    lib_env.write_config("[profiles.llm.gpu]\nvram_mib = 8000\non_low_vram = \"cpu\"\n[profiles.llm.cpu]\nthreads = 3\n")
+    caller = {**os.environ, "OMP_NUM_THREADS": "1"}  # the library caller's own setting, not this process's
+    decision = gpurouter.decide("llm", ["llm"], environ=caller)
+    with gpurouter.slot(decision, environ=caller) as held:
+        assert held.route == "cpu" and held.slots == ["cpu.0"]
+        assert "OMP_NUM_THREADS" not in held.env  # the caller's explicit 1 wins over the route's cap
+        assert held.env["MKL_NUM_THREADS"] == "3"

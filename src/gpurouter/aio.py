@@ -19,7 +19,7 @@ import signal
 import time
 
 from gpurouter import api
-from gpurouter.job import config, fsutil, journal, runner, slots
+from gpurouter.job import admission, config, fsutil, slots
 from gpurouter.gpu import nvml, placement
 from gpurouter.errors import NoFreeSlot
 
@@ -91,27 +91,25 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
     """
     settings = decision.settings
     wait_s = api._wait_seconds(wait)
-    quiet = settings.replace(journal=None)  # tries that find nothing free are not refusals
+    log = admission.Admission(settings, decision.inner.replace(wait_s=wait_s))
     began = time.monotonic()
-    announced = False
     while True:
+        log.quiet = True  # tries that find nothing free are not refusals
         try:
-            held = runner.acquire(quiet, decision.inner.replace(wait_s=0.0), environ)
+            held = admission.acquire(settings, decision.inner.replace(wait_s=0.0), environ, admission=log,
+                                     journal_start=False)  # fmt: skip
         except NoFreeSlot as busy:
-            remaining = wait_s - (time.monotonic() - began)
+            waited = time.monotonic() - began
+            remaining = wait_s - waited
             if remaining <= 0:
-                journal.append_record(settings.journal, "busy", **runner.job_record(decision.inner), waited_s=round(time.monotonic() - began, 3))
-                raise NoFreeSlot(busy.pool, busy.slots, time.monotonic() - began, why=busy.why) from None
-            if not announced:
-                journal.append_record(settings.journal, "wait", **runner.job_record(decision.inner), wait=config.format_wait(wait_s))
-                announced = True
+                log.quiet = False
+                raise log.busy(waited, NoFreeSlot(busy.pool, busy.slots, waited, why=busy.why)) from None
+            log.wait()
             await wait_for_release(settings.lock_dir, _candidates(decision), min(remaining, placement.RECHECK_S)
                                    if decision.inner.device_mode else remaining)  # fmt: skip
             continue
         held.waited_s = time.monotonic() - began
-        journal.append_record(settings.journal, "start", **held.record, slot=held.slots[0].name if held.slots else None,
-                              waited_s=round(held.waited_s, 3), escaped=False,
-                              no_slot_because=held.decision.no_slot_because)  # fmt: skip
+        log.start(held.first_slot, held.waited_s, escaped=False, no_slot_because=held.decision.no_slot_because)
         return api.Held(settings, held)
 
 

@@ -6,7 +6,7 @@
     with gpurouter.slot(decision, wait="block") as held:
         run_model(device=held.env.get("CUDA_VISIBLE_DEVICES"), extra_args=decision.args)
 
-Nothing here re-implements a rule: `decide` is `runner.decide`, `slot` is `runner.acquire`
+Nothing here re-implements a rule: `decide` is `decision.decide`, `slot` is `admission.acquire`
 (journal records included), and the slot is released on exit, on exception, and by the
 kernel when the process dies.
 """
@@ -17,7 +17,8 @@ import math
 import os
 import time
 
-from gpurouter.job import config, options, runner
+from gpurouter.job import admission, config, options
+from gpurouter.job import decision as decisions
 from gpurouter.gpu import nvml
 from gpurouter.errors import GpurouterError, NoFreeSlot
 
@@ -45,7 +46,7 @@ class Decision:
 
     __slots__ = ("settings", "inner")
 
-    def __init__(self, settings: config.Settings, inner: runner.Decision) -> None:
+    def __init__(self, settings: config.Settings, inner: decisions.Decision) -> None:
         self.settings, self.inner = settings, inner
 
     route = property(lambda self: self.inner.route, doc="gpu or cpu")
@@ -75,13 +76,18 @@ class Held:
 
     __slots__ = ("_held", "_settings", "_started")
 
-    def __init__(self, settings: config.Settings, held: runner.Held) -> None:
+    def __init__(self, settings: config.Settings, held: admission.Held) -> None:
         self._settings, self._held, self._started = settings, held, time.monotonic()
 
     @property
     def env(self) -> dict[str, str]:
         """Variables for the work done under the slot (GPUROUTER_HELD, CUDA_VISIBLE_DEVICES, caps)."""
         return dict(self._held.env)
+
+    @property
+    def route(self) -> str:
+        """The route taken: "cpu" when a device-aware GPU decision fell back on low VRAM or no GPU."""
+        return self._held.decision.route
 
     @property
     def devices(self) -> list[GpuSnapshot]:
@@ -139,8 +145,8 @@ def decide(profile: str, argv: Sequence[str], *, route: str | None = None, confi
     settings = _settings(config_file, env)
     chosen = options.pick_profile(settings, argv[0] if argv else profile, profile, {})
     executable = argv[0] if argv else profile
-    inner = runner.decide(settings, chosen, list(argv) or [profile], executable,
-                          runner.forced_route(route, env), env)  # fmt: skip
+    inner = decisions.decide(settings, chosen, list(argv) or [profile], executable,
+                             decisions.forced_route(route, env), env)  # fmt: skip
     return Decision(settings, inner)
 
 
@@ -167,7 +173,7 @@ def slot(decision: Decision, wait: str | float = "fail", environ: Mapping[str, s
         Busy: no slot free (or the wait ran out); `.pool` and `.waited_s` say which and how long.
     """
     inner = decision.inner.replace(wait_s=_wait_seconds(wait))
-    return Held(decision.settings, runner.acquire(decision.settings, inner, environ))
+    return Held(decision.settings, admission.acquire(decision.settings, inner, environ))
 
 
 def gpus(environ: Mapping[str, str] | None = None) -> list[GpuSnapshot]:

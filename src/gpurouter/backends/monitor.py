@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from gpurouter.job import journal, runner
+from gpurouter.job import admission, journal
 from gpurouter.gpu import nvml
 from gpurouter.errors import NoFreeSlot
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from gpurouter.job.config import Settings
+    from gpurouter.job.decision import Decision
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _SI_KERNEL = 0x80  # si_code of a terminal-generated signal: the job, in our process group, got it too
@@ -94,11 +95,11 @@ class Sampler:
                             for index, stats in self.devices.items()}}  # fmt: skip
 
 
-def run_monitored(settings: Settings, decision: runner.Decision, environ: Mapping[str, str] | None,
+def run_monitored(settings: Settings, decision: Decision, environ: Mapping[str, str] | None,
                   verbose: bool = False) -> int:  # fmt: skip
     """Take the slot, run the job as a child, and return its exit status (128+N if killed by signal N)."""
     run_id = os.urandom(6).hex()
-    held = runner.acquire(settings, decision, environ, verbose, extra={"run_id": run_id, "monitored": True})
+    held = admission.acquire(settings, decision, environ, verbose, extra={"run_id": run_id, "monitored": True})
     status, tail = _supervise(settings, held, environ, run_id)
     decision = held.decision
     rules = decision.rules
@@ -107,10 +108,10 @@ def run_monitored(settings: Settings, decision: runner.Decision, environ: Mappin
         if pattern is not None:
             journal.append_record(settings.journal, "oom", **held.record, exit_status=status, pattern=pattern)
             held.release()  # the GPU slot goes back before the CPU run waits for its own
-            cpu = runner._to_cpu(decision, f"GPU out of memory ({pattern!r}): cpu")
+            cpu = admission.to_cpu(decision, f"GPU out of memory ({pattern!r}): cpu", environ)
             retry_id = os.urandom(6).hex()
             try:
-                again = runner.acquire(settings, cpu, environ, verbose,
+                again = admission.acquire(settings, cpu, environ, verbose,
                                        extra={"run_id": retry_id, "retry_of": run_id, "monitored": True})  # fmt: skip
             except NoFreeSlot as busy:
                 sys.stderr.write(f"gpurouter: GPU run ran out of memory; CPU re-run refused: {busy}\n")
@@ -120,7 +121,7 @@ def run_monitored(settings: Settings, decision: runner.Decision, environ: Mappin
     return status
 
 
-def _supervise(settings: Settings, held: runner.Held, environ: Mapping[str, str] | None, run_id: str) -> tuple[int, bytes]:
+def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, str] | None, run_id: str) -> tuple[int, bytes]:
     """Start the job, forward signals, sample, tee stderr; journal `end`. Returns (status, stderr tail)."""
     from gpurouter.job import guard
     from gpurouter.job.execute import resolve_command
@@ -131,7 +132,7 @@ def _supervise(settings: Settings, held: runner.Held, environ: Mapping[str, str]
     for fd in held.fds:
         os.set_inheritable(fd, True)  # the job holds the slot too: it outlives a kill -9 of gpurouter
     for note in guard.apply_to_self(held.guard):  # inherited by the child from the start: no race
-        runner.journal_warn(note)
+        admission.warn(note)
     watched = set(FORWARDED) | {signal.SIGCHLD}
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     read_end, write_end = os.pipe()

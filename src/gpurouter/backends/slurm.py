@@ -43,14 +43,17 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter.job import journal, memo
 from gpurouter.errors import GpurouterError, NoFreeSlot
+from gpurouter.job import journal, memo
+from gpurouter.job.admission import Admission
+from gpurouter.job.decision import routed_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping, NoReturn, Sequence
 
     from gpurouter.job.config import RouteSpec, Settings
+    from gpurouter.job.decision import Decision
 
 JOB_NAME_PREFIX = "gpurouter:"
 REPORT_FD = 9  # the prolog writes its line to this fd (dash takes single-digit fds only)
@@ -176,8 +179,8 @@ class _State:
         self.pending_cancel = False
 
 
-def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | None = None,
-              record: dict[str, Any] | None = None, verbose: bool = False) -> NoReturn:  # fmt: skip
+def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
+              verbose: bool = False) -> NoReturn:  # fmt: skip
     """Run the decided job through srun, wait for it, and exit with its status.
 
     Called by the runner instead of taking a local slot. Returns never: it exits like the job
@@ -187,7 +190,6 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
         settings: `settings.backend.slurm` says what to ask; `busy_exit_code` and `journal` apply.
         decision: the runner's Decision (profile, route, spec, argv, executable, env, wait_s).
         environ: the job's environment (the caller's); `decision.env` is added on top.
-        record: the journal fields the runner uses for this job (built here when None).
 
     Raises:
         NoFreeSlot: Slurm had no room now (fail) or within the bound; a `busy` record is written.
@@ -200,10 +202,9 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
 
     env_in = dict(os.environ if environ is None else environ)
     slurm = settings.backend.slurm
-    if record is None:
-        record = base_record(decision)
-    record = {**record, "backend": "slurm"}
-    wait_s = _policy_prelude(settings, decision, record, verbose)
+    log = Admission(settings, decision, verbose, extra={"backend": "slurm"})
+    record = log.record
+    wait_s = _policy_prelude(log, decision)
     srun = find_executable(str(slurm.get("srun") or "srun"), env_in.get("PATH"))
     if srun is None:
         raise SlurmError(f"backend.slurm.srun: {slurm.get('srun') or 'srun'!r} not found on PATH "
@@ -213,12 +214,10 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     job_env = dict(env_in)
     job_env["GPUROUTER_HELD"] = ",".join([*(p for p in env_in.get("GPUROUTER_HELD", "").split(",") if p),
                                           decision.pool])  # fmt: skip
-    from gpurouter.job.runner import routed_value
-
     job_env["GPUROUTER_ROUTED"] = routed_value(decision.profile, decision.route, decision.argv[0])
     job_env.update(decision.env)
 
-    gpus = getattr(decision, "gpu_count", None) or gpu_count(spec, job_argv[1:])
+    gpus = decision.gpu_count or gpu_count(spec, job_argv[1:])
     prolog_fd, prolog_path = _prolog()
     argv, additions = srun_argv(slurm, spec, wait_s, settings.busy_exit_code, job_argv,
                                 JOB_NAME_PREFIX + decision.profile, prolog=prolog_path,
@@ -249,10 +248,8 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
         job_id, step_id, node = (report.split() + ["?", "?", "?"])[:3]
         state.job_id = job_id
         waited = time.monotonic() - began
-        journal.append_record(settings.journal, "start", **record, slot=None, waited_s=round(waited, 3),
-                              slurm_job_id=_int(job_id), slurm_step=step_id, node=node,
-                              gres=f"gpu:{gpus}" if decision.route == "gpu" else None,
-                              partition=slurm.get("partition"))  # fmt: skip
+        log.start(None, waited, slurm_job_id=_int(job_id), slurm_step=step_id, node=node,
+                  gres=f"gpu:{gpus}" if decision.route == "gpu" else None, partition=slurm.get("partition"))
         if verbose:
             sys.stderr.write(f"gpurouter: {decision.route} ({decision.reason}), Slurm job {job_id} on {node}\n")
         if state.pending_cancel:  # a signal came while the report was in flight
@@ -265,65 +262,43 @@ def run_slurm(settings: Settings, decision: Any, environ: Mapping[str, str] | No
     elapsed = time.monotonic() - began
     code = os.waitstatus_to_exitcode(status)
     if report is None:
-        _not_started(settings, decision, wait_s, record, code, elapsed, state, _signal)
+        _not_started(log, decision, wait_s, code, elapsed, state, _signal)
     journal.append_record(settings.journal, "end", **record, slurm_job_id=_int(state.job_id), node=node,
                           exit_status=code if code >= 0 else 128 - code, signal=-code if code < 0 else None,
                           cancelled_by=_signal_name(state.signal), duration_s=round(elapsed, 3))  # fmt: skip
     _exit_like(code, _signal)
 
 
-def _policy_prelude(settings: Settings, decision: Any, record: dict[str, Any], verbose: bool) -> float:
+def _policy_prelude(log: Admission, decision: Decision) -> float:
     """The routing policy's verdicts that come before any slot, as the local backend has them (busy
     or refused outside the GPU hours, or a wait for the window); returns what is left of the wait.
 
     Raises:
         NoFreeSlot, ProbeRefused: after journalling `busy` / `refused`.
     """
-    from gpurouter.job import route
-
-    action = getattr(decision, "action", route.RUN)
-    if action == route.BUSY:
-        journal.append_record(settings.journal, "busy", **record, waited_s=0.0)
-        raise NoFreeSlot(decision.pool, decision.slots, 0.0, why=decision.reason)
-    if action == route.FAIL:
-        from gpurouter.errors import ProbeRefused
-
-        journal.append_record(settings.journal, "refused", **record)
-        raise ProbeRefused(f"refused: {decision.reason}")
+    waited = log.prelude(decision)
     wait_s: float = decision.wait_s
-    if action == route.WAIT_WINDOW:
-        from gpurouter.job.runner import _wait_for_window
-
-        waited = _wait_for_window(settings, decision, record, verbose)
-        if 0 < wait_s < float("inf"):
-            wait_s = max(1.0, wait_s - waited)
+    if waited and 0 < wait_s < float("inf"):
+        wait_s = max(1.0, wait_s - waited)
     return wait_s
 
 
-def base_record(decision: Any) -> dict[str, Any]:
-    """The runner's journal fields for a decision (used when the runner passes none)."""
-    rules = getattr(decision, "rules", None)
-    return {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
-            "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
-            "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
-            "priority": getattr(rules, "priority", None)}  # fmt: skip
-
-
-def _not_started(settings: Settings, decision: Any, wait_s: float, record: dict[str, Any], code: int,
-                 elapsed: float, state: _State, _signal: Any) -> NoReturn:  # fmt: skip
+def _not_started(log: Admission, decision: Decision, wait_s: float, code: int, elapsed: float, state: _State,
+                 _signal: Any) -> NoReturn:  # fmt: skip
     """srun ended before the allocation was granted: refused, withdrawn by a signal, or an error."""
+    settings, record = log.settings, log.record
     if state.signal is not None:  # we withdrew the queued job on SIGTERM/SIGINT/SIGHUP: die of it
         journal.append_record(settings.journal, "cancelled", **record, waited_s=round(elapsed, 3),
                               cancelled_by=_signal_name(state.signal))  # fmt: skip
         _exit_like(-state.signal, _signal)
     if code == settings.busy_exit_code:
-        journal.append_record(settings.journal, "busy", **record, waited_s=round(elapsed, 3))
-        gpus = getattr(decision, "gpu_count", None) or gpu_count(decision.spec, decision.argv[1:])
+        gpus = decision.gpu_count or gpu_count(decision.spec, decision.argv[1:])
         gres = f"gpu:{gpus}" if decision.route == "gpu" else f"the {decision.route} route"
         partition = settings.backend.slurm.get("partition") or "the default partition"
         when = "now (srun --immediate)" if wait_s <= 0 else f"in time (srun --immediate={max(1, -int(-wait_s // 1))})"
-        raise NoFreeSlot(decision.pool, decision.slots, 0.0 if wait_s <= 0 else elapsed,
-                         why=f"Slurm has no room for {gres} on {partition} {when}")  # fmt: skip
+        busy = NoFreeSlot(decision.pool, decision.slots, 0.0 if wait_s <= 0 else elapsed,
+                          why=f"Slurm has no room for {gres} on {partition} {when}")  # fmt: skip
+        raise log.busy(elapsed, busy)
     journal.append_record(settings.journal, "error", **record, waited_s=round(elapsed, 3), srun_exit=code)
     raise SlurmError(f"srun exited {code} before the job started (see srun's message above)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter.job import config, options, runner
+from gpurouter.job import config, decision, execute, options, runner
 from gpurouter.errors import ExitCode, GpurouterError, NoFreeSlot, UsageError
 
 TYPE_CHECKING = False
@@ -70,17 +70,15 @@ def internal_error(error: BaseException) -> int:
 
 
 def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],
-            environ: Mapping[str, str]) -> runner.Decision:  # fmt: skip
+            environ: Mapping[str, str]) -> decision.Decision:  # fmt: skip
     """Resolve the binary first (a typo never queues), then pick the profile and decide."""
-    from gpurouter.job.execute import resolve_command
-
     if command[0].startswith("-") and command[0] != "-":
         raise UsageError(f"no such option: {command[0]} (put the command after --: run [OPTIONS] -- COMMAND ...)")
-    executable = resolve_command(command[0], environ.get("PATH"))
+    executable = execute.resolve_command(command[0], environ.get("PATH"))
     profile = options.pick_profile(settings, command[0], _str(opts.get("profile")), environ)
     profile = options.apply_overrides(profile, opts)
-    forced = runner.forced_route(_str(opts.get("route")), environ)
-    return runner.decide(settings, profile, command, executable, forced, environ)
+    forced = decision.forced_route(_str(opts.get("route")), environ)
+    return decision.decide(settings, profile, command, executable, forced, environ)
 
 
 def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -89,9 +87,9 @@ def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
 
     def act(settings: config.Settings) -> None:
         profile = options.pick_profile(settings, os.path.basename(argv[0]), None, env, intercepted=True)
-        executable = runner.intercept_target(argv[0], profile, env)
-        forced = runner.forced_route(None, env)
-        runner.run(settings, runner.decide(settings, profile, list(argv), executable, forced, env, intercepted=True), env)
+        executable = execute.intercept_target(argv[0], profile, env)
+        forced = decision.forced_route(None, env)
+        runner.run(settings, decision.decide(settings, profile, list(argv), executable, forced, env, intercepted=True), env)
 
     return _exit_code(lambda: config.load(None, env), act)
 

@@ -18,6 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, NoReturn, Sequence
 
+    from gpurouter.job.config import Profile
     from gpurouter.job.slots import Slot
 
 
@@ -55,6 +56,29 @@ def resolve_command(command: str, search_path: str | None = None) -> str:
     if denied is not None:
         raise NotExecutable(denied, "found, but not executable")
     raise CommandNotFound(command, f"PATH={':'.join(directories)}")
+
+
+def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | None = None) -> str:
+    """The real binary for the interception form: the profile's `binary`, else NAME-real beside the link.
+
+    Raises:
+        CommandNotFound / NotExecutable: missing, not executable, or gpurouter itself (a loop).
+    """
+    env = os.environ if environ is None else environ
+    name = os.path.basename(argv0)
+    link = argv0 if "/" in argv0 else (find_executable(name, env.get("PATH")) or name)
+    # The profile's `binary` only when the profile is NAME's own: a GPUROUTER_PROFILE inherited from a
+    # parent job must never make an intercepted ffmpeg run the whisper binary.
+    own_binary = profile.binary if profile.name == name else None
+    target = own_binary or os.path.join(os.path.dirname(os.path.abspath(link)), f"{name}-real")
+    target = resolve_command(target, env.get("PATH"))
+    # Never exec ourselves: a NAME-real (or binary) that resolves back to this launcher would
+    # loop forever, re-taking slots each time.
+    if os.path.realpath(target) in {os.path.realpath(link), os.path.realpath(sys.argv[0] or link)}:
+        hint = (f"set profiles.{profile.name}.binary to the real binary" if profile.binary
+                else f"rename the real {name} to {target}")  # fmt: skip
+        raise NotExecutable(target, f"resolves to gpurouter itself (a loop): {hint}")
+    return target
 
 
 def _check_runnable(path: str) -> None:
