@@ -164,7 +164,7 @@ def config_command(as_json: bool, check: bool, config_file: str | None) -> None:
     with exit_codes():
         settings = config.load(config_file)
     if check:
-        from gpurouter.gpu import budget
+        from gpurouter.observe import budget
 
         report = budget.check(settings)
         click.echo(json.dumps(report, indent=2) if as_json else render.budget_text(report))
