@@ -6,7 +6,8 @@
 #   benchmarks/run.sh --only policies,gpu        (some groups only)
 #
 # Groups: core (rows a-e), policies (f), gpu (g), monitor (h), library (i); default: all.
-# Needs: the venv at ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
+# Needs (scripts/setup bench installs them, and run.sh calls it when one is missing): the venv at
+# ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
 # flock(1), ffmpeg and ffprobe, coreutils timeout (core needs them all, the other groups
 # fewer). Everything it creates lives in one mktemp dir (HOME, XDG_CACHE_HOME, TMPDIR, the
 # config, lock_dir, journal, media, device file), which is removed on exit together with any
@@ -42,10 +43,17 @@ want core && needs+=(hyperfine flock sem parallel ffmpeg ffprobe)
 want policies && needs+=(flock)
 want gpu && needs+=(hyperfine)
 want library && needs+=(hyperfine)
+missing=()
 for tool in "${needs[@]}"; do
-    command -v "$tool" >/dev/null || { echo "run.sh: $tool is not on PATH" >&2; exit 1; }
+    command -v "$tool" >/dev/null || missing+=("$tool")
 done
-[[ -x $PY && -x $GR ]] || { echo "run.sh: no venv with gpurouter at $ROOT/.venv (run scripts/test first)" >&2; exit 1; }
+if (( ${#missing[@]} )) || [[ ! -x $PY || ! -x $GR ]]; then
+    echo "run.sh: missing ${missing[*]:-the venv}: running scripts/setup bench (apt-get: hyperfine, parallel, ffmpeg)" >&2
+    "$ROOT/scripts/setup" bench
+    for tool in "${needs[@]}"; do
+        command -v "$tool" >/dev/null || { echo "run.sh: $tool is still not on PATH after scripts/setup bench" >&2; exit 1; }
+    done
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpurouter-bench.XXXXXX")
 export BENCH_PIDFILE=$WORK/pids
