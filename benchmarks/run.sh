@@ -217,7 +217,7 @@ write_config "$WORK/config.toml" true
 write_config "$WORK/config-nocache.toml" false
 export GPUROUTER_CONFIG=$WORK/config.toml
 
-# The device file (CONTRACT.md, "Device file"): four GPUs, one too full for 3700 MiB + the
+# The device file (docs/gpus.md, "The device file: GPUROUTER_NVML_FILE"): four GPUs, one too full for 3700 MiB + the
 # 256 MiB cushion, one busy but roomy, one idle, one small; GPUROUTER_NVML_FILE is set only
 # for the rows that use it (g, h).
 DEVICES=$WORK/devices.json

@@ -19,7 +19,7 @@ from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot, ProcessUse, describe, quer
 
 MIB = 1048576
 
-# --- device-file scenarios (the format of CONTRACT.md) ------------------------------------------
+# --- device-file scenarios (the format of docs/gpus.md, "The device file: GPUROUTER_NVML_FILE") ------------------------------------------
 
 IDLE = {"index": 0, "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
         "memory_total_mib": 16376, "memory_used_mib": 1200, "utilization_percent": 5, "temperature_c": 41,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 from gpurouter.job.config import parse_cpus, parse_ionice
-from gpurouter.errors import GpurouterError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,10 +30,6 @@ _IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314, "ppc64l
                "riscv64": 30}  # fmt: skip
 _IOPRIO_WHO_PROCESS = 1
 _IOPRIO_CLASS_SHIFT = 13
-
-
-class GuardError(GpurouterError):
-    """The guard could not be applied (e.g. a CPU list with no CPU of this box)."""
 
 
 def thread_env(guard: Guard, environ: Mapping[str, str]) -> dict[str, str]:
@@ -91,8 +86,3 @@ def merged(base: Guard, override: Guard) -> Guard:
     if override.force_env:
         changes["force_env"] = True
     return base.replace(**changes)
-
-
-def is_empty(guard: Guard) -> bool:
-    """No cap of any kind configured."""
-    return guard.threads is None and guard.nice is None and guard.ionice is None and guard.cpus is None

@@ -129,17 +129,6 @@ def status_text(rows: Sequence[SlotRow]) -> str:
     return "\n".join(lines)
 
 
-def stats_text(summary: dict[str, Any]) -> str:
-    """The stats summary in words and a small table."""
-    lines = [f"journal: {summary['journal']}  records: {summary['records']}  since: {summary['since'] or 'start'}"]
-    lines.append(f"{'PROFILE':<24}{'GPU':>6}{'CPU':>6}{'BUSY':>6}{'BUSY%':>7}{'WAIT p50':>10}{'WAIT p95':>10}")
-    for name, row in sorted(summary["profiles"].items()):
-        lines.append(f"{name:<24}{row['gpu']:>6}{row['cpu']:>6}{row['busy']:>6}{row['busy_rate'] * 100:>6.1f}%"
-                     f"{_seconds(row['wait_p50_s']):>10}{_seconds(row['wait_p95_s']):>10}")  # fmt: skip
-    lines.extend(f"advice: {line}" for line in summary["advice"])
-    return "\n".join(lines)
-
-
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
