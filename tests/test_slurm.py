@@ -24,7 +24,8 @@ import pytest
 import slurm_cluster as cluster
 from conftest import GPUROUTER, Box, wait_for
 from gpurouter.job import config
-from gpurouter.backends import slurm
+from gpurouter.backends import slurm, srun
+from gpurouter.observe import slurm_queue
 from gpurouter.errors import NoFreeSlot
 
 # ---------------------------------------------------------------- the srun request (no cluster needed)
@@ -38,7 +39,7 @@ def _spec(route: str = "gpu", **table: object) -> config.RouteSpec:
 @pytest.mark.parametrize(("wait_s", "expected"), [(0.0, ["--immediate"]), (9.2, ["--immediate=10"]),
                                                    (0.3, ["--immediate=1"]), (math.inf, [])])  # fmt: skip
 def test_the_wait_policy_maps_to_immediate(wait_s: float, expected: list[str]) -> None:
-    argv, env = slurm.srun_argv({"srun": "srun"}, _spec(), wait_s, 75, ["/bin/job"], "gpurouter:p")
+    argv, env = srun.srun_argv({"srun": "srun"}, _spec(), wait_s, 75, ["/bin/job"], "gpurouter:p")
     assert [a for a in argv if a.startswith("--immediate")] == expected
     assert env == {"SLURM_EXIT_IMMEDIATE": "75"}
 
@@ -46,7 +47,7 @@ def test_the_wait_policy_maps_to_immediate(wait_s: float, expected: list[str]) -
 def test_the_gpu_route_asks_gres_cpus_memory_time_partition_and_account() -> None:
     settings = {"srun": "srun", "partition": "gpu", "account": "media", "time": "2:00:00",
                 "srun_args": ["--constraint=a4000"]}  # fmt: skip
-    argv, _ = slurm.srun_argv(settings, _spec(gpus=2, threads=4, ram_mib=8000), 0, 75,
+    argv, _ = srun.srun_argv(settings, _spec(gpus=2, threads=4, ram_mib=8000), 0, 75,
                               ["/bin/job", "-x"], "gpurouter:p", prolog="/proc/self/fd/5", comment="c")  # fmt: skip
     assert argv[0] == "srun" and argv[-3:] == ["--", "/bin/job", "-x"]
     for option in ("--job-name=gpurouter:p", "--partition=gpu", "--account=media", "--time=2:00:00",
@@ -56,26 +57,26 @@ def test_the_gpu_route_asks_gres_cpus_memory_time_partition_and_account() -> Non
 
 
 def test_the_cpu_route_asks_cpus_and_memory_and_no_gpu() -> None:
-    argv, _ = slurm.srun_argv({"srun": "srun"}, _spec("cpu", threads=3, ram_mib=100), math.inf, 75, ["/j"], "n")
+    argv, _ = srun.srun_argv({"srun": "srun"}, _spec("cpu", threads=3, ram_mib=100), math.inf, 75, ["/j"], "n")
     assert "--cpus-per-task=3" in argv and "--mem=100M" in argv
     assert not any(a.startswith("--gres") for a in argv)
 
 
 def test_gpus_auto_asks_the_jobs_world_size() -> None:
-    argv, _ = slurm.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75, ["/j"], "n")
+    argv, _ = srun.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75, ["/j"], "n")
     assert "--gres=gpu:1" in argv
-    argv, _ = slurm.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75,
+    argv, _ = srun.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75,
                               ["/vllm", "serve", "--tensor-parallel-size", "2"], "n")  # fmt: skip
     assert "--gres=gpu:2" in argv
 
 
 def test_srun_args_may_not_replace_the_prolog() -> None:
-    with pytest.raises(slurm.SlurmError, match="prolog"):
-        slurm.srun_argv({"srun_args": ["--prolog=/x"]}, _spec(), 0, 75, ["/j"], "n")
+    with pytest.raises(srun.SlurmError, match="prolog"):
+        srun.srun_argv({"srun_args": ["--prolog=/x"]}, _spec(), 0, 75, ["/j"], "n")
 
 
 def test_inherited_slurm_variables_do_not_reach_srun() -> None:
-    env = slurm.srun_environment({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "9", "SLURM_CONF": "/c",
+    env = srun.srun_environment({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "9", "SLURM_CONF": "/c",
                                   "PATH": "/bin"}, {"SLURM_EXIT_IMMEDIATE": "75"})  # fmt: skip
     assert env == {"SLURM_CONF": "/c", "PATH": "/bin", "SLURM_EXIT_IMMEDIATE": "75"}
 
@@ -87,7 +88,7 @@ PROLOG_ENV = {"SLURM_JOB_ID": "12", "SLURM_STEP_ID": "0", "SLURM_NODELIST": "nod
 @pytest.fixture
 def prolog(tmp_path: Path) -> Path:
     path = tmp_path / "prolog"
-    path.write_text(slurm.PROLOG)
+    path.write_text(srun.PROLOG)
     path.chmod(0o700)
     return path
 
@@ -168,7 +169,7 @@ class SlurmBox:
     def __init__(self, box: Box) -> None:
         self.box = box
         self.profile = f"t{uuid.uuid4().hex[:8]}"
-        self.job_name = slurm.JOB_NAME_PREFIX + self.profile
+        self.job_name = srun.JOB_NAME_PREFIX + self.profile
         self.processes: list[subprocess.Popen[str]] = []
         self.env = {**box.env}
         if os.environ.get("PYTHONPATH"):  # a checkout other than the installed one
@@ -342,18 +343,18 @@ def test_a_gpurouter_killed_right_after_the_start_report_still_takes_its_job_alo
     """srun blocks SIGTERM until the step is launched, ~1 ms after the prolog: a PDEATHSIG in that gap
     is lost. The prolog looks again 0.2 s later and SIGKILLs srun (its helper cancels the job)."""
     prolog = tmp_path / "prolog"
-    prolog.write_text(slurm.PROLOG)
+    prolog.write_text(srun.PROLOG)
     prolog.chmod(0o700)
     for _ in range(3):
         read_end, write_end = os.pipe()
-        srun = subprocess.Popen(["bash", "-c", f'exec srun --quiet --job-name={sbox.job_name} --gres=gpu:1 '
-                                 f'--prolog={prolog} -- sleep 30 9>&{write_end}'],
-                                pass_fds=(write_end,), stdin=subprocess.DEVNULL)  # fmt: skip
+        srun_process = subprocess.Popen(["bash", "-c", f'exec srun --quiet --job-name={sbox.job_name} --gres=gpu:1 '
+                                         f'--prolog={prolog} -- sleep 30 9>&{write_end}'],
+                                        pass_fds=(write_end,), stdin=subprocess.DEVNULL)  # fmt: skip
         os.close(write_end)
         assert os.read(read_end, 100).endswith(b"\n")
         os.close(read_end)  # gpurouter "dies" the instant it has the report...
-        srun.send_signal(signal.SIGTERM)  # ...and its PDEATHSIG reaches srun (often lost right now)
-        assert srun.wait(timeout=10) in (137, -signal.SIGKILL)
+        srun_process.send_signal(signal.SIGTERM)  # ...and its PDEATHSIG reaches srun (often lost right now)
+        assert srun_process.wait(timeout=10) in (137, -signal.SIGKILL)
         assert cluster.wait_queue_empty(sbox.job_name, 10) is not None, cluster.squeue(sbox.job_name)
 
 
@@ -427,16 +428,16 @@ def test_status_shows_gpurouters_running_and_pending_jobs(sbox: SlurmBox, slurm_
         sbox.start("transcribe", str(i), env={"JOB_SLEEP": "20"})
     sbox.wait_for_start(2)
     settings = config.load(str(sbox.box.config), sbox.env)
-    assert wait_for(lambda: len([j for j in slurm.slurm_jobs(settings) if j["profile"] == sbox.profile]) == 3,
+    assert wait_for(lambda: len([j for j in slurm_queue.slurm_jobs(settings) if j["profile"] == sbox.profile]) == 3,
                     timeout=10)  # fmt: skip
-    mine = [j for j in slurm.slurm_jobs(settings) if j["profile"] == sbox.profile]
+    mine = [j for j in slurm_queue.slurm_jobs(settings) if j["profile"] == sbox.profile]
     assert sorted(j["state"] for j in mine) == ["PENDING", "RUNNING", "RUNNING"]
     running = [j for j in mine if j["state"] == "RUNNING"]
     assert {j["nodes"] for j in running} == {slurm_cluster}
     assert {j["route"] for j in mine} == {"gpu"}
     assert {j["gres"] for j in mine} == {"gpu:1"}
     json.dumps(mine)  # JSON-ready for `status --json`
-    text = slurm.jobs_text(mine, settings)
+    text = slurm_queue.jobs_text(mine, settings)
     assert "PENDING" in text and "RUNNING" in text and sbox.profile in text
 
 

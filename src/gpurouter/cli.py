@@ -244,14 +244,14 @@ def status(as_json: bool, config_file: str | None) -> None:
     with exit_codes():
         settings = config.load(config_file)
     if settings.backend.kind == "slurm":
-        from gpurouter.backends import slurm
+        from gpurouter.observe import slurm_queue
 
         with exit_codes():
-            jobs = slurm.slurm_jobs(settings)
+            jobs = slurm_queue.slurm_jobs(settings)
         for job in jobs if as_json else ():
             click.echo(json.dumps(job))
         if not as_json:
-            click.echo(slurm.jobs_text(jobs, settings))
+            click.echo(slurm_queue.jobs_text(jobs, settings))
         return
     rows = status_core.slot_rows(settings)
     if as_json:

@@ -527,10 +527,10 @@ def _build_gpu(table: Mapping[str, Any], source: str) -> GpuSettings:
         isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in estimates.items()
     ):
         raise ConfigError(source, "gpu.vram_estimates", f'must be a table like {{"70b" = 20000}}, got {estimates!r}')
-    default_mib = _opt_int(merged, "vram_default_mib", 1, 1 << 24, "gpu", source)
+    default_mib = _int(merged, "vram_default_mib", 1, 1 << 24, "gpu", source)
     return GpuSettings(enabled=merged["enabled"], devices=devices,
                        select=_choice(merged, "select", SELECTS, "gpu", source),
-                       cushion_mib=_opt_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
+                       cushion_mib=_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
                        vram_estimates={k.lower(): v for k, v in estimates.items()},
                        vram_default_mib=default_mib)  # fmt: skip
 
@@ -699,6 +699,13 @@ def _opt_int(table: Mapping[str, Any], key: str, low: int, high: int, where: str
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(source, f"{where}.{key}", f"must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, low: int, high: int, where: str, source: str) -> int:
+    value = _opt_int(table, key, low, high, where, source)
+    if value is None:
+        raise ConfigError(source, f"{where}.{key}", f"must be an integer from {low} to {high}")
     return value
 
 
