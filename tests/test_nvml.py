@@ -265,7 +265,7 @@ def test_without_nvidia_ml_py_there_is_no_gpu_and_the_message_says_so(
 ) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
 
-    assert query_gpus({}) == GpuQuery(gpus=[], source="none", message="nvidia-ml-py is not installed")
+    assert query_gpus({}, full=True) == GpuQuery(gpus=[], source="none", message="nvidia-ml-py is not installed")
 
 
 def test_importing_the_nvml_module_loads_neither_pynvml_nor_other_heavy_modules() -> None:
@@ -396,7 +396,7 @@ def rtx3090() -> dict[str, Any]:
 @pytest.fixture
 def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeDriver]:
     """Install a fake `pynvml` for one scenario; atexit registrations are recorded, not made."""
-    monkeypatch.setattr(nvml, "_session_module", None)
+    monkeypatch.setattr(nvml, "_sessions", [])
     drivers: list[FakeDriver] = []
     monkeypatch.setattr("atexit.register", lambda *args: drivers[-1].atexit.append(args))
 
@@ -415,7 +415,7 @@ def test_healthy_gpus_are_read_in_mib_and_watts_with_compute_and_graphics_proces
 ) -> None:
     fake_nvml([a4000(), rtx3090()])
 
-    query = query_gpus({})
+    query = query_gpus({}, full=True)
 
     assert (query.source, query.message) == ("nvml", None)
     assert query.gpus == [
@@ -434,8 +434,8 @@ def test_nvml_is_initialised_once_and_shutdown_is_registered_only_after_it_succe
 ) -> None:
     driver = fake_nvml([a4000()])
 
-    query_gpus({})
-    query_gpus({})
+    query_gpus({}, full=True)
+    query_gpus({}, full=True)
 
     assert driver.init_calls == 1
     assert driver.atexit == [(nvml._shutdown, sys.modules["pynvml"])]
@@ -463,8 +463,8 @@ def test_a_failed_init_is_no_gpu_registers_nothing_and_is_retried_next_time(
 ) -> None:
     driver = fake_nvml([a4000()], init_error=init_error)
 
-    first = query_gpus({})
-    second = query_gpus({})
+    first = query_gpus({}, full=True)
+    second = query_gpus({}, full=True)
 
     assert first == second == GpuQuery(gpus=[], source="none", message=message)
     assert (driver.init_calls, driver.atexit) == (2, [])
@@ -473,13 +473,13 @@ def test_a_failed_init_is_no_gpu_registers_nothing_and_is_retried_next_time(
 def test_a_driver_that_sees_no_device_is_no_gpu_from_nvml(fake_nvml: Callable[..., FakeDriver]) -> None:
     fake_nvml([])
 
-    assert query_gpus({}) == GpuQuery(gpus=[], source="nvml", message="NVML sees no GPU")
+    assert query_gpus({}, full=True) == GpuQuery(gpus=[], source="nvml", message="NVML sees no GPU")
 
 
 def test_a_failing_device_count_is_no_gpu_with_the_reason(fake_nvml: Callable[..., FakeDriver]) -> None:
     fake_nvml("Unknown")
 
-    assert query_gpus({}) == GpuQuery(
+    assert query_gpus({}, full=True) == GpuQuery(
         gpus=[], source="nvml", message="NVML could not count the GPUs: Unknown"
     )
 
@@ -492,7 +492,7 @@ def test_one_field_nvml_refuses_is_unknown_and_the_others_still_count(
                       "nvmlDeviceGetTemperatureV": "raise NoPermission"}  # fmt: skip
     fake_nvml([no_power, no_utilization])
 
-    query = query_gpus({})
+    query = query_gpus({}, full=True)
     first, second = query.gpus
 
     assert first == GpuSnapshot(
@@ -526,7 +526,7 @@ def test_a_lost_gpu_is_skipped_with_a_note_and_the_others_are_still_reported(
 ) -> None:
     fake_nvml([a4000(), {**rtx3090(), **lost_at}, a4000()])
 
-    query = query_gpus({})
+    query = query_gpus({}, full=True)
 
     assert [g.index for g in query.gpus] == [0, 2]
     assert query.message == "GPU 1 skipped: GpuIsLost"
@@ -537,7 +537,7 @@ def test_a_driver_without_the_v3_process_calls_falls_back_to_v2(fake_nvml: Calla
                                                    "nvmlDeviceGetGraphicsRunningProcesses_v3",
                                                    "nvmlDeviceGetTemperatureV"))  # fmt: skip
 
-    [gpu] = query_gpus({}).gpus
+    [gpu] = query_gpus({}, full=True).gpus
 
     assert gpu.processes == (ProcessUse(pid=2000, used_mib=19000), ProcessUse(pid=3000, used_mib=300))
     assert gpu.temperature_c == 80
@@ -551,7 +551,7 @@ def test_bindings_without_the_versioned_process_calls_use_the_plain_ones(
                       for v in ("v3", "v2"))  # fmt: skip
     fake_nvml([a4000()], absent=(*versioned, "nvmlDeviceGetTemperatureV"))
 
-    [gpu] = query_gpus({}).gpus
+    [gpu] = query_gpus({}, full=True).gpus
 
     assert (gpu.processes, gpu.temperature_c) == ((ProcessUse(pid=1234, used_mib=1100),), 41)
 
@@ -561,7 +561,7 @@ def test_processes_are_unknown_when_no_process_list_can_be_read(fake_nvml: Calla
                for kind in ("Compute", "Graphics") for v in ("_v3", "_v2", "")}  # fmt: skip
     fake_nvml([{**a4000(), **refused}])
 
-    [gpu] = query_gpus({}).gpus
+    [gpu] = query_gpus({}, full=True).gpus
 
     assert (gpu.processes, gpu.memory_free_mib) == (None, 15176)
 
@@ -572,7 +572,7 @@ def test_a_process_whose_memory_nvml_cannot_report_is_kept_without_a_figure(
     raw_not_available = types.SimpleNamespace(pid=7, usedGpuMemory=2**64 - 1)  # as older bindings pass it
     fake_nvml([nvml_device("T4", "GPU-cccc", 15360, 10, 0, 30, 9000, [process(5, None), raw_not_available])])
 
-    [gpu] = query_gpus({}).gpus
+    [gpu] = query_gpus({}, full=True).gpus
 
     assert gpu.processes == (ProcessUse(pid=5, used_mib=None), ProcessUse(pid=7, used_mib=None))
 
@@ -580,7 +580,7 @@ def test_a_process_whose_memory_nvml_cannot_report_is_kept_without_a_figure(
 def test_names_and_uuids_as_bytes_from_old_bindings_are_decoded(fake_nvml: Callable[..., FakeDriver]) -> None:
     fake_nvml([{**a4000(), "nvmlDeviceGetName": b"Tesla K80", "nvmlDeviceGetUUID": b"GPU-kkkk"}])
 
-    [gpu] = query_gpus({}).gpus
+    [gpu] = query_gpus({}, full=True).gpus
 
     assert (gpu.name, gpu.uuid) == ("Tesla K80", "GPU-kkkk")
 
@@ -590,7 +590,7 @@ def test_describe_of_a_partly_lost_box_lists_the_good_gpus_and_notes_the_lost_on
 ) -> None:
     fake_nvml([{**a4000(), "handle": "GpuIsLost"}, rtx3090()])
 
-    lines = describe(query_gpus({})).splitlines()
+    lines = describe(query_gpus({}, full=True)).splitlines()
 
     assert [line.split(" | ")[0] for line in lines] == ["[1] NVIDIA GeForce RTX 3090",
                                                         "note (nvml): GPU 0 skipped: GpuIsLost"]  # fmt: skip

@@ -178,7 +178,7 @@ def slot(decision: Decision, wait: str | float = "fail", environ: Mapping[str, s
 
 def gpus(environ: Mapping[str, str] | None = None) -> list[GpuSnapshot]:
     """The box's GPUs now (NVML, or the device file in $GPUROUTER_NVML_FILE); [] without a GPU."""
-    return list(nvml.query_gpus(environ).gpus)
+    return list(nvml.query_gpus(environ, full=True).gpus)
 
 
 def wait_for_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math.inf, *,

@@ -72,7 +72,7 @@ class Sampler:
     def sample(self, job_pid: int) -> None:
         from gpurouter.job.kernel import descends_from
 
-        query = nvml.query_gpus(self.environ)
+        query = nvml.query_gpus(self.environ, full=True)  # per-device temperature and power stats
         if not query.gpus:
             return
         self.samples += 1

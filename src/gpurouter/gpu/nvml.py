@@ -6,6 +6,10 @@ that never asks about GPUs. NVML is initialised once per process, on the first q
 `nvmlShutdown` is registered with `atexit` only after that init succeeded (nvitop's
 `libnvml._lazy_init`; gpustat's init-at-import is the counter-example).
 
+Two bindings answer the same reader: by default `nvml_lean` (ctypes on libnvidia-ml.so.1, ~2 ms
+to import, the fields a decision needs), and with `full=True` nvidia-ml-py (every field,
+temperature and power too) for the operator's views and the monitor (issue 16).
+
 "No NVIDIA library" is an answer, not an error: `query_gpus()` never raises for a missing
 or broken driver, a lost GPU or an unreadable field. It returns `gpus == []` (the CPU
 route) or the devices it could read, with one line in `message` saying what was missing.
@@ -48,7 +52,7 @@ _TEMPERATURE_CALLS: Final = ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperat
 _NOT_AVAILABLE: Final = (2**64 - 1, 2**32 - 1)
 
 _session_lock = _thread.allocate_lock()
-_session_module: object = None  # the pynvml module object whose nvmlInit() succeeded in this process
+_sessions: list[object] = []  # the bindings modules whose nvmlInit() succeeded in this process
 
 
 class ProcessUse(Record):
@@ -85,11 +89,13 @@ class GpuQuery(Record):
     message: str | None  # one line: why there is no GPU, or which devices/fields were skipped
 
 
-def query_gpus(environ: Mapping[str, str] | None = None) -> GpuQuery:
+def query_gpus(environ: Mapping[str, str] | None = None, *, full: bool = False) -> GpuQuery:
     """Read the GPUs: from `GPUROUTER_NVML_FILE` if set (and not empty), else from NVML.
 
     Args:
         environ: The environment to look the device file up in; `os.environ` by default.
+        full: Ask nvidia-ml-py for every field (temperature, power too); by default the lean
+            ctypes binding reads what a decision needs, and temperature and power are None.
 
     Returns:
         The devices that could be read, in index order. `gpus == []` means "route to CPU":
@@ -100,7 +106,16 @@ def query_gpus(environ: Mapping[str, str] | None = None) -> GpuQuery:
     path = env.get(NVML_FILE_ENV, "")
     if path:
         return _query_file(path)
-    return _query_nvml()
+    if not full:
+        from gpurouter.gpu import nvml_lean  # deferred: ctypes, and only GPU-aware decisions need it
+
+        return _query_nvml(nvml_lean)
+    try:
+        # Deferred: ~50 ms of import, and only the operator's views and the monitor need it.
+        import pynvml  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        return GpuQuery(gpus=[], source="none", message="nvidia-ml-py is not installed")
+    return _query_nvml(pynvml)
 
 
 def describe(query: GpuQuery) -> str:
@@ -284,12 +299,8 @@ class _GpuLost(Exception):
     """A device stopped answering mid-query; the argument is the reason."""
 
 
-def _query_nvml() -> GpuQuery:
-    try:
-        # Deferred: ~50 ms of import, and only GPU-aware decisions need it.
-        import pynvml  # type: ignore[import-untyped, unused-ignore]
-    except ImportError:
-        return GpuQuery(gpus=[], source="none", message="nvidia-ml-py is not installed")
+def _query_nvml(pynvml: ModuleType) -> GpuQuery:
+    """Read the devices through `pynvml`: nvidia-ml-py's module, or `nvml_lean`, shaped like it."""
     try:
         _lazy_init(pynvml)
     except pynvml.NVMLError as error:
@@ -315,17 +326,16 @@ def _lazy_init(pynvml: ModuleType) -> None:
     Raises:
         pynvml.NVMLError: the init failed; nothing is registered and the next query tries again.
     """
-    global _session_module
-    if _session_module is pynvml:
+    if any(session is pynvml for session in _sessions):
         return
     with _session_lock:
-        if _session_module is pynvml:
+        if any(session is pynvml for session in _sessions):
             return
         pynvml.nvmlInit()
         import atexit
 
         atexit.register(_shutdown, pynvml)  # only now: shutting down a failed init raises
-        _session_module = pynvml
+        _sessions.append(pynvml)  # one session per bindings: alternating lean and full never re-inits
 
 
 def _shutdown(pynvml: ModuleType) -> None:

@@ -15,7 +15,7 @@ def view(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[s
     """{"source", "message", "devices": [...], "residents": [...]} as plain data."""
     from gpurouter.gpu import placement, residents
 
-    query = nvml.query_gpus(environ)
+    query = nvml.query_gpus(environ, full=True)  # the operator sees temperature and power too
     allowed = {g.index for g in selection.eligible(query.gpus, settings.gpu.devices)}
     promised = placement.read_claims(settings.lock_dir, query.gpus, "gpu")
     rows = []

@@ -158,7 +158,7 @@ def write_textfile(settings: Settings, path: str, profile: str | None = None,
 
     summary = stats.summarise(settings, profile=profile, journals=journals)
     rows = status.slot_rows(settings)
-    gpus = nvml.query_gpus(environ).gpus
+    gpus = nvml.query_gpus(environ, full=True).gpus
     found = families(summary, rows, gpus)
     text = "".join(family.text() + "\n" for family in found)
     replace_atomically(path, text)
