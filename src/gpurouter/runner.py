@@ -32,7 +32,7 @@ class Decision(Record):
 
     __slots__ = ("profile", "route", "reason", "metric", "kind", "via", "input", "executable", "argv",
                  "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action",
-                 "base_argv", "need_mib", "gpu_count")  # fmt: skip
+                 "base_argv", "need_mib", "gpu_count", "input_at")  # fmt: skip
     profile: str
     route: str
     reason: str
@@ -53,6 +53,7 @@ class Decision(Record):
     base_argv: list[str]  # the job's argv before route args
     need_mib: int | None  # device mode: VRAM per device (None: not device-aware)
     gpu_count: int | None  # device mode: devices per job (None: not device-aware)
+    input_at: int | None  # where input_args go in base_argv[1:] (probe.locate_input); None: no input
 
     @property
     def device_mode(self) -> bool:
@@ -131,6 +132,12 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         # probed, added the route args and holds the slot. Only the interception form passes
         # through; a nested `gpurouter run` routes as usual (and takes no slot of a held pool).
         return _pass_through(profile, argv, executable, parent_route or "gpu")
+    input_at = None
+    if profile.no_input == "pass" or profile.gpu.input_args or profile.cpu.input_args:
+        # The same selection the probe makes (probe.locate_input), so the options land where it looked.
+        located, input_at, _ = probe.locate_input(argv[1:], profile.input)
+        if located is None and profile.no_input == "pass":
+            return _no_input(profile, argv, executable)
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
     if profile.threshold_text == "auto" and result is not None and result.metric is not None:
         from gpurouter import autotune  # deferred: only threshold = "auto" reads the fit and the GPUs
@@ -171,9 +178,21 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         profile=profile.name, route=chosen.name, reason=chosen.reason,
         metric=None if result is None else result.metric, kind=None if result is None else result.kind,
         via=None if result is None else result.via, input=None if result is None else result.input,
-        executable=executable, argv=route.job_argv(argv, spec), pool=spec.pool, slots=spec.slots,
+        executable=executable, argv=route.job_argv(argv, spec, input_at), pool=spec.pool, slots=spec.slots,
         wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec, rules=profile, action=chosen.action,
-        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count,
+        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count, input_at=input_at,
+    )  # fmt: skip
+
+
+def _no_input(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
+    """`no_input = "pass"` and the job has no input argument at all (`ffmpeg -version`): exec it untouched,
+    with no probe, no slot and no route args (issue 14)."""
+    return Decision(
+        profile=profile.name, route=None, reason=f"no input argument ({profile.input}): no_input = pass",
+        metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
+        pool=None, slots=0, wait_s=0.0, env={}, no_slot_because="no input argument (no_input = pass)",
+        spec=profile.cpu, rules=profile, action=route.NO_INPUT, base_argv=list(argv), need_mib=None,
+        gpu_count=None, input_at=None,
     )  # fmt: skip
 
 
@@ -324,6 +343,11 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     """
     from gpurouter import execute
 
+    if decision.action == route.NO_INPUT:  # before Slurm and the monitor: `ffmpeg -version` is no job
+        journal.append_record(settings.journal, "pass", **job_record(decision))
+        if verbose:
+            _say(f"pass ({decision.reason}): untouched, no slot")
+        execute.exec_command(decision.executable, decision.argv, dict(os.environ if environ is None else environ), None)
     if settings.backend.kind == "slurm" and decision.no_slot_because is None:
         from gpurouter import slurm  # deferred: only the Slurm backend pays for it
 
@@ -398,7 +422,7 @@ def _to_cpu(decision: Decision, why: str) -> Decision:
     env = {k: v for k, v in spec.env.items() if k not in os.environ}
     env.update(guard.thread_env(spec.guard, os.environ))
     return decision.replace(route="cpu", spec=spec, reason=f"{decision.reason}; {why}", pool=spec.pool,
-                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec), env=env,
+                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec, decision.input_at), env=env,
                             need_mib=None, gpu_count=None)  # fmt: skip
 
 
