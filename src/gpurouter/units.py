@@ -170,8 +170,14 @@ def format_human(value: float | None, kind: str | None, beside: float | None = N
     if value is None:
         return "none"
     shown = _rounded(value, kind)
-    if beside is not None and value != beside and shown == _rounded(beside, kind):
-        return format_metric(value, kind)
+    if beside is not None and math.isfinite(value):
+        parse = {"duration": parse_duration, "size": parse_size}.get(kind or "", parse_number)
+        try:
+            crossed = (parse(shown) < beside) != (value < beside)
+        except ValueError:
+            crossed = True
+        if crossed:  # rounding moved it onto (or over) the threshold: exact, as format_metric prints it
+            return format_metric(value, kind)
     return shown
 
 
