@@ -153,12 +153,20 @@ def gpus_text(view: dict[str, Any]) -> str:
         lines.append(f"[{d['index']}] {d['name'] or '?'}  {mem}  free {_q(d['memory_free_mib'])}"
                      f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
                      f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
-                     f"{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
+                     f"{_nvenc(d)}{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
     for r in view["residents"]:
         flags = [k for k in ("managed", "lazy") if r[k]]
         lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {'loaded' if r['loaded'] else 'unloaded'}"
                      f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _nvenc(device: dict[str, Any]) -> str:
+    """'  NVENC 3 sessions, 60% free' where NVML tells (issue 14); nothing where it does not."""
+    sessions, capacity = device.get("encoder_sessions"), device.get("encoder_capacity_percent")
+    if sessions is None and capacity is None:
+        return ""
+    return f"  NVENC {_q(sessions)} sessions" + ("" if capacity is None else f", {capacity}% capacity left")
 
 
 def budget_text(report: dict[str, Any]) -> str:
