@@ -154,3 +154,16 @@ def test_nvenc_session_errors_are_not_among_the_default_oom_patterns() -> None:
     assert not any(p.encode() in NVENC_FULL for p in profile.oom_patterns)
     assert "CUDA failed with error out of memory" in profile.oom_patterns
     assert (profile.no_input, profile.gpu_when, profile.on_gpu_error) == ("fallback", "below", None)
+
+
+def test_the_library_takes_nothing_for_a_job_without_input_under_no_input_pass(tmp_path: Path) -> None:
+    import gpurouter
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(f'lock_dir = "{tmp_path}"\n[profiles.ffmpeg]\ninput = "-i"\nno_input = "pass"\n'
+                           '[profiles.ffmpeg.gpu]\nargs = ["-c:v", "h264_nvenc"]\n')  # fmt: skip
+    decision = gpurouter.decide("ffmpeg", ["ffmpeg", "-version"], config_file=str(config_file))
+    with gpurouter.slot(decision, environ={}) as held:
+        assert held.env == {} and not list(tmp_path.glob("gpu.*"))
+    records = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert len(records) == 1 and '"event":"pass"' in records[0] and '"argv":["ffmpeg","-version"]' in records[0]

@@ -284,6 +284,11 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
     if decision.action == route.FAIL:
         journal.append_record(settings.journal, "refused", **record)
         raise ProbeRefused(f"refused: {decision.reason}")
+    if decision.action == route.NO_INPUT:  # no_input = "pass": nothing to take, no route args, no ROUTED_VAR
+        journal.append_record(settings.journal, "pass", **record)
+        if verbose:
+            _say(f"pass ({decision.reason}): untouched, no slot")
+        return Held(decision, record)
     waited_window = 0.0
     if decision.action == route.WAIT_WINDOW:
         waited_window = _wait_for_window(settings, decision, record, verbose)
@@ -344,9 +349,7 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     from gpurouter import execute
 
     if decision.action == route.NO_INPUT:  # before Slurm and the monitor: `ffmpeg -version` is no job
-        journal.append_record(settings.journal, "pass", **job_record(decision))
-        if verbose:
-            _say(f"pass ({decision.reason}): untouched, no slot")
+        acquire(settings, decision, environ, verbose)  # journals `pass`, takes nothing
         execute.exec_command(decision.executable, decision.argv, dict(os.environ if environ is None else environ), None)
     if settings.backend.kind == "slurm" and decision.no_slot_because is None:
         from gpurouter import slurm  # deferred: only the Slurm backend pays for it
