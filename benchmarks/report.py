@@ -3,7 +3,7 @@
     report.py RESULTS_DIR
 
 Reads hyperfine's --export-json files (NAME.ROUND.json for NAME in a, b_wav, b_ogg_first,
-b_ogg_cached, g, lib: the times of all rounds are pooled per command), handoff.json,
+b_ogg_cached, g, lib, j: the times of all rounds are pooled per command), handoff.json,
 waiters.json, gpu_imports.json, monitor.json, lib_roundtrip.json and facts.json, whichever
 the groups run (`run.sh --only`) left; prints ONE markdown table on stdout, then a few notes
 (sample sizes, what was subtracted, cross-checks).
@@ -284,6 +284,15 @@ def rows_library(directory: str, facts: dict, table: Table, notes: list[str]) ->
                  f"`python -c pass`: {ms(lib['gpurouter'] - lib['python'])}")  # fmt: skip
 
 
+def rows_workloads(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(j) `no_input = "pass"` (issue 14): an input-less call must cost no more than a routed run."""
+    if not have(directory, "j"):
+        return
+    j, j_n = hyperfine_medians(directory, "j")
+    table.add(f"(j) no_input = pass: `-version` untouched vs `-i 2 s WAV` probed + slot + journal (median of "
+              f"{j_n['pass']})", j["pass"], "run", j["run"], ms, "ratio", 1.0)  # fmt: skip
+
+
 def main() -> None:
     directory = sys.argv[1]
     facts = load(directory, "facts.json")
@@ -291,7 +300,7 @@ def main() -> None:
     notes = [f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / "
              f"{facts['load_after']} after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; "
              f"{facts['flock']}; groups: {', '.join(facts.get('groups', []))}"]  # fmt: skip
-    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_monitor, rows_library):
+    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_monitor, rows_library, rows_workloads):
         rows(directory, facts, table, notes)
     print(table.render())
     print()

@@ -5,7 +5,7 @@
 #   benchmarks/run.sh                            (about 2 minutes on a quiet 2-core box)
 #   benchmarks/run.sh --only policies,gpu        (some groups only)
 #
-# Groups: core (rows a-e), policies (f), gpu (g), monitor (h), library (i); default: all.
+# Groups: core (rows a-e), policies (f), gpu (g), monitor (h), library (i), workloads (j); default: all.
 # Needs (scripts/setup bench installs them, and run.sh calls it when one is missing): the venv at
 # ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
 # flock(1), ffmpeg and ffprobe, coreutils timeout (core needs them all, the other groups
@@ -19,7 +19,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 PY=$ROOT/.venv/bin/python
 GR=$ROOT/.venv/bin/gpurouter
 
-GROUPS_ALL="core policies gpu monitor library"
+GROUPS_ALL="core policies gpu monitor library workloads"
 usage() {
     echo "usage: benchmarks/run.sh [--only GROUP[,GROUP...]]  (groups: ${GROUPS_ALL// /, }; default: all)" >&2
 }
@@ -43,6 +43,7 @@ want core && needs+=(hyperfine flock sem parallel ffmpeg ffprobe)
 want policies && needs+=(flock)
 want gpu && needs+=(hyperfine)
 want library && needs+=(hyperfine)
+want workloads && needs+=(hyperfine ffmpeg)
 missing=()
 for tool in "${needs[@]}"; do
     command -v "$tool" >/dev/null || missing+=("$tool")
@@ -125,6 +126,7 @@ RESULTS=$WORK/results
 #                                       without an input the probe has no metric and
 #                                       fallback = "gpu" routes to the GPU
 #   bench-monitor                       (h) monitor mode, 1 s sampling, a device-aware GPU route
+#   bench-pass                          (j) input = "-i", no_input = "pass": `-version` passes untouched
 write_config() {  # FILE PROBE_CACHE
     cat >"$1" <<EOF
 lock_dir = "$LOCK_DIR"
@@ -202,6 +204,22 @@ vram_mib = 3700
 
 [profiles.bench-vram.cpu]
 args = ["--device", "cpu", "--compute_type", "int8"]
+slots = 1
+
+[profiles.bench-pass]
+probe = "duration"
+threshold = "1h"
+input = "-i"
+no_input = "pass"
+
+[profiles.bench-pass.gpu]
+args = ["-c:v", "h264_nvenc"]
+args_position = "before-last"
+slots = 1
+
+[profiles.bench-pass.cpu]
+args = ["-c:v", "libx264"]
+args_position = "before-last"
 slots = 1
 
 [profiles.bench-monitor]
@@ -400,6 +418,22 @@ if want library; then
     step "(i) library: decide + slot round trips in one process (200)"
     run_step timeout -k 5 60 "$PY" "$HERE/lib_roundtrip.py" --out "$RESULTS/lib_roundtrip.json" --n 200 \
         --warmup 20 --profile true --route cpu -- /bin/true
+fi
+
+# ---------------------------------------------------------------- (j) no_input = "pass"
+if want workloads; then
+    PASS_WAV=$WORK/media/pass.wav
+    ffmpeg -nostdin -hide_banner -loglevel error -f lavfi -i sine=frequency=440:duration=2 -c:a pcm_s16le "$PASS_WAV"
+    PASS_WAVq=$(printf %q "$PASS_WAV")
+    decision=$("$GR" route --json --profile bench-pass -- /bin/true -version)
+    if [[ ! $decision =~ \"action\":\ *\"pass\" ]]; then
+        echo "run.sh: expected bench-pass to pass -version untouched, it decided: $decision" >&2
+        exit 1
+    fi
+    step "(j) no_input = pass: '-version' untouched vs a probed, slotted run (hyperfine, 5 x 30 runs each)"
+    bench j 5 30 \
+        pass "$GRq run --profile bench-pass -- /bin/true -version" \
+        run "$GRq run --profile bench-pass -- /bin/true -i $PASS_WAVq out.mp4"
 fi
 
 # ---------------------------------------------------------------- (h) monitor mode

@@ -400,6 +400,8 @@ def test_a_random_profile_options_and_argv_give_a_decision_or_a_usage_or_config_
     spec = decision.spec  # the job's argv: exactly the caller's, plus the route's args where configured
     if spec.args_position == "prepend":
         assert decision.argv == [rest[0], *spec.args, *rest[1:]]
+    elif spec.args_position == "before-last" and len(rest) > 1:
+        assert decision.argv == [*rest[:-1], *spec.args, rest[-1]]
     else:
         assert decision.argv == [*rest, *spec.args]
     counted("decisions")

@@ -4,7 +4,9 @@ gpurouter then forwards signals, samples NVML every `monitor_interval`, tees the
 stderr (live) to look for GPU out-of-memory messages, and journals an `end` record: exit
 status, duration, the job's peak VRAM (its process tree) and min/max/mean per device of
 utilization, memory, temperature and power. With `on_gpu_oom = "cpu"` a GPU run that died
-of an OOM runs again, once, on the CPU route under the CPU slot rules.
+of an OOM runs again, once, on the CPU route under the CPU slot rules; with `on_gpu_error = "cpu"`
+so does one that died of another GPU error (driver, no device, NVENC sessions: issue 14). Both
+streams are scanned: whisper-ctranslate2 prints its errors to stdout, ffmpeg to stderr.
 
 The child inherits the slot fds, so the slot lives as long as either process: a kill -9
 of gpurouter leaves the job running and still holding its slot (status finds it by the
@@ -27,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.config import Profile, Settings
     from gpurouter.job.decision import Decision
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -102,27 +104,54 @@ def run_monitored(settings: Settings, decision: Decision, environ: Mapping[str, 
     held = admission.acquire(settings, decision, environ, verbose, extra={"run_id": run_id, "monitored": True})
     status, tail = _supervise(settings, held, environ, run_id)
     decision = held.decision
-    rules = decision.rules
-    if decision.route == "gpu" and rules.on_gpu_oom == "cpu" and status != 0:
-        pattern = next((p for p in rules.oom_patterns if p.encode() in tail), None)
-        if pattern is not None:
-            journal.append_record(settings.journal, "oom", **held.record, exit_status=status, pattern=pattern)
-            held.release()  # the GPU slot goes back before the CPU run waits for its own
-            cpu = admission.to_cpu(decision, f"GPU out of memory ({pattern!r}): cpu", environ)
-            retry_id = os.urandom(6).hex()
-            try:
-                again = admission.acquire(settings, cpu, environ, verbose,
-                                       extra={"run_id": retry_id, "retry_of": run_id, "monitored": True})  # fmt: skip
-            except NoFreeSlot as busy:
-                sys.stderr.write(f"gpurouter: GPU run ran out of memory; CPU re-run refused: {busy}\n")
-                return settings.busy_exit_code
-            status, _ = _supervise(settings, again, environ, retry_id)
+    failure = gpu_failure(decision.rules, tail) if decision.route == "gpu" and status != 0 else None
+    if failure is not None:
+        event, pattern, kind = failure
+        extra = {"gpu_error_kind": kind} if event == "gpu_error" else {}
+        journal.append_record(settings.journal, event, **held.record, exit_status=status, pattern=pattern, **extra)
+        held.release()  # the GPU slot goes back before the CPU run waits for its own
+        what = "GPU out of memory" if event == "oom" else f"GPU error ({kind})"
+        cpu = admission.to_cpu(decision, f"{what} ({pattern!r}): cpu", environ)
+        retry_id = os.urandom(6).hex()
+        try:
+            again = admission.acquire(settings, cpu, environ, verbose,
+                                      extra={"run_id": retry_id, "retry_of": run_id, "monitored": True})  # fmt: skip
+        except NoFreeSlot as busy:
+            failed = "ran out of memory" if event == "oom" else f"failed with a GPU error ({kind})"
+            sys.stderr.write(f"gpurouter: GPU run {failed}; CPU re-run refused: {busy}\n")
+            return settings.busy_exit_code
+        status, _ = _supervise(settings, again, environ, run_id=retry_id)
     held.release()
     return status
 
 
+def gpu_failure(rules: Profile, output: bytes) -> tuple[str, str, str] | None:
+    """Why a failed GPU run may go again on the CPU: ("oom" | "gpu_error", pattern, kind), or None.
+
+    Args:
+        rules: the profile (`on_gpu_oom`, `oom_patterns`, `on_gpu_error`, `gpu_error_patterns`).
+        output: the tail of the job's stdout and stderr.
+    """
+    errors = [(p, kind) for p, kind in rules.gpu_error_patterns if p.encode() in output]
+    # NVENC's "out of memory (10)" is the encode-session cap, never VRAM: it must not read as an OOM
+    # even when an operator's own oom_patterns would match its text.
+    if any(kind == "nvenc_sessions" for _, kind in errors):
+        errors = [e for e in errors if e[1] == "nvenc_sessions"]
+    elif rules.on_gpu_oom == "cpu":
+        oom = next((p for p in rules.oom_patterns if p.encode() in output), None)
+        if oom is not None:
+            return "oom", oom, "oom"
+    if rules.on_gpu_error == "cpu" and errors:
+        return "gpu_error", errors[0][0], errors[0][1]
+    return None
+
+
 def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, str] | None, run_id: str) -> tuple[int, bytes]:
-    """Start the job, forward signals, sample, tee stderr; journal `end`. Returns (status, stderr tail)."""
+    """Start the job, forward signals, sample, tee stdout and stderr; journal `end`.
+
+    Returns:
+        (status, the tails of its stdout and stderr).
+    """
     from gpurouter.job import guard
     from gpurouter.job.execute import resolve_command
 
@@ -136,22 +165,27 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
     watched = set(FORWARDED) | {signal.SIGCHLD}
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()  # stdout too: whisper-ctranslate2 prints its errors there (issue 14)
     began = time.monotonic()
     try:
         executable = resolve_command(decision.executable, env.get("PATH"))
         pid = os.posix_spawn(executable, decision.argv, env,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2), (os.POSIX_SPAWN_CLOSE, read_end)],
+                             file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2), (os.POSIX_SPAWN_CLOSE, read_end),
+                                           (os.POSIX_SPAWN_DUP2, out_write, 1), (os.POSIX_SPAWN_CLOSE, out_read)],
                              setsigmask=previous_mask,
                              setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        os.close(read_end)
-        os.close(write_end)
+        for fd in (read_end, write_end, out_read, out_write):
+            os.close(fd)
         raise
     os.close(write_end)
-    tail = bytearray()
+    os.close(out_write)
+    tail, out_tail = bytearray(), bytearray()
     tee = threading.Thread(target=_tee, args=(read_end, tail), daemon=True)
     tee.start()
+    out_tee = threading.Thread(target=_tee, args=(out_read, out_tail, 1), daemon=True)
+    out_tee.start()
     sampler = Sampler(environ)
     interval = decision.rules.monitor_interval_s
     next_sample = time.monotonic()
@@ -175,23 +209,31 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     tee.join(timeout=5)
+    out_tee.join(timeout=5)
     code = os.waitstatus_to_exitcode(wait_status)
     exit_status = 128 - code if code < 0 else code
     journal.append_record(settings.journal, "end", **held.record, job_pid=pid,
                           exit_status=exit_status, signal=-code if code < 0 else None,
                           duration_s=round(time.monotonic() - began, 3), **sampler.summary())  # fmt: skip
-    return exit_status, bytes(tail)
+    return exit_status, bytes(out_tail) + b"\n" + bytes(tail)
 
 
-def _tee(fd: int, tail: bytearray) -> None:
-    """Copy the job's stderr to ours as it comes, keeping the last 64 KiB to look for OOM messages."""
+def _tee(fd: int, tail: bytearray, to_fd: int = 2) -> None:
+    """Copy one of the job's streams to ours as it comes, keeping the last 64 KiB to look for GPU errors."""
     try:
         while chunk := os.read(fd, 65536):
             try:
-                os.write(2, chunk)
+                _write_all(to_fd, chunk)
             except OSError:
                 pass
             tail.extend(chunk)
             del tail[:-_TAIL_BYTES]
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked to a pipe (stdout carrying media): write it all, in order."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

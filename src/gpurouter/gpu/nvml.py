@@ -67,7 +67,8 @@ class GpuSnapshot(Record):
     """One GPU at one moment. Every field but `index` may be None, meaning unknown."""
 
     __slots__ = ("index", "uuid", "name", "memory_total_mib", "memory_used_mib", "memory_free_mib",
-                 "utilization_percent", "temperature_c", "power_w", "processes")  # fmt: skip
+                 "utilization_percent", "temperature_c", "power_w", "processes", "encoder_sessions",
+                 "encoder_capacity_percent")  # fmt: skip
     index: int
     uuid: str | None
     name: str | None
@@ -78,6 +79,10 @@ class GpuSnapshot(Record):
     temperature_c: int | float | None
     power_w: float | None
     processes: tuple[ProcessUse, ...] | None  # None: unknown (not the same as no process)
+    # NVENC (issue 14): open encode sessions and the H.264 encoder capacity left, in percent. NVML does
+    # not tell the driver's cap on concurrent sessions (GeForce): size the pool by it (docs/gpus.md).
+    encoder_sessions: int | None
+    encoder_capacity_percent: int | None
 
 
 class GpuQuery(Record):
@@ -224,6 +229,9 @@ def _parse_devices(document: Any) -> list[GpuSnapshot]:
             temperature_c=_optional(device, "temperature_c", where, _is_number, "a number"),
             power_w=_float_or_none(_optional(device, "power_w", where, _is_nonnegative, "a number >= 0")),
             processes=_parse_processes(device.get("processes"), f"{where}.processes"),
+            encoder_sessions=_optional(device, "encoder_sessions", where, _is_count, "a whole number >= 0"),
+            encoder_capacity_percent=_optional(device, "encoder_capacity_percent", where, _is_percent,
+                                               "a number 0-100"),
         )
     return [gpus[index] for index in sorted(gpus)]
 
@@ -381,6 +389,9 @@ def _snapshot(pynvml: ModuleType, index: int) -> GpuSnapshot:
     memory = field(("nvmlDeviceGetMemoryInfo",))
     rates = field(("nvmlDeviceGetUtilizationRates",))
     milliwatts = _known(field(("nvmlDeviceGetPowerUsage",)))
+    encoder = field(("nvmlDeviceGetEncoderStats",))  # (sessions, average fps, average latency)
+    sessions = _known(encoder[0]) if isinstance(encoder, tuple) and encoder else None
+    capacity = _known(field(("nvmlDeviceGetEncoderCapacity",), getattr(pynvml, "NVML_ENCODER_QUERY_H264", 0)))
     return GpuSnapshot(
         index=index,
         uuid=_text(field(("nvmlDeviceGetUUID",))),
@@ -392,6 +403,8 @@ def _snapshot(pynvml: ModuleType, index: int) -> GpuSnapshot:
         temperature_c=_known(field(_TEMPERATURE_CALLS, getattr(pynvml, "NVML_TEMPERATURE_GPU", 0))),
         power_w=None if milliwatts is None else milliwatts / 1000,
         processes=_processes(field(_COMPUTE_CALLS), field(_GRAPHICS_CALLS)),
+        encoder_sessions=None if sessions is None else int(sessions),
+        encoder_capacity_percent=None if capacity is None else int(capacity),
     )
 
 

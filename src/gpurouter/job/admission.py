@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 def job_record(decision: Decision, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fields every journal record of this job carries (start, wait, busy, end...)."""
-    return {"profile": decision.profile, "route": decision.route, "metric": decision.metric,
-            "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool,
+    taken = decision.taken_route  # None for a no_input pass: it takes no route and no pool
+    return {"profile": decision.profile, "route": taken, "metric": decision.metric,
+            "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool if taken else None,
             "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
             "priority": decision.rules.priority, **(extra or {})}  # fmt: skip
 
@@ -168,6 +169,11 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
     env_in = os.environ if environ is None else environ
     log = admission or Admission(settings, decision, verbose, extra)
     record = log.record
+    if decision.action == route.NO_INPUT:  # no_input = "pass": nothing to take, no route args, no ROUTED_VAR
+        journal.append_record(settings.journal, "pass", **record)
+        if verbose:
+            say(f"pass ({decision.reason}): untouched, no slot")
+        return Held(decision, record)
     waited_window = log.prelude(decision)
     held = Held(decision, record)
     if decision.no_slot_because is None and decision.device_mode:
@@ -224,7 +230,7 @@ def to_cpu(decision: Decision, why: str, environ: Mapping[str, str] | None = Non
     env = {k: v for k, v in spec.env.items() if k not in env_in}
     env.update(guard.thread_env(spec.guard, env_in))
     return decision.replace(route="cpu", spec=spec, reason=f"{decision.reason}; {why}", pool=spec.pool,
-                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec), env=env,
+                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec, decision.input_at), env=env,
                             need_mib=None, gpu_count=None)  # fmt: skip
 
 

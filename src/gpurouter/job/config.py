@@ -25,7 +25,9 @@ BUILTIN = "built-in"
 ROUTES = ("gpu", "cpu")
 PROBES = ("duration", "size", "pixels", "command")
 FALLBACKS = ("cpu", "gpu", "fail")
-ARGS_POSITIONS = ("append", "prepend")
+ARGS_POSITIONS = ("append", "prepend", "before-last")
+NO_INPUT = ("fallback", "pass")
+GPU_WHEN = ("below", "above")
 
 DEFAULT_LOCK_DIR = "/tmp/gpurouter"
 DEFAULTS: dict[str, Any] = {
@@ -56,10 +58,15 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "monitor_interval": "1s",
     "on_gpu_oom": None,
     "oom_patterns": None,
+    # real workloads (issue 14)
+    "no_input": "fallback",
+    "gpu_when": "below",
+    "on_gpu_error": None,
+    "gpu_error_patterns": None,
 }
 GUARD_DEFAULTS: dict[str, Any] = {"threads": None, "nice": None, "ionice": None, "cpus": None, "force_env": False}
 ROUTE_DEFAULTS: dict[str, Any] = {
-    "args": [], "slots": 1, "pool": None, "args_position": "append", "env": {},
+    "args": [], "slots": 1, "pool": None, "args_position": "append", "input_args": [], "env": {},
     **GUARD_DEFAULTS, "ram_mib": None, "vram_mib": None, "gpus": None, "on_low_vram": "cpu",
 }  # fmt: skip
 GPU_DEFAULTS: dict[str, Any] = {
@@ -78,10 +85,23 @@ SELECTS = ("score", "first", "round-robin")
 DEFAULT_OOM_PATTERNS = (
     "CUDA out of memory",  # PyTorch: torch.cuda.OutOfMemoryError
     "CUDA failed with error out of memory",  # CTranslate2 / faster-whisper
-    "CUDA_ERROR_OUT_OF_MEMORY",  # CUDA driver API (ffmpeg's NVENC/NVDEC, cuvid)
-    "OpenEncodeSessionEx failed: out of memory",  # ffmpeg NVENC
-    "out of memory (10)",  # ffmpeg NVENC: NV_ENC_ERR_OUT_OF_MEMORY
+    "CUDA_ERROR_OUT_OF_MEMORY",  # CUDA driver API (ffmpeg's NVDEC, cuvid)
 )
+# Not OOMs (issue 14): the GPU or its driver cannot run the job at all. Each pattern has a kind for
+# the journal. NVENC's "OpenEncodeSessionEx failed: out of memory (10)" is NV_ENC_ERR_OUT_OF_MEMORY
+# from nvEncOpenEncodeSessionEx: on GeForce cards it is the cap on concurrent encode sessions, not VRAM.
+DEFAULT_GPU_ERROR_PATTERNS: dict[str, str] = {
+    "OpenEncodeSessionEx failed: out of memory": "nvenc_sessions",  # ffmpeg NVENC, session cap reached
+    "CUDA driver version is insufficient": "driver",  # CUDA runtime newer than the driver (or no driver)
+    "Found no NVIDIA driver": "driver",  # PyTorch
+    "NVIDIA driver on your system is too old": "driver",  # PyTorch
+    "Cannot load libcuda.so.1": "driver",  # ffmpeg's NVENC/NVDEC/CUDA filters without the driver library
+    "Cannot load libnvidia-encode.so.1": "driver",  # ffmpeg NVENC without the encode library
+    "no CUDA-capable device is detected": "device",  # cudaErrorNoDevice
+    "CUDA_ERROR_NO_DEVICE": "device",  # driver API
+    "No capable devices found": "device",  # ffmpeg NVENC
+    "no kernel image is available for execution on the device": "device",  # build lacks this GPU's arch
+}
 
 
 class Guard(Record):
@@ -99,7 +119,7 @@ class RouteSpec(Record):
     """What one route (gpu or cpu) of a profile adds to the job and which slots it may take."""
 
     __slots__ = ("name", "args", "slots", "pool", "args_position", "env", "guard", "ram_mib", "vram_mib",
-                 "gpus", "on_low_vram")  # fmt: skip
+                 "gpus", "on_low_vram", "input_args")  # fmt: skip
     name: str
     args: tuple[str, ...]
     slots: int
@@ -111,6 +131,7 @@ class RouteSpec(Record):
     vram_mib: int | str | None  # MiB per device, or "auto"
     gpus: int | str | None  # devices per job, or "auto"
     on_low_vram: str
+    input_args: tuple[str, ...]  # inserted right before the job's input (or the flag that introduces it)
 
 
 class GpuSettings(Record):
@@ -154,7 +175,8 @@ class Profile(Record):
     __slots__ = ("name", "binary", "probe", "probe_command", "threshold", "threshold_text",
                  "input", "fallback", "wait_s", "gpu", "cpu", "max_wait_s", "escape", "priority",
                  "batch_yields", "hours", "hours_text", "outside_hours", "no_gpu", "monitor",
-                 "monitor_interval_s", "on_gpu_oom", "oom_patterns")  # fmt: skip
+                 "monitor_interval_s", "on_gpu_oom", "oom_patterns", "no_input", "gpu_when", "on_gpu_error",
+                 "gpu_error_patterns")  # fmt: skip
     name: str
     binary: str | None
     probe: str | None
@@ -178,6 +200,10 @@ class Profile(Record):
     monitor_interval_s: float
     on_gpu_oom: str | None  # cpu | None
     oom_patterns: tuple[str, ...]
+    no_input: str  # fallback | pass: a job with no input argument at all execs untouched
+    gpu_when: str  # below | above: the side of the threshold that goes to the GPU
+    on_gpu_error: str | None  # cpu | None
+    gpu_error_patterns: tuple[tuple[str, str], ...]  # (pattern, kind)
 
     def route(self, name: str) -> RouteSpec:
         """The gpu or cpu route spec."""
@@ -434,6 +460,12 @@ def _build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     monitor = merged["monitor"]
     if not isinstance(monitor, bool):
         raise ConfigError(source, f"{where}.monitor", f"must be true or false, got {monitor!r}")
+    error_patterns = merged["gpu_error_patterns"]
+    if error_patterns is None:
+        error_patterns = list(DEFAULT_GPU_ERROR_PATTERNS)
+    if not isinstance(error_patterns, list) or not all(isinstance(p, str) and p for p in error_patterns):
+        raise ConfigError(source, f"{where}.gpu_error_patterns",
+                          f"must be a list of non-empty strings, got {error_patterns!r}")  # fmt: skip
     interval = _duration(merged, "monitor_interval", where, source)
     if not 0.05 <= interval <= 3600:
         raise ConfigError(source, f"{where}.monitor_interval", "must be between 50ms and 1h")
@@ -449,6 +481,10 @@ def _build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         monitor=monitor, monitor_interval_s=interval,
         on_gpu_oom=_choice(merged, "on_gpu_oom", ("cpu", None), where, source),
         oom_patterns=tuple(patterns),
+        no_input=_choice(merged, "no_input", NO_INPUT, where, source),
+        gpu_when=_choice(merged, "gpu_when", GPU_WHEN, where, source),
+        on_gpu_error=_choice(merged, "on_gpu_error", ("cpu", None), where, source),
+        gpu_error_patterns=tuple((p, DEFAULT_GPU_ERROR_PATTERNS.get(p, "custom")) for p in error_patterns),
     )  # fmt: skip
 
 
@@ -469,7 +505,10 @@ def _build_route(name: str, table: object, where: str, source: str) -> RouteSpec
                           f"must be a name of letters, digits, '-' and '_', got {merged['pool']!r}")
     position = merged["args_position"]
     if position not in ARGS_POSITIONS:
-        raise ConfigError(source, f"{where}.args_position", f"must be append or prepend, got {position!r}")
+        raise ConfigError(source, f"{where}.args_position", f"must be one of {', '.join(ARGS_POSITIONS)}, got {position!r}")
+    input_args = merged["input_args"]
+    if not isinstance(input_args, list) or not all(isinstance(a, str) for a in input_args):
+        raise ConfigError(source, f"{where}.input_args", f"must be a list of strings, got {input_args!r}")
     env = merged["env"]
     if not isinstance(env, dict) or not all(isinstance(v, str) and k and "=" not in k for k, v in env.items()):
         raise ConfigError(source, f"{where}.env", f"must be a table of NAME = \"value\" strings, got {env!r}")
@@ -483,7 +522,7 @@ def _build_route(name: str, table: object, where: str, source: str) -> RouteSpec
     return RouteSpec(
         name=name, args=tuple(args), slots=slots, pool=pool, args_position=position, env=dict(env), guard=guard,
         ram_mib=_opt_int(merged, "ram_mib", 1, 1 << 30, where, source), vram_mib=vram, gpus=gpus,
-        on_low_vram=_choice(merged, "on_low_vram", ON_LOW_VRAM, where, source),
+        on_low_vram=_choice(merged, "on_low_vram", ON_LOW_VRAM, where, source), input_args=tuple(input_args),
     )  # fmt: skip
 
 

@@ -28,9 +28,9 @@ class Decision(Record):
 
     __slots__ = ("profile", "route", "reason", "metric", "kind", "via", "input", "executable", "argv",
                  "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action",
-                 "base_argv", "need_mib", "gpu_count")  # fmt: skip
+                 "base_argv", "need_mib", "gpu_count", "input_at")  # fmt: skip
     profile: str
-    route: str
+    route: str  # a no_input pass carries the CPU route's name but takes none: see `taken_route`
     reason: str
     metric: float | None
     kind: str | None
@@ -49,6 +49,12 @@ class Decision(Record):
     base_argv: list[str]  # the job's argv before route args
     need_mib: int | None  # device mode: VRAM per device (None: not device-aware)
     gpu_count: int | None  # device mode: devices per job (None: not device-aware)
+    input_at: int | None  # where input_args go in base_argv[1:] (probe.locate_input); None: no input
+
+    @property
+    def taken_route(self) -> str | None:
+        """The route the job takes, None for a no_input pass (it takes no route, pool or slot)."""
+        return None if self.action == route.NO_INPUT else self.route
 
     @property
     def device_mode(self) -> bool:
@@ -58,9 +64,9 @@ class Decision(Record):
     def summary(self) -> dict[str, Any]:
         """The decision as JSON-ready data (for `route --json` and the journal)."""
         return {
-            "profile": self.profile, "route": self.route, "reason": self.reason, "metric": self.metric,
+            "profile": self.profile, "route": self.taken_route, "reason": self.reason, "metric": self.metric,
             "kind": self.kind, "via": self.via, "input": self.input, "executable": self.executable,
-            "argv": self.argv, "pool": self.pool, "slots": self.slots, "wait": format_wait(self.wait_s),
+            "argv": self.argv, "pool": self.pool if self.taken_route else None, "slots": self.slots, "wait": format_wait(self.wait_s),
             "env": self.env, "action": self.action, "priority": self.rules.priority,
             "gpus": self.gpu_count, "vram_mib": self.need_mib,
             "slot": None if self.no_slot_because else "pending", "no_slot_because": self.no_slot_because,
@@ -127,6 +133,12 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         # probed, added the route args and holds the slot. Only the interception form passes
         # through; a nested `gpurouter run` routes as usual (and takes no slot of a held pool).
         return _pass_through(profile, argv, executable, parent_route or "gpu")
+    input_at = None
+    if profile.no_input == "pass" or profile.gpu.input_args or profile.cpu.input_args:
+        # The same selection the probe makes (probe.locate_input), so the options land where it looked.
+        located, input_at, _ = probe.locate_input(argv[1:], profile.input)
+        if located is None and profile.no_input == "pass":
+            return _no_input(profile, argv, executable)
     result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
     if profile.threshold_text == "auto" and result is not None and result.metric is not None:
         from gpurouter.gpu import fit  # deferred: only threshold = "auto" reads the fit and the GPUs
@@ -167,9 +179,21 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         profile=profile.name, route=chosen.name, reason=chosen.reason,
         metric=None if result is None else result.metric, kind=None if result is None else result.kind,
         via=None if result is None else result.via, input=None if result is None else result.input,
-        executable=executable, argv=route.job_argv(argv, spec), pool=spec.pool, slots=spec.slots,
+        executable=executable, argv=route.job_argv(argv, spec, input_at), pool=spec.pool, slots=spec.slots,
         wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec, rules=profile, action=chosen.action,
-        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count,
+        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count, input_at=input_at,
+    )  # fmt: skip
+
+
+def _no_input(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
+    """`no_input = "pass"` and the job has no input argument at all (`ffmpeg -version`): exec it untouched,
+    with no probe, no slot and no route args (issue 14)."""
+    return Decision(
+        profile=profile.name, route=profile.cpu.name, reason=f"no input argument ({profile.input}): no_input = pass",
+        metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
+        pool=profile.cpu.pool, slots=0, wait_s=0.0, env={}, no_slot_because="no input argument (no_input = pass)",
+        spec=profile.cpu, rules=profile, action=route.NO_INPUT, base_argv=list(argv), need_mib=None,
+        gpu_count=None, input_at=None,
     )  # fmt: skip
 
 
@@ -183,7 +207,7 @@ def _pass_through(profile: Profile, argv: Sequence[str], executable: str, parent
         pool=profile.route(parent_route).pool, slots=profile.route(parent_route).slots, wait_s=0.0, env={},
         no_slot_because="already routed by a parent gpurouter", spec=profile.route(parent_route), rules=profile,
         action=route.PASS,
-        base_argv=list(argv), need_mib=None, gpu_count=None,
+        base_argv=list(argv), need_mib=None, gpu_count=None, input_at=None,
     )  # fmt: skip
 
 

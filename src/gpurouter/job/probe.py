@@ -42,28 +42,42 @@ def select_input(args: Sequence[str], rule: str | int) -> tuple[str | None, str 
     Args:
         args: the job's arguments (without the command itself).
         rule: "last" / "first" existing regular file, an index into `args`, or a flag
-            such as "--input" (its value, `--input VALUE` or `--input=VALUE`; last one wins).
+            such as "--input" (its value, `--input VALUE` or `--input=VALUE`; the first one
+            wins: ffmpeg's first `-i` is its main input, later ones are overlays and subtitles).
+    """
+    value_at, _, why_not = locate_input(args, rule)
+    if value_at is None:
+        return None, why_not
+    arg = args[value_at]
+    if isinstance(rule, str) and rule not in ("last", "first") and arg != rule and arg.startswith(rule + "="):
+        return arg[len(rule) + 1 :], None
+    return arg, None
+
+
+def locate_input(args: Sequence[str], rule: str | int) -> tuple[int | None, int | None, str | None]:
+    """Where the job's input is in `args`: (index of its value, index to insert input options before, None),
+    or (None, None, why not). The one selection that the probe and `input_args` placement share.
+
+    The insertion index is the flag's own for `--input VALUE` (options go before the flag that
+    introduces the input), else the input argument's.
     """
     if rule in ("last", "first"):
-        ordered = reversed(args) if rule == "last" else iter(args)
-        for arg in ordered:
-            if arg and _is_regular_file(arg):
-                return arg, None
-        return None, "no existing input file among the arguments"
+        positions = range(len(args) - 1, -1, -1) if rule == "last" else range(len(args))
+        for position in positions:
+            if args[position] and _is_regular_file(args[position]):
+                return position, position, None
+        return None, None, "no existing input file among the arguments"
     if isinstance(rule, int):
-        try:
-            return args[rule], None
-        except IndexError:
-            return None, f"the job has no argument {rule}"
-    found = None
+        position = rule + len(args) if rule < 0 else rule
+        if 0 <= position < len(args):
+            return position, position, None
+        return None, None, f"the job has no argument {rule}"
     for position, arg in enumerate(args):
         if arg == rule and position + 1 < len(args):
-            found = args[position + 1]
-        elif arg.startswith(rule + "="):
-            found = arg[len(rule) + 1 :]
-    if found is None:
-        return None, f"no {rule} argument"
-    return found, None
+            return position + 1, position, None
+        if arg.startswith(rule + "="):
+            return position, position, None
+    return None, None, f"no {rule} argument"
 
 
 def _is_regular_file(path: str) -> bool:

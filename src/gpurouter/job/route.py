@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gpurouter.job.probe import ProbeResult
 
 RUN, BUSY, FAIL, WAIT_WINDOW, PASS = "run", "busy", "fail", "wait-window", "pass-through"
+NO_INPUT = "pass"  # no_input = "pass" and no input argument: exec untouched, no slot (issue 14)
 
 
 class Route(Record):
@@ -26,7 +27,7 @@ class Route(Record):
     name: str  # gpu | cpu
     spec: RouteSpec
     reason: str
-    action: str  # run | busy | fail | wait-window
+    action: str  # run | busy | fail | wait-window (and, for a Decision, pass-through | pass)
 
 
 def choose_route(profile: Profile, probe: ProbeResult | None, forced: str | None = None,
@@ -72,11 +73,15 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
         return Route(name=profile.fallback, spec=profile.route(profile.fallback),
                      reason=f"no metric ({probe.problem}): fallback {profile.fallback}", action=RUN)  # fmt: skip
     assert profile.threshold is not None  # a metric without a threshold returned above
-    shown = units.format_metric(probe.metric, probe.kind)
+    shown = units.format_human(probe.metric, probe.kind, beside=profile.threshold)
     limit = units.format_metric(profile.threshold, probe.kind)
-    if probe.metric < profile.threshold:
-        return Route(name="gpu", spec=profile.gpu, reason=f"{probe.kind} {shown} < threshold {limit}", action=RUN)
-    return Route(name="cpu", spec=profile.cpu, reason=f"{probe.kind} {shown} >= threshold {limit}", action=RUN)
+    below = probe.metric < profile.threshold
+    compared = f"{probe.kind} {shown} {'<' if below else '>='} threshold {limit}"
+    if profile.gpu_when == "above":  # the GPU for the big jobs where it pays (issue 14)
+        name = "cpu" if below else "gpu"
+        return Route(name=name, spec=profile.route(name), reason=f"{compared}: {name} (gpu_when = above)", action=RUN)
+    name = "gpu" if below else "cpu"
+    return Route(name=name, spec=profile.route(name), reason=compared, action=RUN)
 
 
 def seconds_until_window(hours: Sequence[tuple[int, int]], seconds_of_day: float) -> float:
@@ -87,8 +92,35 @@ def seconds_until_window(hours: Sequence[tuple[int, int]], seconds_of_day: float
     return min((start * 60 - seconds_of_day) % 86400 for start, _ in hours)
 
 
-def job_argv(argv: Sequence[str], spec: RouteSpec) -> list[str]:
-    """The job's argv with the route's args appended (or prepended after the command)."""
-    if spec.args_position == "prepend":
-        return [argv[0], *spec.args, *argv[1:]]
-    return [*argv, *spec.args]
+def job_argv(argv: Sequence[str], spec: RouteSpec, input_at: int | None = None) -> list[str]:
+    """The job's argv with the route's args placed per `args_position` and its `input_args` before the input.
+
+    Args:
+        argv: the job's argv, the command first.
+        spec: the route.
+        input_at: index into `argv[1:]` to put `input_args` before (`probe.locate_input`); None: the
+            job has no input argument, and `input_args` are left out.
+
+    Where both land at one place, the route's args come first: `input_args` always sit right
+    before the input (or the flag that introduces it).
+    """
+    command, args = argv[0], list(argv[1:])
+    inserts: dict[int, list[str]] = {}
+    if spec.args:
+        if spec.args_position == "prepend":
+            at = 0
+        elif spec.args_position == "before-last":
+            at = max(len(args) - 1, 0)  # before ffmpeg's output file; with no argument at all: the only place
+        else:
+            at = len(args)
+        inserts.setdefault(at, []).extend(spec.args)
+    if spec.input_args and input_at is not None:
+        inserts.setdefault(input_at, []).extend(spec.input_args)
+    if not inserts:
+        return [command, *args]
+    out = [command]
+    for position in range(len(args) + 1):
+        out.extend(inserts.get(position, ()))
+        if position < len(args):
+            out.append(args[position])
+    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from gpurouter.job import guard
+from gpurouter.job import guard, route
 from gpurouter.job.admission import acquire, warn
 
 TYPE_CHECKING = False
@@ -28,6 +28,9 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     """
     from gpurouter.job import execute
 
+    if decision.action == route.NO_INPUT:  # before Slurm and the monitor: `ffmpeg -version` is no job
+        acquire(settings, decision, environ, verbose)  # journals `pass`, takes nothing
+        execute.exec_command(decision.executable, decision.argv, dict(os.environ if environ is None else environ), None)
     if settings.backend.kind == "slurm" and decision.no_slot_because is None:
         from gpurouter.backends import slurm  # deferred: only the Slurm backend pays for it
 

@@ -156,3 +156,48 @@ def format_metric(value: float | None, kind: str | None) -> str:
     if kind == "size":
         return format_size(value)
     return f"{int(value)}" if float(value).is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def format_human(value: float | None, kind: str | None, beside: float | None = None) -> str:
+    """A metric rounded for people ('2.8s', '1h2m5s', '734.2MiB'); the journal keeps the exact value.
+
+    Args:
+        value: the metric.
+        kind: its kind (duration, size, pixels, number).
+        beside: a threshold it is compared with: when the rounded text would read the same as the
+            threshold's, the exact form is printed instead ("10s >= threshold 10s" must not hide 9.96s).
+    """
+    if value is None:
+        return "none"
+    shown = _rounded(value, kind)
+    if beside is not None and math.isfinite(value):
+        parse = {"duration": parse_duration, "size": parse_size}.get(kind or "", parse_number)
+        try:
+            crossed = (parse(shown) < beside) != (value < beside)
+        except ValueError:
+            crossed = True
+        if crossed:  # rounding moved it onto (or over) the threshold: exact, as format_metric prints it
+            return format_metric(value, kind)
+    return shown
+
+
+def _rounded(value: float, kind: str | None) -> str:
+    if not math.isfinite(value):
+        return repr(value)
+    if kind == "duration":
+        if value < 60:
+            return format_duration(value) if float(value).is_integer() else f"{value:.1f}s"
+        whole = int(round(value))
+        hours, rest = divmod(whole, 3600)
+        minutes, seconds = divmod(rest, 60)
+        parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+        return "".join(parts) or "0s"
+    if kind == "size":
+        for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value >= factor:
+                count = value / factor
+                return f"{int(count)}{unit}" if count.is_integer() else f"{count:.1f}{unit}"
+        return f"{int(value)}B" if float(value).is_integer() else f"{value:.1f}B"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return f"{int(value)}"
+    return f"{value:.4g}"

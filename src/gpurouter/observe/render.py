@@ -21,7 +21,7 @@ def _route_data(spec: RouteSpec) -> dict[str, Any]:
     return {"args": list(spec.args), "slots": spec.slots, "pool": spec.pool,
             "args_position": spec.args_position, "env": dict(spec.env), **_guard_data(spec.guard),
             "ram_mib": spec.ram_mib, "vram_mib": spec.vram_mib, "gpus": spec.gpus,
-            "on_low_vram": spec.on_low_vram}  # fmt: skip
+            "on_low_vram": spec.on_low_vram, "input_args": list(spec.input_args)}  # fmt: skip
 
 
 def _profile_data(profile: Profile) -> dict[str, Any]:
@@ -34,7 +34,8 @@ def _profile_data(profile: Profile) -> dict[str, Any]:
         "priority": profile.priority, "batch_yields": profile.batch_yields, "hours": profile.hours_text,
         "outside_hours": profile.outside_hours, "no_gpu": profile.no_gpu, "monitor": profile.monitor,
         "monitor_interval": units.format_duration(profile.monitor_interval_s), "on_gpu_oom": profile.on_gpu_oom,
-        "oom_patterns": list(profile.oom_patterns),
+        "oom_patterns": list(profile.oom_patterns), "no_input": profile.no_input, "gpu_when": profile.gpu_when,
+        "on_gpu_error": profile.on_gpu_error, "gpu_error_patterns": [p for p, _ in profile.gpu_error_patterns],
         "gpu": _route_data(profile.gpu), "cpu": _route_data(profile.cpu), "escape": _guard_data(profile.escape),
     }  # fmt: skip
 
@@ -141,12 +142,20 @@ def gpus_text(view: dict[str, Any]) -> str:
         lines.append(f"[{d['index']}] {d['name'] or '?'}  {mem}  free {_q(d['memory_free_mib'])}"
                      f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
                      f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
-                     f"{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
+                     f"{_nvenc(d)}{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
     for r in view["residents"]:
         flags = [k for k in ("managed", "lazy") if r[k]]
         lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {'loaded' if r['loaded'] else 'unloaded'}"
                      f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _nvenc(device: dict[str, Any]) -> str:
+    """'  NVENC 3 sessions, 60% free' where NVML tells (issue 14); nothing where it does not."""
+    sessions, capacity = device.get("encoder_sessions"), device.get("encoder_capacity_percent")
+    if sessions is None and capacity is None:
+        return ""
+    return f"  NVENC {_q(sessions)} sessions" + ("" if capacity is None else f", {capacity}% capacity left")
 
 
 def budget_text(report: dict[str, Any]) -> str:
