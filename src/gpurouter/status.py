@@ -79,8 +79,13 @@ def configured_pools(settings: Settings) -> dict[str, int]:
     return pools
 
 
-def slot_rows(settings: Settings) -> list[SlotRow]:
-    """Every configured slot (and any extra slot file found) with its holder and waiters."""
+def slot_rows(settings: Settings, skipped: dict[str, int] | None = None) -> list[SlotRow]:
+    """Every configured slot (and any extra slot file found) with its holder and waiters.
+
+    Args:
+        settings: the configuration.
+        skipped: if given, `skipped["malformed"]` counts the journal lines skipped as malformed.
+    """
     pools = configured_pools(settings)
     try:  # slot files only: not the probe cache directory, claims, gates or the journal
         names = [e.name for e in os.scandir(settings.lock_dir) if e.is_file(follow_symlinks=False)]
@@ -91,7 +96,7 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
         if suffix.isdigit() and is_safe_name(pool):
             pools[pool] = max(pools.get(pool, 0), int(suffix) + 1)
     locks = kernel_flocks()
-    starts = _latest_starts(settings)
+    starts = _latest_starts(settings, skipped)
     rows = []
     for pool, count in sorted(pools.items()):
         for index in range(count):
@@ -138,12 +143,13 @@ def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], 
     return rows
 
 
-def _latest_starts(settings: Settings) -> dict[tuple[int, str | None], dict[str, Any]]:
+def _latest_starts(settings: Settings,
+                   skipped: dict[str, int] | None = None) -> dict[tuple[int, str | None], dict[str, Any]]:  # fmt: skip
     """Journal details of recent start/wait records by (pid, slot)."""
     found: dict[tuple[int, str | None], dict[str, Any]] = {}
     if not settings.journal:
         return found
-    for record in journal.read_records(settings.journal, tail_bytes=4 << 20):
+    for record in journal.read_records(settings.journal, tail_bytes=4 << 20, skipped=skipped):
         if record.get("event") in ("start", "wait") and isinstance(record.get("pid"), int):
             slot = record.get("slot") if record["event"] == "start" else None
             found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason", "priority")}
