@@ -84,3 +84,122 @@ def test_a_missing_config_directory_still_means_the_built_in_defaults(box: Box) 
                                             "HOME": str(box.root / "no-home")})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_no_traceback(done.stderr)
+
+
+# ---------------------------------------------------------------- item 7: a journal anyone can write
+
+FORGED = '{"event":"start","pid":1,"slot":[1]}'
+
+
+def _append(path: Path, *lines: str) -> None:
+    path.parent.mkdir(mode=0o1777, exist_ok=True)
+    with path.open("a") as stream:
+        stream.write("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json"), ("top", "--once")], ids=" ".join)
+def test_a_forged_start_line_is_skipped_and_counted_by_status_and_top(box: Box, command: tuple[str, ...]) -> None:
+    assert box.run("run", "--", "true").returncode == 0
+    _append(box.journal, FORGED, '{"event":"wait","pid":"x"}', "not json", '{"event":"start","pid":1e400}')
+    done = box.run(*command)
+    assert done.returncode == 0, done.stderr
+    assert_no_traceback(done.stderr)
+    if command[0] == "top":
+        assert "skipped 4 malformed journal records" in done.stdout
+    else:
+        assert done.stderr == "gpurouter: warning: skipped 4 malformed journal records\n"
+
+
+def _end(metric: str, peak: str = "500", uid: int | None = None, profile: str = "transcribe") -> str:
+    owner = "" if uid is None else f',"uid":{uid}'
+    return ('{"v":1,"ts":"2026-12-01T10:00:00.000+00:00","event":"end","profile":"' + profile + '","route":"gpu",'
+            f'"metric":{metric},"kind":"duration","exit_status":0,"peak_vram_mib":{peak}{owner}}}')
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("metric", ["1e20", "1e12", "Infinity", "NaN", "-5", "1e308"])
+def test_report_on_a_forged_end_record_finishes_and_counts_it(box: Box, metric: str) -> None:
+    _append(box.journal, *(_end(m, str(500 + 40 * i), os.getuid()) for i, m in enumerate(("600", "1200", "1800"))))
+    _append(box.journal, _end(metric, "100", os.getuid()))
+    done = box.run("report", "--html", str(box.root / "r.html"), timeout=50)
+    assert done.returncode == 0, done.stderr
+    valid = metric == "1e12"  # within the readers' physical bounds (a PB, 31 million years): drawn, not skipped
+    assert done.stderr == ("" if valid else "gpurouter: warning: skipped 1 malformed journal record\n")
+    assert (box.root / "r.html").stat().st_size > 0
+
+
+def test_stats_json_and_prometheus_carry_the_count_of_malformed_records(box: Box) -> None:
+    assert box.run("run", "--", "true").returncode == 0
+    forged_start = ('{"v":1,"ts":"2026-12-01T10:00:00.000+00:00","event":"start","profile":"x","route":"gpu",'
+                    '"metric":null,"waited_s":-1e300,"pool":"gpu"}')  # cut from the bytes by the fast path
+    _append(box.journal, FORGED, _end("1e20"), forged_start, '{"event":"end","profile":"x","duration_s":"long"}')
+    done = box.run("stats", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["malformed"], summary["records"]) == (4, 1)
+    assert done.stderr == "gpurouter: warning: skipped 4 malformed journal records\n"
+    assert box.run("stats", "--prometheus", str(box.root / "m.prom")).returncode == 0
+    assert "\ngpurouter_journal_malformed_records_total 4\n" in (box.root / "m.prom").read_text()
+
+
+AUTO = """
+[profiles.transcribe]
+probe = "duration"
+threshold = "auto"
+[profiles.transcribe.gpu]
+args = ["--device", "cuda"]
+[profiles.transcribe.cpu]
+args = ["--device", "cpu"]
+"""
+
+
+def _evidence(shared: SharedBox, owner_uid: int) -> None:
+    """The owner's monitored runs (peak = 500 + 40 MiB a minute), in a journal the owner created, mode 0666."""
+    from journal_factory import monitored_run, write
+
+    shared.lock_dir.mkdir(mode=0o1777)
+    shared.lock_dir.chmod(0o1777)
+    runs = [r for i, minutes in enumerate((10, 20, 30, 40)) for r in
+            monitored_run("transcribe", minutes, 500 + 40 * minutes, run_id=f"{i:012x}", uid=owner_uid)]  # fmt: skip
+    write(shared.journal, runs)
+    os.chown(shared.journal, owner_uid, owner_uid)
+    shared.journal.chmod(0o666)
+
+
+def _forge_as(shared: SharedBox, user: object, lines: list[str]) -> None:
+    done = shared.shell(user, "cat >> " + str(shared.journal) + " <<'EOF'\n" + "\n".join(lines) + "\nEOF")  # type: ignore[arg-type]
+    assert done.returncode == 0, done.stderr
+
+
+def _root_env(shared: SharedBox, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**shared.env(shared.users.a), "XDG_CACHE_HOME": str(shared.tmp / "cache-root"), **(extra or {})}
+
+
+def test_records_another_user_appends_steer_neither_auto_nor_tune(shared: SharedBox, media: dict[str, Path]) -> None:
+    a, b = shared.users.a, shared.users.b
+    shared.write_config(AUTO)
+    _evidence(shared, a.uid)
+    # B's "runs": ten-hour files that peaked at 100 MiB (a line that sends everything to the GPU),
+    # one with a's uid beyond the evidence bounds, and one unparsable number.
+    forged = [_end(str(36000 * (i + 1)), "100", b.uid) for i in range(6)]
+    forged += [_end("5e8", "100", a.uid), _end("1e999", "1", b.uid)]
+    _forge_as(shared, b, forged)
+    gpus = shared.tmp / "gpus.json"
+    gpus.write_text(json.dumps({"devices": [{"index": 0, "uuid": "GPU-0", "name": "T", "memory_total_mib": 16000,
+                                             "memory_used_mib": 16000 - 756, "processes": []}]}))  # fmt: skip
+    clip = shared.root / "clip.wav"
+    clip.write_bytes(media["wav2"].read_bytes())
+    from conftest import GPUROUTER
+
+    done = subprocess.run([GPUROUTER, "run", "--", "transcribe", str(clip)], capture_output=True, text=True,
+                          env=_root_env(shared, {"GPUROUTER_NVML_FILE": str(gpus)}), timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("--device cpu")  # 2 s needs ~501 MiB of a 500 MiB budget
+    tuned = subprocess.run([GPUROUTER, "tune", "transcribe", "--budget-mib", "1700", "--json"], capture_output=True,
+                           text=True, env=_root_env(shared), timeout=30)  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    result = json.loads(tuned.stdout)
+    assert (result["runs"], result["untrusted"], result["out_of_range"], result["malformed"]) == (4, 6, 1, 1)
+    assert result["threshold_text"] == "30m"  # (1700 - 500) / 40 MiB a minute, as a's runs alone say
+    assert tuned.stderr == ("gpurouter: warning: not used: 6 record(s) written by other users, 1 run(s) beyond "
+                            "the evidence bounds, 1 malformed line(s)\n")  # fmt: skip

@@ -470,7 +470,7 @@ def _plan(scanner: Scanner, tally: _Tally, raw: bytes) -> Any:
     return (head[0], head[1], head[2], tally.profile(head[1]).waits.values)
 
 
-_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("duration_s", "elapsed_s", "peak_vram_mib",
+_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("metric", "duration_s", "elapsed_s", "peak_vram_mib",
                                                                        "exit_status"))  # fmt: skip
 
 
