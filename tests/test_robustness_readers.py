@@ -16,7 +16,7 @@ import pytest
 from conftest import Box, wait_for
 from test_gpus import Devices, device
 from test_hardening_hostile import SharedBox, shared, users  # noqa: F401  (the two-user fixtures)
-from test_hardening_support import assert_no_traceback, assert_one_line_error
+from test_hardening_support import assert_no_traceback, assert_one_line_error, journal_lines
 
 NESTED_UNDER_OWN_POOL = """
 [profiles.outer.gpu]
@@ -179,10 +179,11 @@ def test_records_another_user_appends_steer_neither_auto_nor_tune(shared: Shared
     a, b = shared.users.a, shared.users.b
     shared.write_config(AUTO)
     _evidence(shared, a.uid)
-    # B's "runs": ten-hour files that peaked at 100 MiB (a line that sends everything to the GPU),
-    # one with a's uid beyond the evidence bounds, and one unparsable number.
-    forged = [_end(str(36000 * (i + 1)), "100", b.uid) for i in range(6)]
-    forged += [_end("5e8", "100", a.uid), _end("1e999", "1", b.uid)]
+    # B's "runs", a line that sends short files to the GPU (half-second files that used nothing, ten-hour
+    # files at 50 GB: the fit's threshold becomes ~5 min), one with a's uid beyond the evidence bounds
+    # (5e8 s at 7e8 MiB, on that line), and one number that does not parse (1e999).
+    forged = [_end("0.5", "0", b.uid)] * 50 + [_end("36000", "50000", b.uid)] * 50
+    forged += [_end("5e8", "7e8", a.uid), _end("1e999", "1", b.uid)]
     _forge_as(shared, b, forged)
     gpus = shared.tmp / "gpus.json"
     gpus.write_text(json.dumps({"devices": [{"index": 0, "uuid": "GPU-0", "name": "T", "memory_total_mib": 16000,
@@ -199,7 +200,7 @@ def test_records_another_user_appends_steer_neither_auto_nor_tune(shared: Shared
                            text=True, env=_root_env(shared), timeout=30)  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
     result = json.loads(tuned.stdout)
-    assert (result["runs"], result["untrusted"], result["out_of_range"], result["malformed"]) == (4, 6, 1, 1)
+    assert (result["runs"], result["untrusted"], result["out_of_range"], result["malformed"]) == (4, 100, 1, 1)
     assert result["threshold_text"] == "30m"  # (1700 - 500) / 40 MiB a minute, as a's runs alone say
-    assert tuned.stderr == ("gpurouter: warning: not used: 6 record(s) written by other users, 1 run(s) beyond "
+    assert tuned.stderr == ("gpurouter: warning: not used: 100 record(s) written by other users, 1 run(s) beyond "
                             "the evidence bounds, 1 malformed line(s)\n")  # fmt: skip
