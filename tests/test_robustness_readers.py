@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Box, wait_for
+from conftest import GPUROUTER, Box, wait_for
 from test_gpus import Devices, device
 from test_hardening_hostile import SharedBox, shared, users  # noqa: F401  (the two-user fixtures)
 from test_hardening_support import assert_no_traceback, assert_one_line_error, journal_lines
@@ -190,8 +190,6 @@ def test_records_another_user_appends_steer_neither_auto_nor_tune(shared: Shared
                                              "memory_used_mib": 16000 - 756, "processes": []}]}))  # fmt: skip
     clip = shared.root / "clip.wav"
     clip.write_bytes(media["wav2"].read_bytes())
-    from conftest import GPUROUTER
-
     done = subprocess.run([GPUROUTER, "run", "--", "transcribe", str(clip)], capture_output=True, text=True,
                           env=_root_env(shared, {"GPUROUTER_NVML_FILE": str(gpus)}), timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -204,3 +202,34 @@ def test_records_another_user_appends_steer_neither_auto_nor_tune(shared: Shared
     assert result["threshold_text"] == "30m"  # (1700 - 500) / 40 MiB a minute, as a's runs alone say
     assert tuned.stderr == ("gpurouter: warning: not used: 100 record(s) written by other users, 1 run(s) beyond "
                             "the evidence bounds, 1 malformed line(s)\n")  # fmt: skip
+
+
+# ---------------------------------------------------------------- item 9: monitored jobs that leave a daemon
+
+DAEMON = """
+( while [ ! -e "$GO" ]; do sleep 0.05; done
+  for i in 1 2 3; do echo "daemon out $i"; echo "daemon err $i" >&2; sleep 0.05; done
+  echo finished > "$MARK" ) &
+echo "job err" >&2
+exit 7
+"""
+
+
+def test_a_monitored_job_that_leaves_a_daemon_returns_at_once_and_the_daemon_keeps_writing(box: Box) -> None:
+    box.write_config('[profiles.sh]\nmonitor = true\n')
+    go, mark = box.root / "go", box.root / "daemon.done"
+    out, err = box.root / "out.txt", box.root / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        job = subprocess.Popen([GPUROUTER, "run", "--", "sh", "-c", DAEMON], stdout=stdout, stderr=stderr,
+                               env={**box.env, "GO": str(go), "MARK": str(mark)})  # fmt: skip
+        try:
+            assert job.wait(timeout=30) == 7  # the job's status, while the daemon still waits for GO
+        finally:
+            go.touch()  # the daemon writes only after gpurouter has gone
+    assert wait_for(mark.exists, timeout=10)  # it lived through its writes: no SIGPIPE
+    assert wait_for(lambda: "daemon err 3" in err.read_text(), timeout=10)
+    assert err.read_text() == "job err\ndaemon err 1\ndaemon err 2\ndaemon err 3\n"
+    assert out.read_text() == "daemon out 1\ndaemon out 2\ndaemon out 3\n"
+    end = box.records()[-1]
+    assert (end["event"], end["exit_status"]) == ("end", 7)
+    assert end["duration_s"] < 2.5  # the job's own time (a shell that exits at once), not the 5 s tee wait of before
