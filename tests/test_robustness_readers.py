@@ -233,3 +233,42 @@ def test_a_monitored_job_that_leaves_a_daemon_returns_at_once_and_the_daemon_kee
     end = box.records()[-1]
     assert (end["event"], end["exit_status"]) == ("end", 7)
     assert end["duration_s"] < 2.5  # the job's own time (a shell that exits at once), not the 5 s tee wait of before
+
+
+# ---------------------------------------------------------------- item 12 (part): status and top
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "symlink"])
+def test_status_says_in_one_line_when_the_lock_dir_is_missing_or_unusable(box: Box, kind: str) -> None:
+    if kind == "file":
+        box.lock_dir.write_text("")
+    elif kind == "symlink":
+        box.lock_dir.symlink_to(box.root)
+    done = box.run("status")
+    if kind == "missing":
+        assert done.returncode == 0
+        assert done.stderr == f"gpurouter: {box.lock_dir}: does not exist yet: every slot is free (the first job creates it)\n"
+    else:
+        assert (done.returncode, done.stdout) == (125, "")
+        assert_one_line_error(done.stderr, str(box.lock_dir), "lock dir unusable", "no slot can be taken")
+
+
+def test_a_waiter_on_three_slots_is_listed_once_by_status_and_top(box: Box) -> None:
+    box.write_config('[profiles.sh]\nwait = "block"\n[profiles.sh.gpu]\nslots = 3\n')
+    holders = [box.start("run", "--", "sh", "-c", "exec sleep 30") for _ in range(3)]
+    assert wait_for(lambda: sum(r["event"] == "start" for r in box.records()) == 3)
+    waiter = box.start("run", "--", "sh", "-c", "exec sleep 30")
+    assert wait_for(lambda: any(r["event"] == "wait" for r in box.records()))
+
+    def waiting_rows() -> list[int]:
+        rows = [json.loads(line) for line in box.run("status", "--json").stdout.splitlines()]
+        return [w["pid"] for row in rows for w in row["waiters"]]
+
+    assert wait_for(lambda: len(waiting_rows()) >= 1)
+    time.sleep(0.3)  # all three waiting threads are in flock by now
+    assert waiting_rows() == [waiter.pid]
+    frame = box.run("top", "--once").stdout
+    assert "3/3 held  1 waiting" in frame
+    assert frame.count(f"wait  pid {waiter.pid} ") == 1
+    for job in (*holders, waiter):
+        job.send_signal(signal.SIGTERM)

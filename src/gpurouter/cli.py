@@ -250,6 +250,14 @@ def status(as_json: bool, config_file: str | None) -> None:
         if not as_json:
             click.echo(slurm.jobs_text(jobs, settings))
         return
+    problem = status_core.lock_dir_problem(settings.lock_dir)
+    if problem is not None and problem[1]:  # every slot "free" would be a lie (issue 12)
+        from gpurouter.errors import LockDirError
+
+        with exit_codes():
+            raise LockDirError(settings.lock_dir, problem[0])
+    if problem is not None:
+        click.echo(f"gpurouter: {settings.lock_dir}: {problem[0]}", err=True)
     skipped = {"malformed": 0}
     rows = status_core.slot_rows(settings, skipped)
     _warn_skipped(skipped["malformed"])
