@@ -43,7 +43,8 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     waited = f"waited {r['waited_s']:.2f}s" if r.get("waited_s") else ""
-    print(f"{r['ts']}  {r['event']:<5} {r['route']:<3} metric={r['metric']!s:<5} slot={r.get('slot')!s:<6} {r['reason']}  {waited}")
+    slot = f"slot={r['slot']}" if r.get("slot") else f"pool={r.get('pool') or '-'}"  # refusals and waits hold none
+    print(f"{r['ts']}  {r['event']:<5} {r['route']:<3} metric={r['metric']!s:<5} {slot:<11} {r['reason']}  {waited}")
 PY
 echo
 echo "gpurouter stats:"

@@ -21,7 +21,7 @@ def record(event: str, profile: str, route: str = "gpu", at: float = T0, metric:
                             "metric": metric, "reason": f"duration {metric}s", "pid": 4242,
                             "argv": [profile, "--device", "cuda" if route == "gpu" else "cpu", "in.wav"],
                             "pool": pool or route, "kind": "duration", "via": "wav header", "input": "in.wav",
-                            "uid": 1000, "priority": None}  # fmt: skip
+                            "uid": os.getuid(), "priority": None}  # fmt: skip
     if event == "start":
         base.update(slot=f"{pool or route}.0", waited_s=0.0, escaped=False, no_slot_because=None)
     elif event == "busy":

@@ -295,7 +295,7 @@ def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedB
     memo_dir.mkdir(parents=True)
     from gpurouter.job import memo
 
-    naming = getattr(_memo, "_memo_name", None)  # the memo's file name (its own business: ask it)
+    naming = getattr(memo, "_memo_name", None)  # the memo's file name (its own business: ask it)
     memo = memo_dir / (naming("config", identity) if naming else "config.memo")
     memo.write_bytes(marshal.dumps((identity, forged)))
     for path in (memo_dir.parent, memo_dir, memo):
@@ -379,7 +379,7 @@ def _memo_file_name(box: Box) -> str:
     """The name of this box's config memo (the memo's own business: ask it)."""
     from gpurouter.job import memo
 
-    naming = getattr(_memo, "_memo_name", None)
+    naming = getattr(memo, "_memo_name", None)
     return naming("config", (str(box.config),)) if naming else "config.memo"
 
 

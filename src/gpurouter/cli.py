@@ -253,7 +253,17 @@ def status(as_json: bool, config_file: str | None) -> None:
         if not as_json:
             click.echo(slurm_queue.jobs_text(jobs, settings))
         return
-    rows = status_core.slot_rows(settings)
+    problem = status_core.lock_dir_problem(settings.lock_dir)
+    if problem is not None and problem[1]:  # every slot "free" would be a lie (issue 12)
+        from gpurouter.errors import LockDirError
+
+        with exit_codes():
+            raise LockDirError(settings.lock_dir, problem[0])
+    if problem is not None:
+        click.echo(f"gpurouter: {settings.lock_dir}: {problem[0]}", err=True)
+    skipped = {"malformed": 0}
+    rows = status_core.slot_rows(settings, skipped)
+    _warn_skipped(skipped["malformed"])
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_dict()))
@@ -303,6 +313,7 @@ def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple
         except ValueError as error:
             raise UsageError(f"--since: {error}") from None
         summary = stats_core.summarise(settings, since_s=since_s, profile=profile, journals=journals)
+    _warn_skipped(summary["malformed"])
     click.echo(json.dumps(summary, indent=2) if as_json else render.stats_report_text(summary))
 
 
@@ -376,6 +387,9 @@ def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple
             if result["threshold_text"] is None:
                 raise tune_core.TuneRefused("nothing to apply: " + render.tune_text(result).splitlines()[-1].strip())
             backup = tune_core.apply(settings.path, profile, result["threshold_text"])
+    ignored = tune_core.ignored_text(result)
+    if ignored:
+        click.echo(f"gpurouter: warning: {ignored}", err=True)
     if as_json:
         click.echo(json.dumps({**result, "applied_to": settings.path if backup else None, "backup": backup}, indent=2))
         return
@@ -420,8 +434,17 @@ def report(html_file: str | None, png_dir: str | None, since: str | None, journa
             raise GpurouterError("--png needs Pillow: pip install 'gpurouter[report]'") from None
         except OSError as error:
             raise GpurouterError(f"report not written: {error.filename or ''}: {error.strerror or error}") from None
+    _warn_skipped(written["malformed"])
     for path in ([written["html"]] if written["html"] else []) + written["png"]:
         click.echo(path)
+
+
+def _warn_skipped(count: int, what: str = "malformed journal record") -> None:
+    """One stderr line when a reader skipped journal records (issue 12: the journal is world-writable)."""
+    if count:
+        from gpurouter.observe.stats import skipped_text
+
+        click.echo(f"gpurouter: warning: {skipped_text(count, what)}", err=True)
 
 
 def _shell_quote(arg: str) -> str:

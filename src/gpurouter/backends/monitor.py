@@ -147,7 +147,7 @@ def gpu_failure(rules: Profile, output: bytes) -> tuple[str, str, str] | None:
 
 
 def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, str] | None, run_id: str) -> tuple[int, bytes]:
-    """Start the job, forward signals, sample, tee stdout and stderr; journal `end`.
+    """Start the job, forward signals, sample, relay stdout and stderr; journal `end`.
 
     Returns:
         (status, the tails of its stdout and stderr).
@@ -164,28 +164,18 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
         admission.warn(note)
     watched = set(FORWARDED) | {signal.SIGCHLD}
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    read_end, write_end = os.pipe()
-    out_read, out_write = os.pipe()  # stdout too: whisper-ctranslate2 prints its errors there (issue 14)
+    relay = _Relay((1, 2))  # stdout too: whisper-ctranslate2 prints its errors there (issue 14)
     began = time.monotonic()
     try:
         executable = resolve_command(decision.executable, env.get("PATH"))
-        pid = os.posix_spawn(executable, decision.argv, env,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2), (os.POSIX_SPAWN_CLOSE, read_end),
-                                           (os.POSIX_SPAWN_DUP2, out_write, 1), (os.POSIX_SPAWN_CLOSE, out_read)],
+        pid = os.posix_spawn(executable, decision.argv, env, file_actions=relay.file_actions(),
                              setsigmask=previous_mask,
                              setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        for fd in (read_end, write_end, out_read, out_write):
-            os.close(fd)
+        relay.close()
         raise
-    os.close(write_end)
-    os.close(out_write)
-    tail, out_tail = bytearray(), bytearray()
-    tee = threading.Thread(target=_tee, args=(read_end, tail), daemon=True)
-    tee.start()
-    out_tee = threading.Thread(target=_tee, args=(out_read, out_tail, 1), daemon=True)
-    out_tee.start()
+    relay.start()
     sampler = Sampler(environ)
     interval = decision.rules.monitor_interval_s
     next_sample = time.monotonic()
@@ -208,28 +198,125 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
                 wait_status = status
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    tee.join(timeout=5)
-    out_tee.join(timeout=5)
+    relay.finish(held.fds)  # at once: what a daemon the job left behind writes goes on through a `cat`
     code = os.waitstatus_to_exitcode(wait_status)
     exit_status = 128 - code if code < 0 else code
     journal.append_record(settings.journal, "end", **held.record, job_pid=pid,
                           exit_status=exit_status, signal=-code if code < 0 else None,
                           duration_s=round(time.monotonic() - began, 3), **sampler.summary())  # fmt: skip
-    return exit_status, bytes(out_tail) + b"\n" + bytes(tail)
+    return exit_status, bytes(relay.tails[1]) + b"\n" + bytes(relay.tails[2])
 
 
-def _tee(fd: int, tail: bytearray, to_fd: int = 2) -> None:
-    """Copy one of the job's streams to ours as it comes, keeping the last 64 KiB to look for GPU errors."""
-    try:
-        while chunk := os.read(fd, 65536):
+class _Relay:
+    """The job's streams, each through a pipe, copied to ours as they come (the last 64 KiB of each
+    kept to look for OOM messages), live and unchanged.
+
+    Why not just read to EOF (issue 12, item 9): a job that forks a daemon and exits leaves the
+    daemon holding the pipe's write end. Waiting for EOF delays the caller by as long as the daemon
+    lives; stopping to read and exiting makes the daemon's next write die of SIGPIPE, which it
+    would not unmonitored. So once the job has exited, `finish` takes what is already there and
+    hands every stream still open to a `cat` of its own (stdin the pipe, stdout our stream), which
+    copies until the daemon closes it, as the daemon's direct writes would have gone.
+    """
+
+    def __init__(self, targets: tuple[int, ...]) -> None:
+        self.tails: dict[int, bytearray] = {target: bytearray() for target in targets}
+        self.open: dict[int, int] = {}  # read end -> our stream
+        self._writes: list[tuple[int, int]] = []  # (write end, the job's fd)
+        try:
+            for target in targets:
+                read_end, write_end = os.pipe()
+                self.open[read_end] = target
+                self._writes.append((write_end, target))
+            self._stop_read, self._stop_write = os.pipe()
+        except OSError:
+            self.close()
+            raise
+        self._thread: threading.Thread | None = None
+
+    def file_actions(self) -> list[tuple[int, int, int]]:
+        """posix_spawn actions: the job's streams are the pipes' write ends (every other end is close-on-exec)."""
+        return [(os.POSIX_SPAWN_DUP2, write_end, target) for write_end, target in self._writes]
+
+    def start(self) -> None:
+        """Close our copies of the write ends (the job has its own) and copy in a thread."""
+        for write_end, _ in self._writes:
+            os.close(write_end)
+        self._writes = []
+        for read_end in self.open:
+            os.set_blocking(read_end, False)
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        import select
+
+        while self.open:
+            ready, _, _ = select.select([*self.open, self._stop_read], [], [])
+            stopping = self._stop_read in ready
+            for read_end in [fd for fd in ready if fd in self.open]:
+                self._drain(read_end)
+            if stopping:
+                for read_end in list(self.open):
+                    self._drain(read_end)  # what the job wrote before it exited
+                return
+
+    def _drain(self, read_end: int) -> None:
+        """Copy what can be read now; at EOF close the pipe."""
+        target, tail = self.open[read_end], self.tails[self.open[read_end]]
+        while True:
             try:
-                _write_all(to_fd, chunk)
+                chunk = os.read(read_end, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                del self.open[read_end]
+                os.close(read_end)
+                return
+            try:
+                _write_all(target, chunk)
             except OSError:
                 pass
             tail.extend(chunk)
             del tail[:-_TAIL_BYTES]
-    finally:
-        os.close(fd)
+
+    def finish(self, keep_from_helper: list[int]) -> None:
+        """Stop copying (the job has exited); hand streams a descendant still holds to a `cat` each.
+
+        Args:
+            keep_from_helper: descriptors the helper must not inherit (the slot: a `cat` never holds it).
+        """
+        if self._thread is not None:
+            os.write(self._stop_write, b"x")
+            self._thread.join()
+        cat = next((path for path in ("/bin/cat", "/usr/bin/cat") if os.access(path, os.X_OK)), None)
+        for read_end, target in list(self.open.items()):
+            os.set_blocking(read_end, True)  # the open file description is shared with the helper
+            if cat is not None:
+                actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, read_end, 0), (os.POSIX_SPAWN_DUP2, target, 1)]
+                actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in keep_from_helper]
+                try:
+                    os.posix_spawn(cat, ["cat"], {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, file_actions=actions,
+                                   setsigdef={signal.SIGPIPE})  # fmt: skip
+                except OSError:
+                    pass  # our stream is gone (closed stderr): nothing could be shown anyway
+            del self.open[read_end]
+            os.close(read_end)
+        self.close()
+
+    def close(self) -> None:
+        """Close whatever is left (after a failed spawn, or at the end)."""
+        for fd in [*self.open, *(write_end for write_end, _ in self._writes),
+                   getattr(self, "_stop_read", -1), getattr(self, "_stop_write", -1)]:  # fmt: skip
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.open, self._writes = {}, []
+        self._stop_read = self._stop_write = -1
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -249,14 +249,33 @@ def find_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     env = os.environ if environ is None else environ
     for named, origin in ((explicit, "--config"), (env.get("GPUROUTER_CONFIG"), "GPUROUTER_CONFIG")):
         if named:
-            if not os.path.exists(named):
+            if not _config_exists(named):
                 raise ConfigError(named, "", f"no such file (named by {origin})")
             return named
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or "/nonexistent", ".config")
     for candidate in (os.path.join(xdg, "gpurouter", "config.toml"), "/etc/gpurouter/config.toml"):
-        if os.path.exists(candidate):
+        if _config_exists(candidate):
             return candidate
     return None
+
+
+def _config_exists(path: str) -> bool:
+    """Is there a file at `path`? Only "no such file" (ENOENT, ENOTDIR) means absent.
+
+    Raises:
+        ConfigError: it cannot be looked up (EACCES on a folder, ELOOP...). Why (issue 12, item 5):
+            `os.path.exists` says False for an unreadable ~/.config/gpurouter, and the built-in
+            defaults then ran silently (another lock dir: other slots).
+    """
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot be looked up: {error.strerror or error}") from None
+    except ValueError:  # an embedded NUL byte: no file can have that name
+        return False
+    return True
 
 
 def load(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:

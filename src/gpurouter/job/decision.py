@@ -92,6 +92,16 @@ def held_pools(environ: Mapping[str, str]) -> list[str]:
     return [p for p in environ.get(HELD_VAR, "").split(",") if p]
 
 
+def holds_device_of(held: Sequence[str], pool: str) -> bool:
+    """Does an ancestor hold a device slot of `pool` (`<pool><index>`, as placement.device_pool names them)?
+
+    Matched exactly (issue 12, item 4): a prefix test took a parent's `gpu_small` for a `gpu` device,
+    and the nested device-mode call then ran with no slot and no CUDA_VISIBLE_DEVICES.
+    """
+    size = len(pool)
+    return any(len(p) > size and p.startswith(pool) and p[size:].isascii() and p[size:].isdigit() for p in held)
+
+
 def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
     """(route, who forced it) from `--route` or GPUROUTER_ROUTE.
 
@@ -173,7 +183,7 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         from gpurouter.gpu import parallelism
 
         gpu_count, need_mib = parallelism.requirements(spec, argv[1:], settings.gpu)
-        if any(p.startswith(spec.pool) for p in held_pools(env_in)):
+        if holds_device_of(held_pools(env_in), spec.pool):
             no_slot = no_slot or f"a {spec.pool} device is held by a parent gpurouter ({HELD_VAR})"
     return Decision(
         profile=profile.name, route=chosen.name, reason=chosen.reason,

@@ -107,15 +107,22 @@ def _cut_back(fd: int, written: int) -> None:
         pass  # best effort: readers skip a torn line
 
 
-def read_records(path: str, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:
-    """Every well-formed record of a journal, oldest first; torn or foreign lines are skipped.
+def read_records(path: str, tail_bytes: int | None = None,
+                 skipped: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Every well-formed record of a journal, oldest first; torn, foreign and malformed lines
+    (`stats.malformed`: the journal is world-writable) are skipped.
 
     Args:
         path: the journal.
         tail_bytes: read only about this many bytes from the end (for a quick recent view).
+        skipped: if given, `skipped["malformed"]` is raised by one for each line skipped.
     """
     import json
 
+    from gpurouter.observe.stats import malformed
+
+    counts = {} if skipped is None else skipped
+    counts.setdefault("malformed", 0)
     try:
         fd = fsutil.open_regular_for_reading(path)
     except OSError:
@@ -127,12 +134,17 @@ def read_records(path: str, tail_bytes: int | None = None) -> Iterator[dict[str,
                 stream.seek(size - tail_bytes)
                 stream.readline()  # skip the partial first line
         for line in stream:
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
+                counts["malformed"] += 1
                 continue
-            if isinstance(record, dict) and "event" in record:
+            if isinstance(record, dict) and malformed(record) is None:
                 yield record
+            else:
+                counts["malformed"] += 1
 
 
 def _warn(message: str) -> None:

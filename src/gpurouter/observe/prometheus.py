@@ -85,6 +85,9 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         "gpurouter_eviction_failures_total", "counter", "Resident evictions that failed, by victim."
     )
     waits = _Family("gpurouter_wait_seconds", "summary", "Seconds a started job waited for its slot.")
+    malformed = _Family("gpurouter_journal_malformed_records_total", "counter",
+                        "Journal lines skipped as malformed (not JSON, wrong types, numbers out of range).")  # fmt: skip
+    malformed.add(summary.get("malformed", 0))
     for name, row in summary["profiles"].items():
         for route in ("gpu", "cpu"):
             jobs.add(row[route], profile=name, route=route)
@@ -133,7 +136,7 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         utilization.add(None if gpu.utilization_percent is None else gpu.utilization_percent / 100, **labels)
         temperature.add(gpu.temperature_c, **labels)
         power.add(gpu.power_w, **labels)
-    every = [jobs, busy, refused, escapes, ooms, evictions, evict_failed, waits, in_use, total, waiting,
+    every = [jobs, busy, refused, escapes, ooms, evictions, evict_failed, waits, malformed, in_use, total, waiting,
              free, memory, used, utilization, temperature, power]  # fmt: skip
     return [family for family in every if family.samples]
 

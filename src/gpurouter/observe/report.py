@@ -132,7 +132,9 @@ def metric_ticks(kind: str, high: float, count: int = 6) -> list[float]:
     if high <= 0 or not math.isfinite(high):
         return nice_ticks(0, 1, count)
     if kind == "duration":
-        step = next((s for s in _DURATION_STEPS if s * count >= high), _DURATION_STEPS[-1])
+        step = next((s for s in _DURATION_STEPS if s * count >= high), None)
+        if step is None:  # beyond weeks: round weeks, never one tick per week (issue 12: 1e12 s took 9 s)
+            return [tick * _DURATION_STEPS[-1] for tick in nice_ticks(0, high / _DURATION_STEPS[-1], count)]
     elif kind == "size":
         unit = float(2**30) if high >= 2**30 else float(2**20)
         return [tick * unit for tick in nice_ticks(0, high / unit, count)]
@@ -144,7 +146,9 @@ def metric_ticks(kind: str, high: float, count: int = 6) -> list[float]:
 def time_ticks(first: float, last: float, count: int = 6) -> list[float]:
     """Ticks at round local times (every 5 min, 1 h, 6 h, 1 day...) between two epochs."""
     span = max(1.0, last - first)
-    step = next((s for s in _DURATION_STEPS if s >= 60 and s * count >= span), _DURATION_STEPS[-1])
+    step = next((s for s in _DURATION_STEPS if s >= 60 and s * count >= span), None)
+    if step is None:  # beyond weeks (a journal of years, or a forged ts): whole weeks, about `count` ticks
+        step = _DURATION_STEPS[-1] * math.ceil(span / (_DURATION_STEPS[-1] * count))
     offset = time.localtime(first).tm_gmtoff
     tick = math.ceil((first + offset) / step) * step - offset
     ticks = []
@@ -352,14 +356,18 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             and line.count(b"{") == 1
             and line[-2:] == b"}\n"
         ):
-            count(scanner.epoch(line[13 : line.find(b'"', 13)].decode("ascii", "replace")), head[0], head[2])
             at = line.rfind(b',"waited_s":') if head[0] == "start" else -1
             if at > 0:
                 end = line.find(b",", at + 12)
                 try:
-                    waits.append(float(line[at + 12 : end if end > 0 else -2]))
+                    waited: float | None = float(line[at + 12 : end if end > 0 else -2])
                 except ValueError:
-                    pass
+                    waited = None
+                if waited is None or not stats.in_bounds("waited_s", waited):
+                    scanner.malformed += 1
+                    continue
+                waits.append(waited)
+            count(scanner.epoch(line[13 : line.find(b'"', 13)].decode("ascii", "replace")), head[0], head[2])
             continue
         record = scanner.decode(line)
         if record is None:
@@ -395,7 +403,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
                         memory.setdefault(str(index), []).append((epoch, float(peak)))
     return {"hours": hours, "waits": waits, "runs": runs, "kinds": kinds, "ooms": ooms,
             "utilization": dict(sorted(utilization.items())), "memory": dict(sorted(memory.items())),
-            "lines": scanner.lines, "files": scanner.files}  # fmt: skip
+            "lines": scanner.lines, "files": scanner.files, "malformed": scanner.malformed}  # fmt: skip
 
 
 def _number(value: object) -> TypeGuard[float]:
@@ -625,8 +633,10 @@ def write(settings: Settings, html_path: str | None, png_dir: str | None = None,
 
     generated = time.time() if now is None else now
     summary = stats.summarise(settings, since_s=since_s, journals=journals, now=now)
-    made = charts(settings, gather(settings, since_s, journals, now), environ)
-    written: dict[str, Any] = {"html": None, "png": [], "charts": [chart.title for chart in made]}
+    data = gather(settings, since_s, journals, now)
+    made = charts(settings, data, environ)
+    written: dict[str, Any] = {"html": None, "png": [], "charts": [chart.title for chart in made],
+                               "malformed": max(summary["malformed"], data["malformed"])}  # fmt: skip
     if html_path:
         since = None if since_s is None else f"{since_s:g}s"
         prometheus.replace_atomically(html_path, html(summary, made, since, generated))

@@ -21,7 +21,7 @@ from array import array
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Final, Iterable, Iterator, Sequence
+    from typing import Any, BinaryIO, Final, Iterable, Iterator, Mapping, Sequence
 
     from gpurouter.job.config import Settings
 
@@ -36,6 +36,65 @@ _OURS: Final = b'{"v":1,"ts":"'  # how every line of journal.encode starts (comp
 _EVENT_KEY: Final = b'"event":"'
 _METRIC_KEY: Final = b',"metric":'
 _COUNTED: Final = ("start", "busy", "escape", "refused", "oom", "end", "evict")
+
+
+# --------------------------------------------------------------------------- validating
+
+# The journal is shared and world-writable (issue 12, item 7): one forged line crashed `status`
+# and `top`, and an `end` with metric 1e20 hung `report`. So every reader takes a record only
+# through `malformed` (or, on the byte-level fast paths, `in_bounds` for each number it cuts
+# out), and counts what it skipped. The bounds are physical, far beyond anything real.
+MAX_METRIC: Final = 1e15  # seconds, bytes or pixels: 31 million years, a PB, a 1e15-pixel frame
+MAX_SECONDS: Final = 1e9  # a wait or a run of 31 years
+MAX_MIB: Final = float(1 << 30)  # an EiB of VRAM
+_BOUNDED: Final = {"metric": MAX_METRIC, "waited_s": MAX_SECONDS, "duration_s": MAX_SECONDS,
+                   "elapsed_s": MAX_SECONDS, "window_in_s": MAX_SECONDS, "peak_vram_mib": MAX_MIB,
+                   "vram_mib": MAX_MIB}  # fmt: skip
+_TEXTS: Final = ("ts", "profile", "route", "pool", "reason", "kind", "via", "input", "slot", "priority",
+                 "pattern", "victim", "wait", "run_id")  # fmt: skip
+_INTEGERS: Final = {"pid": (1, 1 << 22), "job_pid": (1, 1 << 22), "uid": (0, (1 << 32) - 1),
+                    "exit_status": (-(1 << 31), (1 << 31) - 1), "signal": (0, 1 << 10)}  # fmt: skip
+
+
+def in_bounds(field: str, value: object) -> bool:
+    """Is `value` absent (None) or a finite number within the field's bounds (`_BOUNDED`)?"""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= _BOUNDED[field]  # NaN fails both comparisons, infinity the second
+
+
+def malformed(record: Mapping[str, Any]) -> str | None:
+    """The first field of a decoded record that no gpurouter writes so (wrong type, out of range,
+    not finite), or None when every field a reader uses is sound. Unknown fields are fine."""
+    if not isinstance(record.get("event"), str):
+        return "event"
+    for field in _TEXTS:
+        value = record.get(field)
+        if value is not None and not isinstance(value, str):
+            return field
+    for field in _BOUNDED:
+        if not in_bounds(field, record.get(field)):
+            return field
+    for field, (low, high) in _INTEGERS.items():
+        value = record.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            return field
+    argv, gpus, devices = record.get("argv"), record.get("gpus"), record.get("devices")
+    if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        return "argv"
+    if gpus is not None and not (isinstance(gpus, list) and
+                                 all(isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 16 for g in gpus)):  # fmt: skip
+        return "gpus"
+    if devices is not None and not isinstance(devices, dict):
+        return "devices"
+    return None
+
+
+def skipped_text(count: int, what: str = "malformed journal record") -> str:
+    """'skipped 3 malformed journal records' (for a one-line warning)."""
+    return f"skipped {count} {what}{'' if count == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -111,6 +170,7 @@ class Scanner:
         self._decode = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # no json.loads overhead (~3 µs)
         self.lines = 0  # lines read
         self.decoded = 0  # lines decoded as JSON
+        self.malformed = 0  # lines skipped: not JSON, not a record, or a record `malformed` rejects
         self.files: list[str] = []
 
     def lines_of(self, paths: Iterable[str]) -> Iterator[bytes]:
@@ -170,7 +230,10 @@ class Scanner:
         """The text of a JSON string from its raw bytes between the quotes."""
         if b"\\" not in raw:
             return raw.decode("utf-8", "surrogateescape")
-        return str(self._loads(b'"' + raw + b'"'))
+        try:
+            return str(self._loads(b'"' + raw + b'"'))
+        except ValueError:  # cut at an escaped quote by the fast path (a forged or odd line): as it is
+            return raw.decode("utf-8", "surrogateescape")
 
     def head(self, line: bytes) -> tuple[str, str | None, str | None] | None:
         """(event, profile, route) of a line of ours from its cached head, or None (decode it)."""
@@ -228,13 +291,18 @@ class Scanner:
     def decode(self, line: bytes) -> dict[str, Any] | None:
         """One line as a record, if it is one and passes the filters."""
         text = line.decode("utf-8", "surrogateescape").strip()
+        if not text:
+            return None
         if not text.startswith("{"):
+            self.malformed += 1
             return None
         try:
             record, end = self._decode(text, 0)
         except (ValueError, StopIteration, RecursionError):
-            return None  # torn or foreign line
+            self.malformed += 1  # torn or foreign line
+            return None
         if end != len(text) or not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            self.malformed += 1
             return None
         if self.events is not None and record["event"] not in self.events:
             return None
@@ -244,7 +312,17 @@ class Scanner:
             epoch = self.epoch(record.get("ts"))
             if epoch is None or epoch < self.since_epoch:
                 return None
+        if malformed(record) is not None:
+            self.malformed += 1
+            return None
         self.decoded += 1
+        return record
+
+    def checked(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A record cut from the bytes (the fast path), if `malformed` finds nothing wrong with it."""
+        if record is not None and malformed(record) is not None:
+            self.malformed += 1
+            return None
         return record
 
     def epoch(self, ts: object) -> float | None:
@@ -392,7 +470,7 @@ def _plan(scanner: Scanner, tally: _Tally, raw: bytes) -> Any:
     return (head[0], head[1], head[2], tally.profile(head[1]).waits.values)
 
 
-_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("duration_s", "elapsed_s", "peak_vram_mib",
+_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("metric", "duration_s", "elapsed_s", "peak_vram_mib",
                                                                        "exit_status"))  # fmt: skip
 
 
@@ -584,7 +662,8 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
             continue
         if plan is not None and plan[0] == "end":  # monitored runs: half the lines of a monitored box
             if cutoff is None or recent(line):
-                record = _cut_end(line, "end", plan[1], plan[2]) or decode(line)
+                cut = _cut_end(line, "end", plan[1], plan[2])
+                record = decode(line) if cut is None else scanner.checked(cut)
                 if record is not None:
                     tally.add(record)
             continue
@@ -606,9 +685,13 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
                 if at > 0:
                     end = line.find(b",", at + 12)
                     try:
-                        plan[3].append(float(line[at + 12 : end if end > 0 else -2]))
+                        waited = float(line[at + 12 : end if end > 0 else -2])
                     except ValueError:
-                        pass
+                        waited = None
+                    if waited is None or not in_bounds("waited_s", waited):
+                        scanner.malformed += 1
+                        continue
+                    plan[3].append(waited)
                 if b',"retry_of":"' in line:
                     retries[plan[1]] = retries.get(plan[1], 0) + 1
         key = (raw, pool)
@@ -634,7 +717,7 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
     return {
         "journal": settings.journal, "files": scanner.files,
         "since": None if since_s is None else f"{since_s:g}s", "profile": profile,
-        "records": tally.records, "lines": scanner.lines, "decoded": scanner.decoded,
+        "records": tally.records, "lines": scanner.lines, "decoded": scanner.decoded, "malformed": scanner.malformed,
         "first": tally.first, "last": tally.last,
         "profiles": profiles, "pools": tally.pool_rows(), "waits": waits_all.summary(), "evictions": evictions,
         "advice": advise(settings, profiles, evictions),

@@ -70,6 +70,26 @@ def _processes_with_open(info: os.stat_result) -> list[int]:
     return found
 
 
+def lock_dir_problem(lock_dir: str) -> tuple[str, bool] | None:
+    """(what is wrong with the lock dir, whether no slot can be taken at all), or None when it is usable.
+
+    Why: with the lock dir missing or not a directory, `status` showed every slot "free" (issue 12).
+    """
+    import stat
+
+    try:
+        info = os.stat(lock_dir, follow_symlinks=False)
+    except FileNotFoundError:
+        return "does not exist yet: every slot is free (the first job creates it)", False
+    except OSError as error:
+        return f"lock dir unusable: {error.strerror or error}: no slot can be taken", True
+    if stat.S_ISLNK(info.st_mode):
+        return "lock dir unusable: a symlink (refused): no slot can be taken", True
+    if not stat.S_ISDIR(info.st_mode):
+        return "lock dir unusable: not a directory: no slot can be taken", True
+    return None
+
+
 def configured_pools(settings: Settings) -> dict[str, int]:
     """{pool: largest slot count any profile may use}, including the built-in gpu and cpu pools."""
     pools = {"gpu": 1, "cpu": 1}
@@ -79,8 +99,13 @@ def configured_pools(settings: Settings) -> dict[str, int]:
     return pools
 
 
-def slot_rows(settings: Settings) -> list[SlotRow]:
-    """Every configured slot (and any extra slot file found) with its holder and waiters."""
+def slot_rows(settings: Settings, skipped: dict[str, int] | None = None) -> list[SlotRow]:
+    """Every configured slot (and any extra slot file found) with its holder and waiters.
+
+    Args:
+        settings: the configuration.
+        skipped: if given, `skipped["malformed"]` counts the journal lines skipped as malformed.
+    """
     pools = configured_pools(settings)
     try:  # slot files only: not the probe cache directory, claims, gates or the journal
         names = [e.name for e in os.scandir(settings.lock_dir) if e.is_file(follow_symlinks=False)]
@@ -91,9 +116,10 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
         if suffix.isdigit() and is_safe_name(pool):
             pools[pool] = max(pools.get(pool, 0), int(suffix) + 1)
     locks = kernel_flocks()
-    starts = _latest_starts(settings)
+    starts = _latest_starts(settings, skipped)
     rows = []
     for pool, count in sorted(pools.items()):
+        seen: set[int] = set()  # a waiter blocks on every slot it may take: show it once per pool (issue 12)
         for index in range(count):
             slot_file = os.path.join(settings.lock_dir, f"{pool}.{index}")
             holder, waiters = None, []
@@ -110,7 +136,9 @@ def slot_rows(settings: Settings) -> list[SlotRow]:
                     for owner in _processes_with_open(info):
                         holder = {**process_info(owner), "locked_by": pid, **starts.get((pid, f"{pool}.{index}"), {})}
                         break
-            waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
+            waiting = [pid for pid in dict.fromkeys(entry.get("waiting", [])) if pid not in seen]
+            seen.update(waiting)
+            waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in waiting]
             rows.append(SlotRow(pool=pool, index=index, path=slot_file, holder=holder, waiters=waiters))
         rows.extend(_gate_rows(settings, pool, locks, starts))
     return rows
@@ -138,12 +166,13 @@ def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], 
     return rows
 
 
-def _latest_starts(settings: Settings) -> dict[tuple[int, str | None], dict[str, Any]]:
+def _latest_starts(settings: Settings,
+                   skipped: dict[str, int] | None = None) -> dict[tuple[int, str | None], dict[str, Any]]:  # fmt: skip
     """Journal details of recent start/wait records by (pid, slot)."""
     found: dict[tuple[int, str | None], dict[str, Any]] = {}
     if not settings.journal:
         return found
-    for record in journal.read_records(settings.journal, tail_bytes=4 << 20):
+    for record in journal.read_records(settings.journal, tail_bytes=4 << 20, skipped=skipped):
         if record.get("event") in ("start", "wait") and isinstance(record.get("pid"), int):
             slot = record.get("slot") if record["event"] == "start" else None
             found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason", "priority")}

@@ -37,16 +37,18 @@ def snapshot(settings: Settings, events: int = 12, environ: Mapping[str, str] | 
     from gpurouter.observe.gpus_view import view as gpu_view
 
     view = gpu_view(settings, environ)
-    rows = status.slot_rows(settings)
+    skipped = {"malformed": 0}
+    rows = status.slot_rows(settings, skipped)
     last: list[dict[str, Any]] = []
     if settings.journal and events > 0:
-        for record in journal.read_records(settings.journal, tail_bytes=EVENTS_TAIL_BYTES):
+        skipped["malformed"] = 0  # the events below read the same tail: count its bad lines once
+        for record in journal.read_records(settings.journal, tail_bytes=EVENTS_TAIL_BYTES, skipped=skipped):
             last.append(record)
             if len(last) > events:
                 del last[0]
     return {"now": time.time() if now is None else now, "journal": settings.journal, "gpu_source": view["source"],
             "gpu_message": view["message"], "devices": view["devices"], "residents": view["residents"],
-            "slots": [row.as_dict() for row in rows], "events": last}  # fmt: skip
+            "slots": [row.as_dict() for row in rows], "events": last, "malformed": skipped["malformed"]}  # fmt: skip
 
 
 class _Style:
@@ -72,6 +74,8 @@ class _Style:
 def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, color: bool = False,
           interval_s: float | None = None) -> list[str]:  # fmt: skip
     """The lines of one frame (pure). Lines are cut to `width`; events fill what `height` leaves."""
+    from gpurouter.observe.stats import skipped_text
+
     style = _Style(color)
     now = data["now"]
     clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
@@ -103,6 +107,7 @@ def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, 
     lines.append("")
     lines.append(
         style("LAST EVENTS", _BOLD) + (f"  ({data['journal']})" if data["journal"] else "  (no journal)")
+        + (f"  {skipped_text(data['malformed'])}" if data.get("malformed") else "")
     )
     events = [_event_line(record) for record in data["events"]]
     if height is not None:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from gpurouter.job.config import Settings
 
 MIN_RUNS: Final = 3
+# What tune and threshold = "auto" take as evidence (issue 12, item 7): forged `end` records of
+# big inputs with small peaks sent a 10-hour file to the GPU. Beyond these, a run is not evidence.
+EVIDENCE_MAX_METRIC: Final = {"duration": 30 * 86400.0, "size": float(1 << 44), "pixels": 1e10}
+EVIDENCE_MAX_PEAK_MIB: Final = float(1 << 20)  # 1 TiB on one device
 # How each probe's metric reads best in words: (unit name, size of that unit in metric units).
 _UNITS: Final = {"duration": ("minute", 60.0), "size": ("GiB", float(2**30)), "pixels": ("megapixel", 1e6)}
 
@@ -106,8 +110,16 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
          journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The monitored GPU runs of a profile that ended well, and its GPU OOMs, from the journal.
 
+    Only the evidence's owners count (issue 12, item 7: the journal is world-writable): records
+    whose `uid` is the reading user's or the owner's of the journal file they are in, with a
+    metric and a peak within `EVIDENCE_MAX_METRIC` / `EVIDENCE_MAX_PEAK_MIB`. The uid is what the
+    writer says: this keeps other users' runs (and careless forgeries) out; against a deliberate
+    forger, the journal must be a file only the job's users can write (docs/observability.md).
+
     Returns:
-        {"points": [(metric, peak_mib)], "kind": the metric's kind, "ooms": [metrics], "skipped": n}
+        {"points": [(metric, peak_mib)], "kind": the metric's kind, "ooms": [metrics], "skipped": n,
+        "malformed": lines skipped as malformed, "untrusted": records of other users,
+        "out_of_range": records beyond the evidence bounds}
     """
     import time
 
@@ -118,10 +130,27 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
     points: list[tuple[float, float]] = []
     ooms: list[float] = []
     kind = None
-    skipped = 0
+    skipped = untrusted = out_of_range = 0
+    reader = os.geteuid()
+    owners: dict[str, int | None] = {}
     for record in scanner.records(stats.default_files(settings, journals)):
         metric = record.get("metric")
         if not _is_number(metric) or record.get("route") != "gpu":
+            continue
+        current = scanner.files[-1]  # the file this record came from
+        if current not in owners:
+            try:
+                owners[current] = os.stat(current).st_uid
+            except OSError:
+                owners[current] = None
+        if record.get("uid") not in (reader, owners[current]):
+            untrusted += 1
+            continue
+        record_kind = record.get("kind") if isinstance(record.get("kind"), str) else None
+        peak = record.get("peak_vram_mib")
+        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", stats.MAX_METRIC) or \
+                (_is_number(peak) and not 0 <= peak <= EVIDENCE_MAX_PEAK_MIB):  # fmt: skip
+            out_of_range += 1
             continue
         kind = record.get("kind") if isinstance(record.get("kind"), str) else kind
         if record["event"] == "oom":
@@ -135,7 +164,8 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
             skipped += "peak_vram_mib" in record
             continue
         points.append((float(metric), float(peak)))
-    return {"points": points, "kind": kind, "ooms": sorted(ooms), "skipped": skipped}
+    return {"points": points, "kind": kind, "ooms": sorted(ooms), "skipped": skipped, "malformed": scanner.malformed,
+            "untrusted": untrusted, "out_of_range": out_of_range}  # fmt: skip
 
 
 def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None = None,
@@ -182,9 +212,10 @@ def propose(settings: Settings, profile: str, since_s: float | None = None, jour
     points = found["points"]
     kind = rules.probe if rules.probe in ("duration", "size", "pixels") else found["kind"] or "number"
     if len(points) < MIN_RUNS:
+        ignored = ignored_text(found)
         raise TuneRefused(f"{profile}: {len(points)} monitored GPU run(s) with a metric and a peak VRAM in the "
                           f"journal; tune needs at least {MIN_RUNS} (set monitor = true on the profile and let "
-                          "it run)")  # fmt: skip
+                          f"it run){'; ' + ignored if ignored else ''}")  # fmt: skip
     try:
         model = fit(points)
     except ValueError as error:
@@ -214,8 +245,21 @@ def propose(settings: Settings, profile: str, since_s: float | None = None, jour
         "threshold_text": _text(proposed, kind) if proposed > 0 else None,
         "every_job_fits": math.isinf(proposed), "no_job_fits": proposed <= 0,
         "current": rules.threshold, "current_text": rules.threshold_text, "capped_by_oom": capped_by_oom,
-        "points": points, "notes": notes,
+        "points": points, "notes": notes, "malformed": found["malformed"], "untrusted": found["untrusted"],
+        "out_of_range": found["out_of_range"],
     }  # fmt: skip
+
+
+def ignored_text(found: Mapping[str, Any]) -> str:
+    """What the journal held but tune did not use, in words ('' when nothing)."""
+    parts = []
+    if found["untrusted"]:
+        parts.append(f"{found['untrusted']} record(s) written by other users")
+    if found["out_of_range"]:
+        parts.append(f"{found['out_of_range']} run(s) beyond the evidence bounds")
+    if found["malformed"]:
+        parts.append(f"{found['malformed']} malformed line(s)")
+    return "not used: " + ", ".join(parts) if parts else ""
 
 
 def per_unit(kind: str, slope: float) -> tuple[str, float]:
