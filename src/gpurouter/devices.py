@@ -195,6 +195,15 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
             except NoFreeSlot:
                 continue
             taken.append((gpu, slot))
+        if len(taken) < count:
+            # Slots before VRAM: a device whose slots are all held is a wait for a slot, never the
+            # low-VRAM action (its memory is its own jobs'; evicting or going to the CPU gains nothing).
+            open_devices = len(taken) + sum(1 for g in ranked if g not in fitting and _has_free_slot(settings, spec, g))
+            if open_devices < count:
+                for _, slot in taken:
+                    slot.release()
+                candidates = [(device_pool(spec, g.index), i) for g in gpus for i in range(spec.slots)]
+                return "slots", candidates, f"all slots of the GPU(s) are busy ({spec.slots} per device)"
         if len(taken) == count:
             taken.sort(key=lambda pair: pair[0].index)
             if need_mib is not None:
@@ -222,6 +231,15 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
     finally:
         os.close(decide)
         os.close(dir_fd)
+
+
+def _has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool:
+    """Is one of the device's slots free right now? (Taken and given back at once, under the decide lock.)"""
+    try:
+        slots.acquire_slot(settings.lock_dir, device_pool(spec, gpu.index), spec.slots, 0.0).release()
+    except NoFreeSlot:
+        return False
+    return True
 
 
 def _describe(gpu: GpuSnapshot, need_mib: int | None, promised: int) -> str:
