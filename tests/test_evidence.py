@@ -7,15 +7,95 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
-from typing import Any
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from conftest import Box, wait_for
+from standins import update_devices
 from test_gpus import Devices, FakeService, comm, device
 
 HOLDER = ["sh", "-c", "exec sleep 30"]
+STANDINS = Path(__file__).resolve().parent / "standins.py"
+
+
+class Standin:
+    """A stand-in resident service process (see standins.py)."""
+
+    def __init__(self, kind: str, devices: Path, index: int, mib: int, log: Path, delay_s: float) -> None:
+        self.kind, self.log = kind, log
+        self.process = subprocess.Popen([sys.executable, str(STANDINS), kind, str(devices), str(index), str(mib),
+                                         str(log), str(delay_s)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.process.stdout is not None
+        self.url = f"http://127.0.0.1:{self.process.stdout.readline().strip()}"
+
+    def client_uses_it(self) -> None:
+        """A client loads the model behind gpurouter's back (a chat, a prompt)."""
+        path, body = ("/api/generate", {"model": "llama3", "prompt": "hi"}) if self.kind == "ollama" else ("/prompt", {"prompt": {}})
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+
+    def calls(self, method_path: str) -> int:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return sum(line.startswith(method_path + " ") for line in lines)
+
+    def unloads(self) -> int:
+        if self.kind == "ollama":
+            return sum('"keep_alive": 0' in line for line in self.log.read_text().splitlines()) if self.log.exists() else 0
+        return self.calls("POST /free")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def standin(box: Box) -> Iterator[Callable[..., Standin]]:
+    made: list[Standin] = []
+
+    def start(kind: str, index: int = 0, mib: int = 8000, delay_s: float = 0.3) -> Standin:
+        made.append(Standin(kind, box.root / "devices.json", index, mib, box.root / f"{kind}.calls", delay_s))
+        return made[-1]
+
+    yield start
+    for service in made:
+        service.stop()
+
+
+def used(box: Box, index: int = 0) -> int:
+    return int(next(d for d in json.loads((box.root / "devices.json").read_text())["devices"]
+                    if d["index"] == index)["memory_used_mib"])  # fmt: skip
+
+
+def evicts(box: Box) -> list[dict[str, Any]]:
+    return [r for r in box.records() if r["event"] == "evict"]
+
+
+JOB_PROFILE = """
+[profiles.sh]
+wait = "{wait}"
+[profiles.sh.gpu]
+vram_mib = 5000
+slots = 2
+on_low_vram = "evict"
+[profiles.sh.cpu]
+args = ["cpu-route"]
+"""
+
+OLLAMA = """
+[residents.ollama]
+vram_mib = 8000
+unload = {{ http = "POST {url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
+timeout = "5s"
+"""
 
 
 @pytest.fixture
@@ -71,3 +151,89 @@ def test_a_job_finding_every_gpu_slot_held_waits_for_a_slot_and_never_takes_the_
     finally:
         service.shutdown()
         service.server_close()
+
+
+def test_the_natural_ollama_config_is_evicted_whenever_its_clients_have_loaded_it_again(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=4000))
+    ollama = standin("ollama")
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url))  # vram_mib and unload only
+    for round_ in range(2):
+        ollama.client_uses_it()
+        assert used(box) == 12000  # 4376 free: no room for 5000 + 256
+        done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("gpu:GPU-"), done.stdout
+        assert ollama.unloads() == round_ + 1
+    records = [r for r in evicts(box) if r["outcome"] == "evicted"]
+    assert [(r["victim"], r["source"], r["victim_mib"]) for r in records] == [("ollama", "nvml", 8000)] * 2
+
+
+def test_an_unloaded_service_seen_in_nvml_is_not_evicted_even_if_believed_loaded(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=14000))  # someone else's memory, not ollama's
+    ollama = standin("ollama")
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url) + "lazy = false\n")
+    done = box.run("run", "--", "sh", "-c", 'echo "$0"')
+    assert (done.returncode, done.stdout) == (0, "cpu-route\n")
+    assert ollama.unloads() == 0
+    (record,) = evicts(box)
+    assert record["outcome"] == "no_victim" and "ollama unloaded 0 MiB (nvml)" in record["problem"]
+
+
+def test_the_status_answer_decides_when_the_driver_lists_no_processes(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=4000, processes=None))
+    ollama = standin("ollama")
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url)
+                     + f'status = {{ http = "GET {ollama.url}/api/ps" }}\n')  # fmt: skip
+    ollama.client_uses_it()
+    done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
+    assert done.stdout.startswith("gpu:GPU-"), done.stderr
+    assert ollama.calls("GET /api/ps") >= 1 and ollama.unloads() == 1
+    assert [r["source"] for r in evicts(box) if r["outcome"] == "evicted"] == ["status"]
+
+
+def test_a_victim_is_only_chosen_where_unloading_it_makes_room(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=7000), device(1, used=11200))
+    ollama = standin("ollama", index=1, mib=4000)  # the least recently used, but GPU 1 stays short without it
+    comfy = standin("comfyui", index=0, mib=6000)
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url).replace("8000", "4000") + f"""
+        [residents.comfyui]
+        vram_mib = 6000
+        unload = {{ http = "POST {comfy.url}/free", body = '{{"unload_models": true, "free_memory": true}}' }}
+        process = "*standins.py comfyui*"
+        timeout = "5s"
+    """)  # fmt: skip
+    ollama.client_uses_it()
+    comfy.client_uses_it()  # GPU 0: 16376 - 13300 = 3076 free; GPU 1: 1176 free (+ 4000 < 5256)
+    box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
+    (box.lock_dir / "residents.state").write_text(json.dumps({"ollama": {"loaded": True, "last_used": 1.0},
+                                                              "comfyui": {"loaded": True, "last_used": 2.0}}))  # fmt: skip
+    done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
+    assert done.stdout == "gpu:GPU-00000000-0000-0000-0000-000000000000\n", done.stderr
+    assert ollama.unloads() == 0 and comfy.unloads() == 1
+    (record,) = [r for r in evicts(box) if r["outcome"] == "evicted"]
+    assert (record["victim"], record["device"], record["source"]) == ("comfyui", 0, "nvml")
+
+
+def test_a_job_arriving_during_an_eviction_waits_for_the_memory_being_freed(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=4000))
+    ollama = standin("ollama", mib=10000, delay_s=2.5)  # frees 2.5 s after answering: room for both jobs then
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url))
+    ollama.client_uses_it()
+    first = box.start("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"; exec sleep 5')
+    assert wait_for(lambda: ollama.unloads() == 1)
+    second = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
+    assert second.stdout.startswith("gpu:GPU-"), second.stderr  # not the CPU route
+    assert ollama.unloads() == 1
+    first.kill()
+    outcomes = sorted(r["outcome"] for r in evicts(box))
+    assert outcomes == ["evicted", "in_flight"]

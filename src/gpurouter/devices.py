@@ -77,6 +77,7 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
     except OSError:
         return {}
     locks: dict[tuple[int, int, int], dict[str, list[int]]] | None = None  # read only if there is a claim
+    foreign: bool | None = None  # in a PID namespace (read only if there is a live claim)
     promised: dict[int, int] = {}
     for gpu in gpus:
         prefix = f"{spec_pool}{gpu.index}."
@@ -97,7 +98,13 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
                 locks = kernel.kernel_flocks()
             if pid not in locks.get(kernel.file_key(info), {}).get("held", []):
                 continue  # the claimant no longer holds that slot: a stale claim
-            if gpu.processes is None:
+            if foreign is None:
+                from gpurouter.evidence import foreign_pids  # deferred: only when a live claim exists
+
+                foreign = foreign_pids(nvml.GpuQuery(gpus=list(gpus), source="", message=None)) is not None
+            if foreign:
+                owed = mib  # NVML's host pids cannot be matched here: the claim counts in full
+            elif gpu.processes is None:
                 owed = mib if time.time() - since < CLAIM_GRACE_S else 0
             else:
                 used = sum(p.used_mib or 0 for p in gpu.processes if kernel.descends_from(p.pid, pid))
@@ -198,7 +205,7 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
         if len(taken) < count:
             # Slots before VRAM: a device whose slots are all held is a wait for a slot, never the
             # low-VRAM action (its memory is its own jobs'; evicting or going to the CPU gains nothing).
-            open_devices = len(taken) + sum(1 for g in ranked if g not in fitting and _has_free_slot(settings, spec, g))
+            open_devices = len(taken) + sum(1 for g in ranked if g not in fitting and has_free_slot(settings, spec, g))
             if open_devices < count:
                 for _, slot in taken:
                     slot.release()
@@ -233,7 +240,18 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
         os.close(dir_fd)
 
 
-def _has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool:
+def claimants(lock_dir: str, pool: str, index: int) -> set[int]:
+    """Pids named by the claim files of a device (whether or not they still hold the slot)."""
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        return set()
+    prefix = f"{pool}{index}."
+    claims = (_read_claim(os.path.join(lock_dir, n)) for n in names if n.startswith(prefix) and n.endswith(".claim"))
+    return {claim[0] for claim in claims if claim is not None}
+
+
+def has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool:
     """Is one of the device's slots free right now? (Taken and given back at once, under the decide lock.)"""
     try:
         slots.acquire_slot(settings.lock_dir, device_pool(spec, gpu.index), spec.slots, 0.0).release()
