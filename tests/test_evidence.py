@@ -237,3 +237,53 @@ def test_a_job_arriving_during_an_eviction_waits_for_the_memory_being_freed(
     first.kill()
     outcomes = sorted(r["outcome"] for r in evicts(box))
     assert outcomes == ["evicted", "in_flight"]
+
+
+OOM_JOB = """#!/bin/sh
+# a GPU job that runs out of memory on GPU args, and works on CPU args
+for arg; do
+  if [ "$arg" = "--cuda" ]; then echo "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1; fi
+done
+echo "done on cpu"
+"""
+
+
+def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(box: Box, tmp_path: Path) -> None:
+    job = box.bin / "oomjob"
+    job.write_text(OOM_JOB)
+    job.chmod(0o755)
+    talk = tmp_path / "talk.bin"
+    talk.write_bytes(b"x" * 1000)
+    box.write_config("""
+        [profiles.oomjob]
+        probe = "size"
+        threshold = "1MiB"
+        wait = "fail"
+        monitor = true
+        on_gpu_oom = "cpu"
+        [profiles.oomjob.gpu]
+        args = ["--cuda"]
+        [profiles.oomjob.cpu]
+        args = ["--cpu"]
+        slots = 1
+    """)
+    holder = box.start("run", "--profile", "oomjob", "--route", "cpu", "--", *HOLDER)
+    assert wait_for(lambda: comm(holder.pid) == "sleep")
+    first = box.run("run", "--", "oomjob", str(talk))
+    assert first.returncode == 75  # the CPU re-run follows wait = "fail": the CPU slot is busy
+    assert "CPU re-run refused" in first.stderr
+    retry = box.run("run", "--", "oomjob", str(talk))  # the runner's retry, CPU slot still busy
+    assert retry.returncode == 75
+    busy = [r for r in box.records() if r["event"] == "busy"][-1]
+    assert busy["route"] == "cpu" and "GPU out of memory on this input before" in busy["reason"]
+    holder.kill()
+    holder.wait()
+    again = box.run("run", "--", "oomjob", str(talk))
+    assert (again.returncode, again.stdout) == (0, "done on cpu\n"), again.stderr
+    gpu_starts = [r for r in starts(box) if r["route"] == "gpu"]
+    assert len(gpu_starts) == 1  # only the first run met the GPU
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"y" * 1000)
+    assert [r["route"] for r in starts(box)][-1] == "cpu"
+    fresh = box.run("route", "--json", "--", "oomjob", str(other))
+    assert json.loads(fresh.stdout)["route"] == "gpu"  # another input is not tainted

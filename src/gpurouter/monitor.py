@@ -105,6 +105,11 @@ def run_monitored(settings: Settings, decision: runner.Decision, environ: Mappin
         pattern = next((p for p in rules.oom_patterns if p.encode() in tail), None)
         if pattern is not None:
             journal.append_record(settings.journal, "oom", **held.record, exit_status=status, pattern=pattern)
+            if decision.input is not None:  # remembered: a retry of this input goes to the CPU route
+                from gpurouter import probecache
+
+                probecache.remember_oom(settings.lock_dir, decision.input,
+                                        f"GPU out of memory on this input before ({pattern!r})")  # fmt: skip
             held.release()  # the GPU slot goes back before the CPU run waits for its own
             cpu = runner._to_cpu(decision, f"GPU out of memory ({pattern!r}): cpu")
             retry_id = os.urandom(6).hex()
