@@ -6,6 +6,7 @@ HTTP servers on 127.0.0.1 that speak the documented APIs and list their memory i
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -267,8 +268,9 @@ def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
         args = ["--cpu"]
         slots = 1
     """)
-    holder = box.start("run", "--profile", "oomjob", "--route", "cpu", "--", *HOLDER)
-    assert wait_for(lambda: comm(holder.pid) == "sleep")
+    holder = box.start("run", "--profile", "oomjob", "--route", "cpu", "--", *HOLDER,
+                       start_new_session=True)  # monitored: its child holds the slot too
+    assert wait_for(lambda: len(starts(box)) == 1)
     first = box.run("run", "--", "oomjob", str(talk))
     assert first.returncode == 75  # the CPU re-run follows wait = "fail": the CPU slot is busy
     assert "CPU re-run refused" in first.stderr
@@ -276,7 +278,7 @@ def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
     assert retry.returncode == 75
     busy = [r for r in box.records() if r["event"] == "busy"][-1]
     assert busy["route"] == "cpu" and "GPU out of memory on this input before" in busy["reason"]
-    holder.kill()
+    os.killpg(holder.pid, signal.SIGKILL)
     holder.wait()
     again = box.run("run", "--", "oomjob", str(talk))
     assert (again.returncode, again.stdout) == (0, "done on cpu\n"), again.stderr
@@ -287,3 +289,62 @@ def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
     assert [r["route"] for r in starts(box)][-1] == "cpu"
     fresh = box.run("route", "--json", "--", "oomjob", str(other))
     assert json.loads(fresh.stdout)["route"] == "gpu"  # another input is not tainted
+
+
+def test_stats_and_prometheus_tell_evictions_failed_unloads_and_attempts_with_no_victim_apart(tmp_path: Path) -> None:
+    from journal_factory import T0, record, settings_for, write
+
+    from gpurouter import prometheus, stats
+
+    records = [
+        record("evict", "sh", at=T0, victim="ollama", ok=True, outcome="evicted"),
+        record("evict", "sh", at=T0 + 1, victim="ollama", ok=False, outcome="failed", problem="HTTP 500"),
+        record("evict", "sh", at=T0 + 2, victim=None, ok=False, outcome="no_victim", problem="no eviction makes room"),
+        record("evict", "sh", at=T0 + 3, victim=None, ok=True, outcome="in_flight", problem=None),
+        record("evict", "sh", at=T0 + 4, victim=None, ok=False, problem="no resident may be evicted"),  # an old record
+    ]
+    summary = stats.summarise(settings_for(tmp_path, "", write(tmp_path / "journal.jsonl", records)))
+    assert summary["evictions"] == {"ollama": {"ok": 1, "failed": 1}}
+    assert summary["eviction_attempts"] == {"evicted": 1, "failed": 1, "no_victim": 2, "in_flight": 1}
+    text = prometheus.exposition(summary, [], [])
+    assert 'gpurouter_evictions_total{victim="ollama"} 1' in text
+    assert 'gpurouter_eviction_failures_total{victim="ollama"} 1' in text
+    assert 'gpurouter_eviction_attempts_total{outcome="no_victim"} 2' in text
+
+
+def test_gpus_shows_each_residents_measured_state_mib_and_source(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    gpus.write(device(0, used=1000))
+    ollama = standin("ollama")
+    comfy = standin("comfyui", mib=6000)
+    box.write_config(OLLAMA.format(url=ollama.url) + f"""
+        [residents.comfyui]
+        vram_mib = 6000
+        unload = {{ http = "POST {comfy.url}/free" }}
+        status = {{ http = "GET {comfy.url}/system_stats" }}
+        process = "no-such-comfyui-process"
+        [residents.whisper-server]
+        vram_mib = 2000
+        lazy = false
+    """)
+    ollama.client_uses_it()
+    comfy.client_uses_it()
+    view = {r["name"]: r for r in json.loads(box.run("gpus", "--json").stdout)["residents"]}
+    assert (view["ollama"]["state"], view["ollama"]["measured_mib"], view["ollama"]["source"]) == ("loaded", 8000, "nvml")
+    assert (view["comfyui"]["state"], view["comfyui"]["measured_mib"], view["comfyui"]["source"]) == ("loaded", 6000, "status")
+    assert (view["whisper-server"]["state"], view["whisper-server"]["source"]) == ("loaded", "belief")
+    text = box.run("gpus").stdout
+    assert "resident ollama: 8000 MiB, loaded (8000 MiB by nvml)" in text
+    assert "resident whisper-server: 2000 MiB, loaded (2000 MiB by belief)" in text
+
+
+def test_low_vram_reasons_never_show_negative_free_memory(box: Box, gpus: Devices) -> None:
+    gpus.write(device(0, used=16376 - 6000))
+    box.write_config(JOB_PROFILE.format(wait="fail").replace("evict", "busy").replace("vram_mib = 5000", "vram_mib = 3000"))
+    holders = [box.start("run", "--", *HOLDER) for _ in range(1)]
+    assert wait_for(lambda: comm(holders[0].pid) == "sleep")
+    gpus.write(device(0, used=16376 - 2000))  # someone else took memory too: promised 3000 > 2000 free
+    done = box.run("run", "--", "sh", "-c", "true")
+    assert done.returncode == 75
+    assert "GPU 0 0 MiB free (3000 promised)" in done.stderr, done.stderr

@@ -341,7 +341,7 @@ def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: 
 
 
 def test_gpus_command_shows_devices_scores_and_residents(box: Box, gpus: Devices, services: dict[str, FakeService]) -> None:
-    gpus.write(device(0, used=1200, util=5), device(1, used=8000, util=50))
+    gpus.write(device(0, used=1200, util=5, processes=None), device(1, used=8000, util=50, processes=None))  # belief decides
     box.write_config(resident_config(services))
     view = json.loads(box.run("gpus", "--json").stdout)
     assert [d["index"] for d in view["devices"]] == [0, 1]

@@ -261,7 +261,7 @@ def has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool
 
 
 def _describe(gpu: GpuSnapshot, need_mib: int | None, promised: int) -> str:
-    free = "?" if gpu.memory_free_mib is None else f"{gpu.memory_free_mib - promised}"
+    free = "?" if gpu.memory_free_mib is None else f"{max(0, gpu.memory_free_mib - promised)}"  # promises can exceed it
     return f"GPU {gpu.index} {free} MiB free" + (f" ({promised} promised)" if promised else "")
 
 
