@@ -348,3 +348,28 @@ def test_low_vram_reasons_never_show_negative_free_memory(box: Box, gpus: Device
     done = box.run("run", "--", "sh", "-c", "true")
     assert done.returncode == 75
     assert "GPU 0 0 MiB free (3000 promised)" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(), reason="needs root and unshare(1)")
+@pytest.mark.parametrize("mount_proc", [True, False], ids=["own-proc", "host-proc"])
+def test_in_a_pid_namespace_residents_fall_back_to_status_and_gpus_says_so(
+    box: Box, gpus: Devices, standin: Callable[..., Standin], mount_proc: bool
+) -> None:
+    from conftest import GPUROUTER
+
+    gpus.write(device(0, used=1000))
+    ollama = standin("ollama")
+    box.write_config(OLLAMA.format(url=ollama.url) + f'status = {{ http = "GET {ollama.url}/api/ps" }}\n')
+    ollama.client_uses_it()
+    unshare = ["unshare", "--pid", "--fork", *(["--mount-proc"] if mount_proc else [])]
+    done = subprocess.run([*unshare, GPUROUTER, "gpus", "--json"], env=box.env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert "PID namespace" in view["pid_namespace"] or "a PID namespace?" in view["pid_namespace"]
+    (row,) = view["residents"]
+    assert (row["state"], row["measured_mib"], row["source"]) == ("loaded", 8000, "status")
+    text = subprocess.run([*unshare, GPUROUTER, "gpus"], env=box.env, capture_output=True, text=True, timeout=30)
+    assert "claims count in full, residents from status or belief" in text.stdout
+    host = json.loads(box.run("gpus", "--json").stdout)
+    assert host["pid_namespace"] is None and host["residents"][0]["source"] == "nvml"
