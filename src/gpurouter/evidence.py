@@ -195,19 +195,26 @@ def from_status(resident: Resident) -> tuple[bool, int | None, int | None] | str
     except (ValueError, RecursionError):
         return "status answer is not JSON"
     if isinstance(answer, dict) and isinstance(answer.get("models"), list):  # ollama GET /api/ps
-        size = sum(int(m.get("size_vram") or 0) for m in answer["models"] if isinstance(m, dict))
+        size = sum(_bytes(m.get("size_vram")) for m in answer["models"] if isinstance(m, dict))
         return size > 0, size >> 20, None
     if isinstance(answer, dict) and isinstance(answer.get("devices"), list):  # ComfyUI GET /system_stats
         best: tuple[int, int | None] = (0, None)
         for device in answer["devices"]:
-            if isinstance(device, dict) and isinstance(device.get("torch_vram_total"), (int, float)):
-                mib = int(device["torch_vram_total"]) >> 20
+            if isinstance(device, dict) and _bytes(device.get("torch_vram_total")):
+                mib = _bytes(device["torch_vram_total"]) >> 20
                 if mib > best[0]:
                     best = (mib, device.get("index") if isinstance(device.get("index"), int) else None)
         return best[0] >= resident.vram_mib * LOADED_FRACTION, best[0], best[1]
     if isinstance(answer, dict) and isinstance(answer.get("running"), list):  # llama-swap GET /running
         return bool(answer["running"]), None, None
     return "status answer is in no known format (ollama /api/ps, ComfyUI /system_stats, llama-swap /running)"
+
+
+def _bytes(value: object) -> int:
+    """A byte count from a service's answer; anything else (text, NaN, negative, absurd) is 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1 << 50:
+        return 0
+    return int(value)
 
 
 def fetch(action: Mapping[str, Any], timeout_s: float) -> str:
