@@ -18,9 +18,11 @@ from conftest import Box, wait_for
 LONG_JOB = ["sh", "-c", "exec sleep 30"]
 
 
-def device(index: int, used: int, total: int = 16376, util: int = 0) -> dict[str, Any]:
+def device(index: int, used: int, total: int = 16376, util: int = 0,
+           processes: list[dict[str, int]] | None = []) -> dict[str, Any]:  # noqa: B006 - never mutated
     return {"index": index, "uuid": f"GPU-{index:08d}-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-            "memory_total_mib": total, "memory_used_mib": used, "utilization_percent": util, "processes": []}  # fmt: skip
+            "memory_total_mib": total, "memory_used_mib": used, "utilization_percent": util,
+            "processes": processes}  # fmt: skip
 
 
 class Devices:
@@ -257,7 +259,7 @@ def resident_config(services: dict[str, FakeService], extra: str = "") -> str:
 def test_the_least_recently_used_resident_is_evicted_and_the_job_gets_the_gpu(
     box: Box, gpus: Devices, services: dict[str, FakeService]
 ) -> None:
-    gpus.write(device(0, used=16000))
+    gpus.write(device(0, used=16000, processes=None))  # processes unknown: residents.state decides
     box.write_config(resident_config(services))
     state = box.lock_dir / "residents.state"
     box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
@@ -276,7 +278,7 @@ def test_the_least_recently_used_resident_is_evicted_and_the_job_gets_the_gpu(
 def test_coexisting_and_managed_residents_are_never_evicted(
     box: Box, gpus: Devices, services: dict[str, FakeService]
 ) -> None:
-    gpus.write(device(0, used=16000))
+    gpus.write(device(0, used=16000, processes=None))
     box.write_config(resident_config(services).replace('timeout = "3s"\n\n        [residents.comfyui]',
                                                        'timeout = "3s"\n        coexist = ["sh"]\n\n        [residents.comfyui]'))  # fmt: skip
     box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
@@ -294,7 +296,7 @@ def test_coexisting_and_managed_residents_are_never_evicted(
 def test_an_unload_that_fails_or_hangs_falls_back_cleanly(box: Box, gpus: Devices, failure: str) -> None:
     bad = FakeService(gpus, 8000, status=500) if failure == "http-500" else FakeService(gpus, 8000, delay_s=10)
     try:
-        gpus.write(device(0, used=16000))
+        gpus.write(device(0, used=16000, processes=None))
         box.write_config(f"""
             [profiles.sh.gpu]
             vram_mib = 9000
@@ -320,14 +322,14 @@ def test_an_unload_that_fails_or_hangs_falls_back_cleanly(box: Box, gpus: Device
 def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: Devices, services: dict[str, FakeService]) -> None:
     import signal
 
-    gpus.write(device(0, used=16000))
+    gpus.write(device(0, used=16000, processes=None))
     box.write_config(resident_config(services))
     for delay in (0.05, 0.1, 0.15, 0.2, 0.3):
         job = box.start("run", "--", "sh", "-c", "true")
         time.sleep(delay)
         job.send_signal(signal.SIGKILL)
         job.wait()
-        gpus.write(device(0, used=16000))
+        gpus.write(device(0, used=16000, processes=None))
     from gpurouter.job import config
     from gpurouter.gpu.residents import read_state
 
@@ -339,7 +341,7 @@ def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: 
 
 
 def test_gpus_command_shows_devices_scores_and_residents(box: Box, gpus: Devices, services: dict[str, FakeService]) -> None:
-    gpus.write(device(0, used=1200, util=5), device(1, used=8000, util=50))
+    gpus.write(device(0, used=1200, util=5, processes=None), device(1, used=8000, util=50, processes=None))  # belief decides
     box.write_config(resident_config(services))
     view = json.loads(box.run("gpus", "--json").stdout)
     assert [d["index"] for d in view["devices"]] == [0, 1]

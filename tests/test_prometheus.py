@@ -89,7 +89,7 @@ def test_the_textfile_parses_and_carries_jobs_refusals_waits_slots_and_gpus(tmp_
     assert got[("gpurouter_busy_total", (("pool", "gpu"), ("profile", "whisper")))] == 1
     assert got[("gpurouter_escapes_total", (("profile", "whisper"),))] == 1
     assert got[("gpurouter_oom_fallbacks_total", (("profile", "whisper"),))] == 1
-    assert got[("gpurouter_evictions_total", (("victim", 'oll"ama'),))] == 1
+    assert got[("gpurouter_evictions_total", (("victim", 'oll"ama'),))] == 0  # a failed unload evicted nothing
     assert got[("gpurouter_eviction_failures_total", (("victim", 'oll"ama'),))] == 1
     assert got[("gpurouter_wait_seconds_count", (("profile", "whisper"),))] == 2
     assert got[("gpurouter_wait_seconds", (("profile", "whisper"), ("quantile", "0.95")))] == 2.0

@@ -109,6 +109,11 @@ def run_monitored(settings: Settings, decision: Decision, environ: Mapping[str, 
         event, pattern, kind = failure
         extra = {"gpu_error_kind": kind} if event == "gpu_error" else {}
         journal.append_record(settings.journal, event, **held.record, exit_status=status, pattern=pattern, **extra)
+        if event == "oom" and decision.input is not None:  # remembered: a retry of this input goes to the CPU route
+            from gpurouter.job import probe_cache
+
+            probe_cache.remember_oom(settings.lock_dir, decision.input,
+                                     f"GPU out of memory on this input before ({pattern!r})")  # fmt: skip
         held.release()  # the GPU slot goes back before the CPU run waits for its own
         what = "GPU out of memory" if event == "oom" else f"GPU error ({kind})"
         cpu = admission.to_cpu(decision, f"{what} ({pattern!r}): cpu", environ)

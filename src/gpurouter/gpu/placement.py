@@ -78,6 +78,7 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
     except OSError:
         return {}
     locks: dict[tuple[int, int, int], dict[str, list[int]]] | None = None  # read only if there is a claim
+    foreign: bool | None = None  # in a PID namespace (read only if there is a live claim)
     promised: dict[int, int] = {}
     for gpu in gpus:
         prefix = f"{spec_pool}{gpu.index}."
@@ -98,7 +99,13 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
                 locks = kernel.kernel_flocks()
             if pid not in locks.get(kernel.file_key(info), {}).get("held", []):
                 continue  # the claimant no longer holds that slot: a stale claim
-            if gpu.processes is None:
+            if foreign is None:
+                from gpurouter.gpu.evidence import foreign_pids  # deferred: only when a live claim exists
+
+                foreign = foreign_pids(nvml.GpuQuery(gpus=list(gpus), source="", message=None)) is not None
+            if foreign:
+                owed = mib  # NVML's host pids cannot be matched here: the claim counts in full
+            elif gpu.processes is None:
                 owed = mib if time.time() - since < CLAIM_GRACE_S else 0
             else:
                 used = sum(p.used_mib or 0 for p in gpu.processes if kernel.descends_from(p.pid, pid))
@@ -196,6 +203,15 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
             except NoFreeSlot:
                 continue
             taken.append((gpu, slot))
+        if len(taken) < count:
+            # Slots before VRAM: a device whose slots are all held is a wait for a slot, never the
+            # low-VRAM action (its memory is its own jobs'; evicting or going to the CPU gains nothing).
+            open_devices = len(taken) + sum(1 for g in ranked if g not in fitting and has_free_slot(settings, spec, g))
+            if open_devices < count:
+                for _, slot in taken:
+                    slot.release()
+                candidates = [(device_pool(spec, g.index), i) for g in gpus for i in range(spec.slots)]
+                return "slots", candidates, f"all slots of the GPU(s) are busy ({spec.slots} per device)"
         if len(taken) == count:
             taken.sort(key=lambda pair: pair[0].index)
             if need_mib is not None:
@@ -225,8 +241,28 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
         os.close(dir_fd)
 
 
+def claimants(lock_dir: str, pool: str, index: int) -> set[int]:
+    """Pids named by the claim files of a device (whether or not they still hold the slot)."""
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        return set()
+    prefix = f"{pool}{index}."
+    claims = (_read_claim(os.path.join(lock_dir, n)) for n in names if n.startswith(prefix) and n.endswith(".claim"))
+    return {claim[0] for claim in claims if claim is not None}
+
+
+def has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool:
+    """Is one of the device's slots free right now? (Taken and given back at once, under the decide lock.)"""
+    try:
+        slots.acquire_slot(settings.lock_dir, device_pool(spec, gpu.index), spec.slots, 0.0).release()
+    except NoFreeSlot:
+        return False
+    return True
+
+
 def _describe(gpu: GpuSnapshot, need_mib: int | None, promised: int) -> str:
-    free = "?" if gpu.memory_free_mib is None else f"{gpu.memory_free_mib - promised}"
+    free = "?" if gpu.memory_free_mib is None else f"{max(0, gpu.memory_free_mib - promised)}"  # promises can exceed it
     return f"GPU {gpu.index} {free} MiB free" + (f" ({promised} promised)" if promised else "")
 
 

@@ -54,9 +54,24 @@ def read_state(settings: Settings) -> dict[str, dict[str, Any]]:
         if isinstance(entry, dict) and isinstance(entry.get("loaded"), bool) and \
                 isinstance(entry.get("last_used"), (int, float)):
             state[name] = {"loaded": entry["loaded"], "last_used": float(entry["last_used"])}
+            unloading = _valid_unloading(entry.get("unloading"))
+            if unloading is not None:
+                state[name]["unloading"] = unloading
         else:
             state[name] = _initial(resident)
     return state
+
+
+def _valid_unloading(entry: object) -> dict[str, Any] | None:
+    """An eviction in flight as recorded: device, MiB being freed, MiB its evictor reserved, pid, deadline."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        unloading = {"device": int(entry["device"]), "mib": int(entry["mib"]), "reserved": int(entry["reserved"]),
+                     "by": int(entry["by"]), "deadline": float(entry["deadline"])}  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+    return unloading if unloading["deadline"] > time.time() else None  # past its deadline: evidence decides
 
 
 def _write_state(dir_fd: int, state: dict[str, dict[str, Any]]) -> None:
@@ -119,61 +134,160 @@ def run_action(action: Mapping[str, Any], timeout_s: float) -> str | None:
     return None
 
 
-def _victims(settings: Settings, state: dict[str, dict[str, Any]], profile: str, device: int | None) -> list[Resident]:
-    candidates = [
-        r for r in settings.residents.values()
-        if state[r.name]["loaded"] and not r.managed and profile not in r.coexist and r.unload is not None
-        and (device is None or r.device is None or str(r.device) == str(device))
-    ]  # fmt: skip
-    return sorted(candidates, key=lambda r: (state[r.name]["last_used"], r.name))  # least recently used first
+def _evictable(resident: Resident, profile: str) -> bool:
+    return not resident.managed and profile not in resident.coexist and resident.unload is not None
+
+
+def _plan(candidates: list[tuple[Resident, int, float]], room: int, need: int) -> list[tuple[Resident, int, float]] | None:
+    """The fewest (resident, MiB, last use) whose unloading makes `room` reach `need`, least recently used first."""
+    import itertools
+
+    for size in range(1, len(candidates) + 1):
+        fitting = [combo for combo in itertools.combinations(candidates, size) if room + sum(c[1] for c in combo) >= need]
+        if fitting:
+            best = min(fitting, key=lambda combo: sorted((c[2], c[0].name) for c in combo))
+            return sorted(best, key=lambda c: (c[2], c[0].name))
+    return None
+
+
+def in_flight(state: Mapping[str, Mapping[str, Any]], lock_dir: str, pool: str) -> dict[int, tuple[int, int]]:
+    """By device: (MiB being freed by evictions in flight, MiB their evictors have not yet claimed)."""
+    from gpurouter.gpu import placement
+
+    flying: dict[int, tuple[int, int]] = {}
+    for entry in state.values():
+        unloading = entry.get("unloading")
+        if not unloading:
+            continue
+        reserved = unloading["reserved"]
+        if not os.path.exists(f"/proc/{unloading['by']}") or unloading["by"] in placement.claimants(lock_dir, pool, unloading["device"]):
+            reserved = 0  # the evictor is gone or placed: its claim (if any) counts as promised instead
+        mib, owed = flying.get(unloading["device"], (0, 0))
+        flying[unloading["device"]] = (mib + unloading["mib"], owed + reserved)
+    return flying
 
 
 def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any],
               environ: Mapping[str, str] | None) -> bool:  # fmt: skip
-    """Evict one resident for a job that does not fit; True if the job should try again.
+    """Make room for a job that does not fit; True if the job should try to place again.
 
-    Never raises for a failed unload: it is journalled and the job falls back.
+    Room comes first from evictions already in flight (their memory counts for this job too:
+    it waits for it), else from unloading the fewest residents, least recently used first, on
+    a device with a free slot where that makes room. Residency and size come from evidence
+    (see evidence.py). Never raises for a failed unload: it is journalled and the job falls back.
     """
     if not settings.residents:
         return False
-    need = decision.need_mib or 0
+    from gpurouter.gpu import evidence, placement, selection
+
+    spec = decision.spec
+    need = (decision.need_mib or 0) + settings.gpu.cushion_mib
+    done: list[tuple[Resident, int]] | None = None  # evicted by this call (None: waiting for one in flight)
     with _Locked(settings) as locked:
         state = read_state(settings)
-        victims = _victims(settings, state, decision.profile, None)
-        if not victims:
-            journal.append_record(settings.journal, "evict", **record, victim=None, ok=False,
-                                  problem="no resident may be evicted (all managed, coexisting or unloaded)")  # fmt: skip
-            return False
-        evicted = None
-        for victim in victims:  # least recently used first; a broken one must not block the rest
-            device = _device_of(victim, environ)
-            before = _free_mib(device, environ)
-            problem = run_action(victim.unload or {}, victim.timeout_s)
-            if problem is None:
-                state[victim.name]["loaded"] = False
-                evicted = (victim, device, before)
+        query = nvml.query_gpus(environ)
+        gpus = selection.eligible(query.gpus, settings.gpu.devices)
+        promised = placement.read_claims(settings.lock_dir, gpus, spec.pool)
+        open_gpus = [g for g in gpus if placement.has_free_slot(settings, spec, g)]
+        free = {g.index: max(0, (g.memory_free_mib or 0) - promised.get(g.index, 0)) for g in gpus}
+        flying = in_flight(state, settings.lock_dir, spec.pool)
+        for gpu in open_gpus:
+            mib, owed = flying.get(gpu.index, (0, 0))
+            if mib and free[gpu.index] < need <= free[gpu.index] + mib - owed:
+                journal.append_record(settings.journal, "evict", **record, victim=None, ok=True, outcome="in_flight",
+                                      problem=None, device=gpu.index, free_mib_before=free[gpu.index],
+                                      in_flight_mib=mib, asked_by=decision.profile, wanted=why)  # fmt: skip
+                deadline = max(e["unloading"]["deadline"] for e in state.values() if e.get("unloading"))
                 break
-            # Journal it and send it to the back of the line, so the next job does not wait on it first.
-            state[victim.name]["last_used"] = time.time()
-            journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=False, problem=problem,
-                                  device=device, free_mib_before=before, free_mib_after=before,
-                                  asked_by=decision.profile, wanted=why)  # fmt: skip
+        else:
+            deadline = None
+        if deadline is None:
+            seen = evidence.observe(settings.residents, query, state, evidence.foreign_pids(query))
+            plan, device = None, None
+            for gpu in open_gpus:  # in index order; the fewest victims, then the least recently used, win
+                mib, owed = flying.get(gpu.index, (0, 0))
+                candidates = [
+                    (r, seen[r.name].mib, state[r.name]["last_used"]) for r in settings.residents.values()
+                    if _evictable(r, decision.profile) and seen[r.name].loaded and not state[r.name].get("unloading")
+                    and _on_device(r, seen[r.name], gpu.index, query)
+                ]  # fmt: skip
+                option = _plan(candidates, free[gpu.index] + mib - owed, need)
+                if option is not None and (plan is None or (len(option), sorted(c[2] for c in option)) <
+                                           (len(plan), sorted(c[2] for c in plan))):  # fmt: skip
+                    plan, device = option, gpu.index
+            if plan is None or device is None:
+                sources = ", ".join(f"{n} {'loaded' if v.loaded else 'unloaded'} {v.mib} MiB ({v.source})" for n, v in seen.items())
+                journal.append_record(settings.journal, "evict", **record, victim=None, ok=False, outcome="no_victim",
+                                      problem=f"no eviction makes room on a GPU with a free slot ({sources})",
+                                      asked_by=decision.profile, wanted=why)  # fmt: skip
+                return False
+            before = free[device]
+            done = []
+            for victim, mib, _ in plan:
+                problem = run_action(victim.unload or {}, victim.timeout_s)
+                if problem is not None:
+                    # Journal it and send it to the back of the line, so the next job does not wait on it first.
+                    state[victim.name]["last_used"] = time.time()
+                    journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=False,
+                                          outcome="failed", problem=problem, device=device, free_mib_before=before,
+                                          free_mib_after=before, source=seen[victim.name].source,
+                                          asked_by=decision.profile, wanted=why)  # fmt: skip
+                    break
+                state[victim.name]["loaded"] = False
+                state[victim.name]["unloading"] = {"device": device, "mib": mib, "reserved": need if not done else 0,
+                                                   "by": os.getpid(), "deadline": time.time() + victim.timeout_s}  # fmt: skip
+                done.append((victim, mib))
+            _write_state(locked.dir_fd, state)
+            if len(done) < len(plan):
+                return False
+            deadline = max(state[v.name]["unloading"]["deadline"] for v, _ in done)
+    if done is None:
+        _wait_for_free(settings, spec, need, None, deadline, environ)
+        return True
+    freed_after = _wait_for_free(settings, spec, need, device, deadline, environ)
+    with _Locked(settings) as locked:  # freed (or timed out): the memory is NVML's to show now, not in flight
+        state = read_state(settings)
+        for victim, _ in done:
+            state[victim.name].pop("unloading", None)
         _write_state(locked.dir_fd, state)
-    if evicted is None:
-        return False
-    victim, device, before = evicted
-    freed_after = before
-    deadline = time.monotonic() + victim.timeout_s
-    while time.monotonic() < deadline:  # bounded: the unload call returned before the VRAM was freed
-        freed_after = _free_mib(device, environ)
-        if freed_after is not None and before is not None and \
-                freed_after - before >= min(victim.vram_mib, need + settings.gpu.cushion_mib) * 0.9:
-            break
-        time.sleep(POLL_S)
-    journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=True, problem=None,
-                          device=device, free_mib_before=before, free_mib_after=freed_after,
-                          asked_by=decision.profile, wanted=why)  # fmt: skip
+    for victim, mib in done:
+        journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=True, outcome="evicted",
+                              problem=None, device=device, victim_mib=mib, source=seen[victim.name].source,
+                              free_mib_before=before, free_mib_after=freed_after,
+                              asked_by=decision.profile, wanted=why)  # fmt: skip
     return True
+
+
+def _on_device(resident: Resident, seen: Any, index: int, query: Any) -> bool:
+    if seen.device is not None:
+        return bool(seen.device == index)
+    if resident.device is None:
+        return bool(query.gpus and query.gpus[0].index == index)
+    return str(resident.device) in (str(index), next((g.uuid for g in query.gpus if g.index == index), None))
+
+
+def _wait_for_free(settings: Settings, spec: Any, need: int, device: int | None, deadline: float,
+                   environ: Mapping[str, str] | None) -> int | None:  # fmt: skip
+    """Wait (bounded by `deadline`) until a device with a free slot shows `need` MiB free for this job;
+    the free MiB seen last. The unload call returned before the memory was freed."""
+    from gpurouter.gpu import placement, selection
+
+    seen = None
+    while True:
+        gpus = selection.eligible(nvml.query_gpus(environ).gpus, settings.gpu.devices)
+        promised = placement.read_claims(settings.lock_dir, gpus, spec.pool, exclude_pid=None)
+        flying = in_flight(read_state(settings), settings.lock_dir, spec.pool)
+        for gpu in gpus:
+            if device is not None and gpu.index != device:
+                continue
+            owed = 0 if device is not None else flying.get(gpu.index, (0, 0))[1]  # an evictor's own reservation is for itself
+            free = max(0, (gpu.memory_free_mib or 0) - promised.get(gpu.index, 0))
+            seen = free if device is not None or seen is None else max(seen, free)
+            if free - owed >= need:
+                return free
+        if time.time() >= deadline:
+            return seen
+        time.sleep(POLL_S)
 
 
 def _device_of(resident: Resident, environ: Mapping[str, str] | None) -> int | None:

@@ -75,7 +75,8 @@ GPU_DEFAULTS: dict[str, Any] = {
     "vram_estimates": {"70b": 20000, "65b": 20000, "13b": 12000, "7b": 12000}, "vram_default_mib": 8000,
 }  # fmt: skip
 RESIDENT_DEFAULTS: dict[str, Any] = {"vram_mib": None, "unload": None, "load": None, "coexist": [],
-                                     "managed": False, "lazy": None, "device": None, "timeout": "10s"}  # fmt: skip
+                                     "managed": False, "lazy": None, "device": None, "timeout": "10s",
+                                     "process": None, "status": None}  # fmt: skip
 BACKEND_DEFAULTS: dict[str, Any] = {"kind": "local", "slurm": {}}
 SLURM_DEFAULTS: dict[str, Any] = {"partition": None, "account": None, "srun_args": [], "time": None,
                                   "srun": "srun"}  # fmt: skip
@@ -149,7 +150,8 @@ class GpuSettings(Record):
 class Resident(Record):
     """A [residents.NAME] service that keeps VRAM and may be evicted."""
 
-    __slots__ = ("name", "vram_mib", "unload", "load", "coexist", "managed", "lazy", "device", "timeout_s")
+    __slots__ = ("name", "vram_mib", "unload", "load", "coexist", "managed", "lazy", "device", "timeout_s",
+                 "process", "status")  # fmt: skip
     name: str
     vram_mib: int
     unload: dict[str, Any] | None
@@ -159,6 +161,8 @@ class Resident(Record):
     lazy: bool
     device: int | str | None
     timeout_s: float
+    process: str | None  # a process name or pattern that identifies it in NVML's process list
+    status: dict[str, Any] | None  # an action whose answer says what is loaded
 
 
 class Backend(Record):
@@ -604,8 +608,11 @@ def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Residen
         vram = _opt_int(merged, "vram_mib", 1, 1 << 24, where, source)
         if vram is None:
             raise ConfigError(source, f"{where}.vram_mib", "is required: the MiB the service keeps resident")
-        for action in ("unload", "load"):
+        for action in ("unload", "load", "status"):
             _check_action(merged[action], f"{where}.{action}", source)
+        process = merged["process"]
+        if process is not None and (not isinstance(process, str) or not process.strip() or "\0" in process):
+            raise ConfigError(source, f"{where}.process", f'must be a process name or pattern like "ollama", got {process!r}')
         coexist = merged["coexist"]
         if not isinstance(coexist, list) or not all(isinstance(c, str) for c in coexist):
             raise ConfigError(source, f"{where}.coexist", f"must be a list of profile names, got {coexist!r}")
@@ -620,7 +627,7 @@ def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Residen
         residents[name] = Resident(
             name=name, vram_mib=vram, unload=merged["unload"], load=merged["load"], coexist=tuple(coexist),
             managed=merged["managed"], lazy=lazy, device=merged["device"],
-            timeout_s=_duration(merged, "timeout", where, source),
+            timeout_s=_duration(merged, "timeout", where, source), process=process, status=merged["status"],
         )  # fmt: skip
     return residents
 

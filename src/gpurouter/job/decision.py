@@ -170,6 +170,13 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         problem = gpu_problem(settings, env_in)
         if problem is not None:
             chosen = route.choose_route(profile, result, minute_of_day=minute, gpu_problem=problem)
+    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and profile.on_gpu_oom == "cpu" \
+            and result is not None and result.input is not None:
+        from gpurouter.job import probe_cache  # loaded by the probe already
+
+        oom = probe_cache.recall_oom(settings.lock_dir, result.input)
+        if oom is not None:  # it died of GPU OOM before: the runner's retry must not meet the same OOM
+            chosen = route.Route(name="cpu", spec=profile.cpu, reason=f"{chosen.reason}; {oom}: cpu", action=route.RUN)
     spec = chosen.spec
     no_slot = None
     if env_in.get(SKIP_VAR, "") not in ("", "0"):

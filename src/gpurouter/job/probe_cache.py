@@ -86,6 +86,26 @@ def recall(lock_dir: str, name: str) -> tuple[float | None, str] | None:
         os.close(fd)
 
 
+def remember_oom(lock_dir: str, path: str, note: str) -> None:
+    """Mark the input at `path` (by identity: a rewritten file is a new input) as one that ran out of GPU memory."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        remember(lock_dir, entry_name("oom", info), None, note)
+
+
+def recall_oom(lock_dir: str, path: str) -> str | None:
+    """Why the input at `path` must not go to the GPU again (it ran out of memory there), or None."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    hit = recall(lock_dir, entry_name("oom", info)) if stat.S_ISREG(info.st_mode) else None
+    return None if hit is None else hit[1] or "GPU out of memory on this input before"
+
+
 def remember(lock_dir: str, name: str, metric: float | None, note: str) -> None:
     """Store an entry; every failure is silent (the cache is only an optimisation)."""
     dir_fd = _open_own_dir(lock_dir, create=True)

@@ -26,11 +26,22 @@ def view(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[s
         row["score"] = round(selection.score(gpu, promised.get(gpu.index, 0)), 3)
         row["allowed"] = gpu.index in allowed
         rows.append(row)
+    from gpurouter.gpu import evidence
+
     state = residents.read_state(settings) if settings.residents else {}
-    resident_rows = [
-        {"name": r.name, "vram_mib": r.vram_mib, "loaded": state[r.name]["loaded"],
-         "last_used": state[r.name]["last_used"] or None, "managed": r.managed, "lazy": r.lazy,
-         "coexist": list(r.coexist), "device": r.device}
-        for r in settings.residents.values()
-    ]  # fmt: skip
-    return {"source": query.source, "message": query.message, "devices": rows, "residents": resident_rows}
+    foreign = evidence.foreign_pids(query)
+    seen = evidence.observe(settings.residents, query, state, foreign) if settings.residents else {}
+    resident_rows = []
+    for r in settings.residents.values():
+        look = seen[r.name]
+        unloading = state[r.name].get("unloading")
+        resident_rows.append({
+            "name": r.name, "vram_mib": r.vram_mib, "loaded": look.loaded,
+            "state": "unloading" if unloading else "loaded" if look.loaded else "unloaded",
+            "measured_mib": look.mib, "source": look.source, "measured_device": look.device,
+            "source_note": look.note or None, "believed_loaded": state[r.name]["loaded"],
+            "last_used": state[r.name]["last_used"] or None, "managed": r.managed, "lazy": r.lazy,
+            "coexist": list(r.coexist), "device": r.device,
+        })  # fmt: skip
+    return {"source": query.source, "message": query.message, "devices": rows, "residents": resident_rows,
+            "pid_namespace": foreign}  # fmt: skip

@@ -80,7 +80,9 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         "counter",
         "GPU runs that ran out of memory and fell back to the CPU.",
     )
-    evictions = _Family("gpurouter_evictions_total", "counter", "Resident evictions attempted, by victim.")
+    evictions = _Family("gpurouter_evictions_total", "counter", "Residents unloaded to make room, by victim.")
+    attempts = _Family("gpurouter_eviction_attempts_total", "counter",
+                       "Eviction attempts by outcome: evicted, failed, no_victim, in_flight (waited for one).")  # fmt: skip
     evict_failed = _Family(
         "gpurouter_eviction_failures_total", "counter", "Resident evictions that failed, by victim."
     )
@@ -103,8 +105,10 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
             waits.add(figures["sum"], "_sum", profile=name)
             waits.add(figures["n"], "_count", profile=name)
     for victim, tally in summary["evictions"].items():
-        evictions.add(tally["ok"] + tally["failed"], victim=victim)
+        evictions.add(tally["ok"], victim=victim)  # a failed unload or an attempt with no victim evicted nothing
         evict_failed.add(tally["failed"], victim=victim)
+    for outcome, count in (summary.get("eviction_attempts") or {}).items():
+        attempts.add(count, outcome=outcome)
     in_use = _Family(
         "gpurouter_slots_in_use", "gauge", "Slots held right now (from the kernel's flock table), by pool."
     )
@@ -136,7 +140,8 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         utilization.add(None if gpu.utilization_percent is None else gpu.utilization_percent / 100, **labels)
         temperature.add(gpu.temperature_c, **labels)
         power.add(gpu.power_w, **labels)
-    every = [jobs, busy, refused, escapes, ooms, evictions, evict_failed, waits, malformed, in_use, total, waiting,
+    every = [jobs, busy, refused, escapes, ooms, evictions, evict_failed, attempts, waits, malformed, in_use, total,
+             waiting,
              free, memory, used, utilization, temperature, power]  # fmt: skip
     return [family for family in every if family.samples]
 

@@ -143,9 +143,13 @@ def gpus_text(view: dict[str, Any]) -> str:
                      f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
                      f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
                      f"{_nvenc(d)}{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
+    if view.get("pid_namespace"):
+        lines.append(f"note: {view['pid_namespace']}: claims count in full, residents from status or belief")
     for r in view["residents"]:
         flags = [k for k in ("managed", "lazy") if r[k]]
-        lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {'loaded' if r['loaded'] else 'unloaded'}"
+        state = r.get("state") or ("loaded" if r["loaded"] else "unloaded")
+        measured = f"{r['measured_mib']} MiB by {r['source']}" if r.get("source") else "?"
+        lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {state} ({measured})"
                      f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}")  # fmt: skip
     return "\n".join(lines)
 
@@ -211,6 +215,10 @@ def stats_report_text(summary: dict[str, Any]) -> str:
                      f" ({row['oom_retries_ok']} succeeded)")  # fmt: skip
     for victim, tally in summary["evictions"].items():
         lines.append(f"evictions: {victim}: {tally['ok']} ok, {tally['failed']} failed")
+    attempts = summary.get("eviction_attempts") or {}
+    if attempts.get("no_victim") or attempts.get("in_flight"):
+        lines.append(f"evictions: {attempts.get('no_victim', 0)} attempt(s) found no victim that makes room, "
+                     f"{attempts.get('in_flight', 0)} waited for an eviction in flight")  # fmt: skip
     if summary["advice"]:
         lines.append("")
     lines.extend(f"advice: {line}" for line in summary["advice"])

@@ -520,6 +520,7 @@ class _Tally:
         self.profiles: dict[str, _Profile] = {}
         self.pools: dict[tuple[str, str | None], list[int]] = {}  # (pool, route) -> [starts, busy]
         self.evictions: dict[str, dict[str, int]] = {}
+        self.eviction_attempts = {"evicted": 0, "failed": 0, "no_victim": 0, "in_flight": 0}
         self.records = 0
         self.first: str | None = None
         self.last: str | None = None
@@ -600,10 +601,13 @@ class _Tally:
                 row.oom_retries_ok += 1
         elif event == "evict":
             victim = record.get("victim")
-            counts = self.evictions.setdefault(
-                "(none)" if victim is None else str(victim), {"ok": 0, "failed": 0}
-            )
-            counts["ok" if record.get("ok") else "failed"] += 1
+            outcome = record.get("outcome")
+            if outcome not in self.eviction_attempts:  # records before outcomes were written
+                outcome = "no_victim" if victim is None else "evicted" if record.get("ok") else "failed"
+            self.eviction_attempts[str(outcome)] += 1
+            if outcome in ("evicted", "failed"):  # an attempt with no victim, or a wait, evicted nothing
+                counts = self.evictions.setdefault(str(victim), {"ok": 0, "failed": 0})
+                counts["ok" if outcome == "evicted" else "failed"] += 1
 
     def pool_rows(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -720,6 +724,7 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
         "records": tally.records, "lines": scanner.lines, "decoded": scanner.decoded, "malformed": scanner.malformed,
         "first": tally.first, "last": tally.last,
         "profiles": profiles, "pools": tally.pool_rows(), "waits": waits_all.summary(), "evictions": evictions,
+        "eviction_attempts": dict(tally.eviction_attempts),
         "advice": advise(settings, profiles, evictions),
     }  # fmt: skip
 
