@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GPUROUTER, Box, wait_for
-from gpurouter.job import memo, probe_cache
+from gpurouter.job import probe_cache
 from test_hardening_support import (alive, assert_no_traceback, journal_lines, record_figures,
                                     slot_lock_holders)  # fmt: skip
 

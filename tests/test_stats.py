@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, touch, write
 
+from gpurouter.job import journal_reader
 from gpurouter.observe import stats
 from gpurouter.cli import cli
 
@@ -109,7 +110,7 @@ def test_rotated_journals_are_read_oldest_first_gzip_included(tmp_path: Path) ->
     touch(tmp_path / "journal.jsonl.2.gz", T0 + 10)
     touch(tmp_path / "journal.jsonl-20260922.gz", T0 + 60)
     touch(tmp_path / "journal.jsonl.1", T0 + 110)
-    assert [Path(p).name for p in stats.journal_files(str(live))] == [
+    assert [Path(p).name for p in journal_reader.journal_files(str(live))] == [
         "journal.jsonl.2.gz", "journal.jsonl-20260922.gz", "journal.jsonl.1", "journal.jsonl"]  # fmt: skip
     summary = stats.summarise(settings_for(tmp_path, "", live))
     whisper = summary["profiles"]["whisper"]

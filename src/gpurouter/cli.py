@@ -442,7 +442,7 @@ def report(html_file: str | None, png_dir: str | None, since: str | None, journa
 def _warn_skipped(count: int, what: str = "malformed journal record") -> None:
     """One stderr line when a reader skipped journal records (issue 12: the journal is world-writable)."""
     if count:
-        from gpurouter.observe.stats import skipped_text
+        from gpurouter.job.journal_reader import skipped_text
 
         click.echo(f"gpurouter: warning: {skipped_text(count, what)}", err=True)
 

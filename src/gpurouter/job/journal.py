@@ -110,7 +110,7 @@ def _cut_back(fd: int, written: int) -> None:
 def read_records(path: str, tail_bytes: int | None = None,
                  skipped: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Every well-formed record of a journal, oldest first; torn, foreign and malformed lines
-    (`stats.malformed`: the journal is world-writable) are skipped.
+    (`journal_reader.malformed`: the journal is world-writable) are skipped.
 
     Args:
         path: the journal.
@@ -119,7 +119,7 @@ def read_records(path: str, tail_bytes: int | None = None,
     """
     import json
 
-    from gpurouter.observe.stats import malformed
+    from gpurouter.job.journal_reader import malformed
 
     counts = {} if skipped is None else skipped
     counts.setdefault("malformed", 0)

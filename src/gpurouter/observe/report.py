@@ -327,10 +327,10 @@ def _slug(text: str) -> str:
 def gather(settings: Settings, since_s: float | None = None, journals: Iterable[str] | None = None,
            now: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One pass over the journal for the charts: hourly routing, waits, monitored runs, OOMs."""
-    from gpurouter.observe import stats
+    from gpurouter.job import journal_reader
 
     cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
-    scanner = stats.Scanner(events=("start", "busy", "end", "oom"), since_epoch=cutoff)
+    scanner = journal_reader.Scanner(events=("start", "busy", "end", "oom"), since_epoch=cutoff)
     hours: dict[float, list[int]] = {}
     waits: list[float] = []
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -346,7 +346,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
         if column is not None:
             hours.setdefault(epoch - epoch % 3600, [0, 0, 0])[column] += 1
 
-    for line in scanner.lines_of(stats.default_files(settings, journals)):
+    for line in scanner.lines_of(journal_reader.default_files(settings, journals)):
         head = scanner.head(line)
         if head is not None and (not scanner.wanted(head) or not scanner.recent(line)):
             continue
@@ -363,7 +363,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
                     waited: float | None = float(line[at + 12 : end if end > 0 else -2])
                 except ValueError:
                     waited = None
-                if waited is None or not stats.in_bounds("waited_s", waited):
+                if waited is None or not journal_reader.in_bounds("waited_s", waited):
                     scanner.malformed += 1
                     continue
                 waits.append(waited)

@@ -74,7 +74,7 @@ class _Style:
 def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, color: bool = False,
           interval_s: float | None = None) -> list[str]:  # fmt: skip
     """The lines of one frame (pure). Lines are cut to `width`; events fill what `height` leaves."""
-    from gpurouter.observe.stats import skipped_text
+    from gpurouter.job.journal_reader import skipped_text
 
     style = _Style(color)
     now = data["now"]
@@ -145,7 +145,7 @@ def _pool_lines(slots: list[dict[str, Any]], now: float, style: _Style) -> list[
 
 
 def _job(job: Mapping[str, Any], now: float) -> str:
-    from gpurouter.observe.stats import epoch_of
+    from gpurouter.job.journal_reader import epoch_of
 
     started = epoch_of(job.get("ts"))
     age = "" if started is None else f"for {_age(now - started)}"

@@ -123,17 +123,17 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
     """
     import time
 
-    from gpurouter.observe import stats
+    from gpurouter.job import journal_reader
 
     cutoff = None if since_s is None else time.time() - since_s
-    scanner = stats.Scanner(events=("end", "oom"), profile=profile, since_epoch=cutoff)
+    scanner = journal_reader.Scanner(events=("end", "oom"), profile=profile, since_epoch=cutoff)
     points: list[tuple[float, float]] = []
     ooms: list[float] = []
     kind = None
     skipped = untrusted = out_of_range = 0
     reader = os.geteuid()
     owners: dict[str, int | None] = {}
-    for record in scanner.records(stats.default_files(settings, journals)):
+    for record in scanner.records(journal_reader.default_files(settings, journals)):
         metric = record.get("metric")
         if not _is_number(metric) or record.get("route") != "gpu":
             continue
@@ -148,7 +148,7 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
             continue
         record_kind = record.get("kind") if isinstance(record.get("kind"), str) else None
         peak = record.get("peak_vram_mib")
-        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", stats.MAX_METRIC) or \
+        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", journal_reader.MAX_METRIC) or \
                 (_is_number(peak) and not 0 <= peak <= EVIDENCE_MAX_PEAK_MIB):  # fmt: skip
             out_of_range += 1
             continue
