@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, write
 
 from gpurouter.job import config
+from gpurouter.gpu import fit
 from gpurouter.observe import tune
 from gpurouter.cli import cli
 
@@ -60,14 +61,14 @@ def _tune(box: Path, *args: str) -> tuple[int, str]:
 
 
 def test_a_line_through_exact_points_is_found_exactly() -> None:
-    model = tune.fit([(60 * m, 500 + 40 * m) for m in (5, 10, 30)])
+    model = fit.fit([(60 * m, 500 + 40 * m) for m in (5, 10, 30)])
     assert model.slope == pytest.approx(40 / 60) and model.intercept == pytest.approx(500)
     assert (model.r2, model.max_residual_mib, model.n) == (pytest.approx(1.0), pytest.approx(0, abs=1e-9), 3)
     assert (model.max_metric, model.max_metric_peak_mib, model.min_metric) == (1800, 1700, 300)
 
 
 def test_the_threshold_keeps_the_worst_under_estimate_as_margin() -> None:
-    model = tune.fit(
+    model = fit.fit(
         [(0, 1000), (10, 1100), (20, 1000), (30, 1100)]
     )  # noisy: 1020 + 2x misses (10, 1100) by 60
     assert (model.slope, model.intercept, model.max_residual_mib) == (
@@ -75,8 +76,8 @@ def test_the_threshold_keeps_the_worst_under_estimate_as_margin() -> None:
         pytest.approx(1020),
         pytest.approx(60),
     )
-    assert tune.predict_peak_mib(model, 10) == pytest.approx(model.intercept + model.slope * 10 + 60)
-    assert tune.threshold_for(model, 2000) == pytest.approx((2000 - model.intercept - 60) / model.slope)
+    assert fit.predict_peak_mib(model, 10) == pytest.approx(model.intercept + model.slope * 10 + 60)
+    assert fit.threshold_for(model, 2000) == pytest.approx((2000 - model.intercept - 60) / model.slope)
 
 
 @pytest.mark.parametrize(("points", "budget", "expected"), [
@@ -85,14 +86,14 @@ def test_the_threshold_keeps_the_worst_under_estimate_as_margin() -> None:
     pytest.param([(1, 500), (2, 600), (3, 700)], 300, 0.0, id="even-metric-0-is-too-big"),
 ])  # fmt: skip
 def test_edge_budgets(points: list[tuple[float, float]], budget: float, expected: float) -> None:
-    assert tune.threshold_for(tune.fit(points), budget) == expected
+    assert fit.threshold_for(fit.fit(points), budget) == expected
 
 
 def test_a_fit_needs_two_distinct_metrics() -> None:
     with pytest.raises(ValueError):
-        tune.fit([(5, 100)])
+        fit.fit([(5, 100)])
     with pytest.raises(ValueError):
-        tune.fit([(5, 100), (5, 200)])
+        fit.fit([(5, 100), (5, 200)])
 
 
 def test_tune_proposes_the_threshold_under_which_a_job_fits_device_total_less_cushion_over_slots(
@@ -196,5 +197,5 @@ def test_apply_refuses_an_edit_that_would_not_validate(tmp_path: Path) -> None:
 def test_tune_reads_only_the_monitored_runs_not_every_line(tmp_path: Path) -> None:
     noise = [record("start", "whisper", "gpu", T0 + i) for i in range(500)]
     settings = settings_for(tmp_path, "", write(tmp_path / "j.jsonl", noise + _curve([5, 10, 20])))
-    found = tune.runs(settings, "whisper")
+    found = fit.runs(settings, "whisper")
     assert sorted(found["points"]) == [(300.0, 700.0), (600.0, 900.0), (1200.0, 1300.0)]

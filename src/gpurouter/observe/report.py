@@ -387,7 +387,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
         if event == "oom" and _number(metric):
             ooms.setdefault(profile, []).append(float(metric))
         elif event == "end" and route == "gpu":
-            single = not (isinstance(record.get("gpus"), list) and len(record["gpus"]) > 1)  # as tune.runs
+            single = not (isinstance(record.get("gpus"), list) and len(record["gpus"]) > 1)  # as fit.runs
             if record.get("exit_status", 0) == 0 and single and _number(metric) and _number(record.get("peak_vram_mib")):
                 runs.setdefault(profile, []).append((float(metric), float(record["peak_vram_mib"])))
             devices = record.get("devices")
@@ -414,6 +414,7 @@ def charts(
     settings: Settings, data: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> list[Chart]:
     """Every chart of the report, in page order."""
+    from gpurouter.gpu.fit import fit
     from gpurouter.observe import tune
 
     hours: dict[float, list[int]] = data["hours"]
@@ -442,7 +443,7 @@ def charts(
         model = None
         if len(points) >= 2:
             try:
-                model = tune.fit(points)
+                model = fit(points)
             except ValueError:
                 model = None
         try:

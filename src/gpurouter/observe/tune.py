@@ -8,8 +8,8 @@ budget, so every run observed so far would have been let through with its real p
 run that ran out of memory at a smaller metric caps the threshold below that metric: what
 happened beats what the line says.
 
-`fit`, `predict_peak_mib` and `threshold_for` are pure (no I/O, no clock): the router can
-call them for `threshold = "auto"` with the live free VRAM as the budget.
+The fit itself and the journal's evidence for it live in gpu/fit.py, shared with
+`threshold = "auto"`, which calls them with the live free VRAM as the budget.
 """
 
 from __future__ import annotations
@@ -18,20 +18,15 @@ import math
 import os
 
 from gpurouter.job import fsutil
-from gpurouter.job.records import Record
+from gpurouter.gpu.fit import MIN_RUNS, fit, runs, threshold_for
 from gpurouter.errors import GpurouterError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Iterable, Mapping, TypeGuard
+    from typing import Any, Final, Iterable, Mapping
 
     from gpurouter.job.config import Settings
 
-MIN_RUNS: Final = 3
-# What tune and threshold = "auto" take as evidence (issue 12, item 7): forged `end` records of
-# big inputs with small peaks sent a 10-hour file to the GPU. Beyond these, a run is not evidence.
-EVIDENCE_MAX_METRIC: Final = {"duration": 30 * 86400.0, "size": float(1 << 44), "pixels": 1e10}
-EVIDENCE_MAX_PEAK_MIB: Final = float(1 << 20)  # 1 TiB on one device
 # How each probe's metric reads best in words: (unit name, size of that unit in metric units).
 _UNITS: Final = {"duration": ("minute", 60.0), "size": ("GiB", float(2**30)), "pixels": ("megapixel", 1e6)}
 
@@ -40,132 +35,6 @@ class TuneRefused(GpurouterError):
     """tune cannot propose anything: too few runs, no probe, no budget (exit 1)."""
 
     exit_code = 1
-
-
-class Fit(Record):
-    """A least-squares line of peak VRAM (MiB) against the probe's metric."""
-
-    __slots__ = ("n", "slope", "intercept", "r2", "max_residual_mib", "max_metric", "max_metric_peak_mib",
-                 "min_metric")  # fmt: skip
-    n: int  # runs fitted
-    slope: float  # MiB per metric unit (per second, per byte, per pixel)
-    intercept: float  # MiB at metric 0
-    r2: float  # coefficient of determination (1.0 when every point is on the line)
-    max_residual_mib: float  # largest under-estimate: max(peak - line), >= 0
-    max_metric: float  # the largest run that fit (its metric)
-    max_metric_peak_mib: float  # ...and its peak
-    min_metric: float
-
-
-def fit(points: Iterable[tuple[float, float]]) -> Fit:
-    """Least squares over (metric, peak_mib) points.
-
-    Raises:
-        ValueError: fewer than 2 points, or all at the same metric (no line through them).
-    """
-    pairs = [(float(x), float(y)) for x, y in points]
-    n = len(pairs)
-    if n < 2:
-        raise ValueError(f"need at least 2 runs to fit a line, got {n}")
-    mean_x = sum(x for x, _ in pairs) / n
-    mean_y = sum(y for _, y in pairs) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in pairs)
-    if sxx <= 0:
-        raise ValueError("every run has the same metric: no line to fit")
-    sxy = sum((x - mean_x) * (y - mean_y) for x, y in pairs)
-    slope = sxy / sxx
-    intercept = mean_y - slope * mean_x
-    residuals = [y - (intercept + slope * x) for x, y in pairs]
-    ss_res = sum(r * r for r in residuals)
-    ss_tot = sum((y - mean_y) ** 2 for _, y in pairs)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    largest = max(pairs)
-    return Fit(n=n, slope=slope, intercept=intercept, r2=r2, max_residual_mib=max(0.0, max(residuals)),
-               max_metric=largest[0], max_metric_peak_mib=largest[1], min_metric=min(pairs)[0])  # fmt: skip
-
-
-def predict_peak_mib(model: Fit, metric: float) -> float:
-    """The peak VRAM to plan for at `metric`: the line plus the largest under-estimate seen."""
-    return model.intercept + model.slope * metric + model.max_residual_mib
-
-
-def threshold_for(model: Fit, budget_mib: float) -> float:
-    """The largest metric whose planned peak (`predict_peak_mib`) fits in `budget_mib`.
-
-    Returns:
-        The threshold in metric units: route GPU when metric < threshold. `math.inf` when the
-        peak does not grow with the metric and fits (any job fits); 0.0 when even a job of
-        metric 0 would not fit.
-    """
-    base = model.intercept + model.max_residual_mib
-    if model.slope <= 0:
-        return math.inf if base <= budget_mib else 0.0
-    return max(0.0, (budget_mib - base) / model.slope)
-
-
-# --------------------------------------------------------------------------- from the journal
-
-
-def runs(settings: Settings, profile: str, since_s: float | None = None,
-         journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The monitored GPU runs of a profile that ended well, and its GPU OOMs, from the journal.
-
-    Only the evidence's owners count (issue 12, item 7: the journal is world-writable): records
-    whose `uid` is the reading user's or the owner's of the journal file they are in, with a
-    metric and a peak within `EVIDENCE_MAX_METRIC` / `EVIDENCE_MAX_PEAK_MIB`. The uid is what the
-    writer says: this keeps other users' runs (and careless forgeries) out; against a deliberate
-    forger, the journal must be a file only the job's users can write (docs/observability.md).
-
-    Returns:
-        {"points": [(metric, peak_mib)], "kind": the metric's kind, "ooms": [metrics], "skipped": n,
-        "malformed": lines skipped as malformed, "untrusted": records of other users,
-        "out_of_range": records beyond the evidence bounds}
-    """
-    import time
-
-    from gpurouter.job import journal_reader
-
-    cutoff = None if since_s is None else time.time() - since_s
-    scanner = journal_reader.Scanner(events=("end", "oom"), profile=profile, since_epoch=cutoff)
-    points: list[tuple[float, float]] = []
-    ooms: list[float] = []
-    kind = None
-    skipped = untrusted = out_of_range = 0
-    reader = os.geteuid()
-    owners: dict[str, int | None] = {}
-    for record in scanner.records(journal_reader.default_files(settings, journals)):
-        metric = record.get("metric")
-        if not _is_number(metric) or record.get("route") != "gpu":
-            continue
-        current = scanner.files[-1]  # the file this record came from
-        if current not in owners:
-            try:
-                owners[current] = os.stat(current).st_uid
-            except OSError:
-                owners[current] = None
-        if record.get("uid") not in (reader, owners[current]):
-            untrusted += 1
-            continue
-        record_kind = record.get("kind") if isinstance(record.get("kind"), str) else None
-        peak = record.get("peak_vram_mib")
-        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", journal_reader.MAX_METRIC) or \
-                (_is_number(peak) and not 0 <= peak <= EVIDENCE_MAX_PEAK_MIB):  # fmt: skip
-            out_of_range += 1
-            continue
-        kind = record.get("kind") if isinstance(record.get("kind"), str) else kind
-        if record["event"] == "oom":
-            ooms.append(float(metric))
-            continue
-        peak = record.get("peak_vram_mib")
-        devices = record.get("gpus")
-        if not _is_number(peak) or record.get("exit_status", 0) != 0 or (isinstance(devices, list) and len(devices) > 1):
-            # a run that failed, saw no process memory, or spread over several GPUs (its peak is
-            # their sum, while the budget is per device)
-            skipped += "peak_vram_mib" in record
-            continue
-        points.append((float(metric), float(peak)))
-    return {"points": points, "kind": kind, "ooms": sorted(ooms), "skipped": skipped, "malformed": scanner.malformed,
-            "untrusted": untrusted, "out_of_range": out_of_range}  # fmt: skip
 
 
 def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None = None,
@@ -289,10 +158,6 @@ def _text(value: float, kind: str) -> str | None:
     if kind == "size":
         return f"{int(value // 2**20)}MiB"
     return units.format_metric(value, kind if kind in ("duration", "size") else None)
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- --apply
