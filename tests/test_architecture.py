@@ -30,7 +30,7 @@ MAY_IMPORT = {
     "observe": {"observe", "job", "gpu", "backends", "errors"},
 }
 ONLY_IN = {"click": {"cli.py"}, "pynvml": {"gpu/nvml.py"}, "tomlkit": {"observe/tune.py"},
-           "PIL": {"observe/report.py"}, "gpurouter.cli": {"__main__.py"}}  # fmt: skip
+           "PIL": {"observe/drawing.py"}, "gpurouter.cli": {"__main__.py"}}  # fmt: skip
 # Never loaded by `run` or the interception form: each costs milliseconds on every job.
 HEAVY = ("click", "psutil", "pynvml", "filelock", "ffmpeg", "re", "typing", "dataclasses", "enum", "json",
          "tomllib", "subprocess", "shlex", "threading")  # fmt: skip
