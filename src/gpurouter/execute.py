@@ -92,7 +92,8 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
     restore_default_signals()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()  # buffered writes are lost across exec
+            if stream is not None:  # None: Python started with that fd closed (issue 12)
+                stream.flush()  # buffered writes are lost across exec
         except (OSError, ValueError):
             pass
     try:

@@ -558,5 +558,11 @@ def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | 
 
 
 def _say(message: str) -> None:
-    sys.stderr.write(f"gpurouter: {message}\n")
+    stream = sys.stderr  # None when started with fd 2 closed: the job must run all the same (issue 12)
+    if stream is None:
+        return
+    try:
+        stream.write(f"gpurouter: {message}\n")
+    except (OSError, ValueError):
+        pass
 
