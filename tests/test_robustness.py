@@ -8,6 +8,7 @@ real signals.
 from __future__ import annotations
 
 import os
+import sys
 import subprocess
 from pathlib import Path
 
@@ -69,3 +70,114 @@ def test_a_failure_with_stderr_closed_still_exits_with_its_code_and_writes_nothi
     done = _sh(box, f"'{GPUROUTER}' run -- no-such-command-here 2>&-; echo \"rc=$?\"")
     assert done.stdout.strip() == "rc=127"
     assert [r["event"] for r in box.records()] == ["start"]  # every line still parses: no message landed in it
+
+
+# Item 2: install/uninstall started at one instant. Each racer has already imported gpurouter and
+# blocks opening a FIFO for reading; the test opens it for writing, and they all go at once.
+RACER = """\
+import sys
+from gpurouter.__main__ import main
+import gpurouter.cli, gpurouter.install
+open(sys.argv[1]).read()
+sys.exit(main(["gpurouter", sys.argv[2], sys.argv[3]]))
+"""
+
+
+def _race(box: Box, actions: list[str], target: Path) -> list[subprocess.CompletedProcess[str]]:
+    barrier = box.root / "barrier"
+    if barrier.exists():
+        barrier.unlink()
+    os.mkfifo(barrier)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(barrier), action, str(target)], env=box.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+              for action in actions]
+    import time
+
+    time.sleep(0.5)  # every racer has imported gpurouter and waits in open(2) on the FIFO
+    with open(barrier, "w"):
+        pass  # opening for writing releases every reader at once; closing gives them EOF
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(racer.args, racer.returncode, out, err))
+    return results
+
+
+def _real_tool(box: Box) -> Path:
+    tool = box.root / "d" / "tool"
+    tool.parent.mkdir(exist_ok=True)
+    tool.write_text("#!/bin/sh\necho real tool\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def test_installs_started_at_the_same_instant_never_destroy_the_real_binary(box: Box) -> None:
+    tool = _real_tool(box)
+    real = tool.with_name("tool-real")
+    for trial in range(30):
+        results = _race(box, ["install"] * 3, tool)
+        assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+        assert sorted(r.stdout.split(":")[0] for r in results) == ["already installed", "already installed",
+                                                                  "installed"], f"trial {trial}"  # fmt: skip
+        assert real.is_file() and not real.is_symlink(), f"trial {trial}: the real binary is gone"
+        assert real.read_text() == "#!/bin/sh\necho real tool\n"
+        assert tool.is_symlink() and os.path.realpath(tool) == os.path.realpath(GPUROUTER)
+        assert sorted(p.name for p in tool.parent.iterdir()) == ["tool", "tool-real"]  # no temporary left
+        assert box.run("uninstall", str(tool)).returncode == 0
+
+
+def test_an_uninstall_racing_installs_leaves_either_state_whole_never_a_lost_binary(box: Box) -> None:
+    tool = _real_tool(box)
+    real = tool.with_name("tool-real")
+    for trial in range(20):
+        results = _race(box, ["install", "uninstall", "install", "uninstall"], tool)
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        if tool.is_symlink():  # installed: the real binary is tool-real
+            assert real.is_file() and not real.is_symlink(), f"trial {trial}"
+            assert real.read_text() == "#!/bin/sh\necho real tool\n"
+            assert box.run("uninstall", str(tool)).returncode == 0
+        assert tool.is_file() and not tool.is_symlink(), f"trial {trial}: the real binary is gone"
+        assert tool.read_text() == "#!/bin/sh\necho real tool\n"
+        assert sorted(p.name for p in tool.parent.iterdir()) == ["tool"]
+
+
+def _read_only_dir(box: Box, how: str) -> tuple[Path, list[str]]:
+    """A directory holding a real `tool` that the installer cannot write: (dir, command prefix)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to drop to another user, or to mount a read-only file system)")
+    if how == "not-writable":
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is not installed")
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="gpurouter-ro-", dir="/tmp"))  # pytest's tmp is 0700: nobody can't enter
+        directory.chmod(0o755)
+        shutil.copy("/bin/true", directory / "tool")
+        return directory, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    directory = box.root / "ro"
+    directory.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    shutil.copy("/bin/true", directory / "tool")
+    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+    return directory, []
+
+
+@pytest.mark.parametrize("how", ["not-writable", "read-only-mount"])
+def test_install_in_a_directory_it_cannot_write_is_one_line_and_leaves_the_binary(box: Box, how: str) -> None:
+    directory, prefix = _read_only_dir(box, how)
+    try:
+        done = subprocess.run([*prefix, GPUROUTER, "install", str(directory / "tool")], env=box.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        why = "Permission denied" if how == "not-writable" else "Read-only file system"
+        assert (done.returncode, done.stderr) == (125, f"gpurouter: cannot install over {directory / 'tool'}: {why}\n")
+        assert sorted(p.name for p in directory.iterdir()) == ["tool"] and not (directory / "tool").is_symlink()
+    finally:
+        if how == "read-only-mount":
+            subprocess.run(["umount", str(directory)], check=True)
+        else:
+            import shutil
+
+            shutil.rmtree(directory)
