@@ -181,3 +181,58 @@ def test_install_in_a_directory_it_cannot_write_is_one_line_and_leaves_the_binar
             import shutil
 
             shutil.rmtree(directory)
+
+
+# Item 6: an exec that fails after the slot was taken. Real files the kernel refuses.
+def _write_exe(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("content", "code", "says"), [
+    pytest.param(b"echo no shebang line\n", 126, "not a binary this system runs and no #! line", id="no-shebang"),
+    pytest.param(b"#!/nonexistent/interpreter -x\necho\n", 127,
+                 "bad interpreter: its #! interpreter /nonexistent/interpreter was not found", id="bad-interpreter"),
+    pytest.param(b"\x7fELF" + b"\x02\x01\x01" + b"\0" * 200, 126, "Exec format error", id="fake-elf"),
+])  # fmt: skip
+def test_a_job_the_kernel_refuses_to_exec_exits_with_what_failed_and_is_not_counted_as_run(
+        box: Box, content: bytes, code: int, says: str) -> None:  # fmt: skip
+    job = _write_exe(box.bin / "job", content)
+    done = box.run("run", "--", str(job))
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith(f"gpurouter: {job}: ") and says in done.stderr and done.stderr.count("\n") == 1
+    events = box.records()
+    assert [r["event"] for r in events] == ["start", "exec_failed"]
+    assert events[1]["pid"] == events[0]["pid"] and isinstance(events[1]["errno"], int)
+    _assert_stats_count_no_job(box)
+
+
+def _assert_stats_count_no_job(box: Box) -> None:
+    import json
+
+    stats = json.loads(box.run("stats", "--json").stdout)
+    row = stats["profiles"]["default"]
+    assert (row["gpu"], row["cpu"], row["exec_failed"]) == (0, 0, 1)
+    assert stats["pools"]["gpu"]["starts"] == 0
+
+
+def test_a_binary_busy_being_written_exits_126_and_is_not_counted_as_run(box: Box) -> None:
+    job = _write_exe(box.bin / "job", Path("/bin/true").read_bytes())
+    with open(job, "r+b"):  # open for writing: execve fails with ETXTBSY ("Text file busy")
+        done = box.run("run", "--", str(job))
+    if done.returncode == 0:
+        pytest.skip("this kernel lets a file open for writing be executed (no ETXTBSY)")
+    assert (done.returncode, done.stderr) == (126, f"gpurouter: {job}: cannot be executed: Text file busy\n")
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)
+
+
+def test_an_argument_list_too_long_for_the_kernel_exits_125_saying_so(box: Box) -> None:
+    # gpurouter itself starts fine; the route args it adds push the job's argv past ARG_MAX.
+    box.write_config("[profiles.default.gpu]\nargs = [" + ", ".join([f'"{"x" * 100_000}"'] * 40) + "]\n")
+    done = box.run("run", "--", "true")
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.startswith("gpurouter: /") and ": argument list too long (" in done.stderr
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)

@@ -326,7 +326,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
     from gpurouter import stats
 
     cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
-    scanner = stats.Scanner(events=("start", "busy", "end", "oom"), since_epoch=cutoff)
+    scanner = stats.Scanner(events=("start", "busy", "end", "oom", "exec_failed"), since_epoch=cutoff)
     hours: dict[float, list[int]] = {}
     waits: list[float] = []
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -340,7 +340,8 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             return
         column = 2 if event == "busy" else 0 if route == "gpu" else 1 if route == "cpu" else None
         if column is not None:
-            hours.setdefault(epoch - epoch % 3600, [0, 0, 0])[column] += 1
+            # exec_failed takes back its own `start` (same pid): that job never ran (issue 12)
+            hours.setdefault(epoch - epoch % 3600, [0, 0, 0])[column] += -1 if event == "exec_failed" else 1
 
     for line in scanner.lines_of(stats.default_files(settings, journals)):
         head = scanner.head(line)
@@ -348,7 +349,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             continue
         if (
             head is not None
-            and head[0] in ("start", "busy")
+            and head[0] in ("start", "busy", "exec_failed")
             and line.count(b"{") == 1
             and line[-2:] == b"}\n"
         ):
@@ -366,7 +367,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             continue
         event, route, profile = record["event"], record.get("route"), record.get("profile")
         epoch = scanner.epoch(record.get("ts"))
-        if event in ("start", "busy"):
+        if event in ("start", "busy", "exec_failed"):
             count(epoch, event, route)
             if event == "start" and _number(record.get("waited_s")):
                 waits.append(float(record["waited_s"]))

@@ -12,7 +12,7 @@ import sys
 from gpurouter import guard, journal, priority, probe, route, slots
 from gpurouter._record import Record
 from gpurouter.config import ROUTES, format_wait
-from gpurouter.errors import NoFreeSlot, NotExecutable, ProbeRefused, UsageError
+from gpurouter.errors import ExecFailed, NoFreeSlot, NotExecutable, ProbeRefused, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -344,7 +344,15 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     env.update(held.env)
     for fd in held.fds:
         os.set_inheritable(fd, True)  # the job keeps every slot (and gate) it was given
-    execute.exec_command(decision.executable, decision.argv, env, held.slots[0] if held.slots else None)
+    try:
+        execute.exec_command(decision.executable, decision.argv, env, held.slots[0] if held.slots else None)
+    except ExecFailed as failed:
+        held.release()
+        # Why (issue 12): the `start` above claims a job that never ran; this record, same pid,
+        # tells the readers (stats, report) to take it back.
+        journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno,
+                              error=str(failed))  # fmt: skip
+        raise
 
 
 def _take_devices(settings: Settings, decision: Decision, record: dict[str, Any], verbose: bool,
