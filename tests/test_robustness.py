@@ -236,3 +236,13 @@ def test_an_argument_list_too_long_for_the_kernel_exits_125_saying_so(box: Box) 
     assert done.stderr.startswith("gpurouter: /") and ": argument list too long (" in done.stderr
     assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
     _assert_stats_count_no_job(box)
+
+
+def test_a_monitored_job_the_kernel_refuses_to_start_is_one_line_126_and_not_counted_as_run(box: Box) -> None:
+    box.write_config("[profiles.default]\nmonitor = true\n")
+    job = _write_exe(box.bin / "job", b"echo no shebang line\n")
+    done = box.run("run", "--", str(job))
+    assert (done.returncode, done.stderr) == (126, f"gpurouter: {job}: cannot be executed: not a binary this "
+                                                   "system runs and no #! line (Exec format error)\n")  # fmt: skip
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)

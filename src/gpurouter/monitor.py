@@ -141,10 +141,16 @@ def _supervise(settings: Settings, held: runner.Held, environ: Mapping[str, str]
                              file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2), (os.POSIX_SPAWN_CLOSE, read_end)],
                              setsigmask=previous_mask,
                              setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
-    except BaseException:
+    except BaseException as error:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         os.close(read_end)
         os.close(write_end)
+        if isinstance(error, OSError):  # the kernel refused the job: no phantom start (issue 12)
+            from gpurouter.execute import exec_error
+
+            failed = exec_error(executable, error, decision.argv, env)
+            journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno, error=str(failed))
+            raise failed from None
         raise
     os.close(write_end)
     tail = bytearray()
