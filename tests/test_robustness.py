@@ -246,3 +246,101 @@ def test_a_monitored_job_the_kernel_refuses_to_start_is_one_line_126_and_not_cou
                                                    "system runs and no #! line (Exec format error)\n")  # fmt: skip
     assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
     _assert_stats_count_no_job(box)
+
+
+# Item 3: output files are replaced only when they are regular files.
+@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
+def test_an_output_fifo_with_no_reader_is_refused_at_once_and_left_a_fifo(box: Box, command: list[str]) -> None:
+    fifo = box.root / "out"
+    os.mkfifo(fifo)
+    done = box.run(*command, str(fifo), timeout=20)
+    assert done.returncode == 125
+    assert done.stderr.endswith(f"{fifo}: is a FIFO with no reader (refusing to wait for one)\n")
+    assert done.stderr.count("\n") == 1 and fifo.is_fifo()
+
+
+def test_an_output_fifo_with_a_reader_gets_the_text_written_through(box: Box) -> None:
+    fifo = box.root / "out"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(0.3)  # cat has opened the FIFO for reading
+    try:
+        done = box.run("stats", "--prometheus", str(fifo), timeout=20)
+        out, _ = reader.communicate(timeout=20)
+    finally:
+        reader.kill()
+        reader.communicate()
+    assert done.returncode == 0, done.stderr
+    assert "# TYPE gpurouter_slots_in_use gauge" in out and fifo.is_fifo()
+
+
+def _char_device(box: Box, name: str, minor: int) -> Path:
+    import stat
+
+    node = box.root / name
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, minor))  # 1,7: like /dev/full; 1,3: like /dev/null
+    except PermissionError:
+        pytest.skip("mknod is not permitted here")
+    return node
+
+
+@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
+def test_a_character_device_is_written_through_never_replaced(box: Box, command: list[str]) -> None:
+    full, null = _char_device(box, "full", 7), _char_device(box, "null", 3)
+    done = box.run(*command, str(full))
+    assert done.returncode == 125 and done.stderr.endswith(": No space left on device\n")
+    assert box.run(*command, str(null)).returncode == 0
+    assert full.is_char_device() and null.is_char_device()  # still device nodes, not HTML files
+    assert sorted(p.name for p in box.root.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_a_directory_or_socket_in_the_way_is_refused_in_one_line(box: Box) -> None:
+    import socket
+
+    place = box.root / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(place))
+    try:
+        done = box.run("report", "--html", str(place))
+        assert (done.returncode, done.stderr) == (
+            125, f"gpurouter: report not written: {place}: is a socket, not a regular file (refusing to replace it)\n")
+        assert place.is_socket()
+    finally:
+        server.close()
+
+
+def test_a_symlinked_output_writes_the_file_it_points_at_and_stays_a_symlink(box: Box) -> None:
+    target = box.root / "real.prom"
+    link = box.root / "link.prom"
+    link.symlink_to(target.name)
+    assert box.run("stats", "--prometheus", str(link)).returncode == 0
+    assert link.is_symlink() and "gpurouter_slots_in_use" in target.read_text()
+
+
+def test_tune_apply_on_a_symlinked_config_edits_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    pytest.importorskip("tomlkit")
+    from gpurouter import tune
+
+    target = tmp_path / "managed" / "config.toml"
+    target.parent.mkdir()
+    target.write_text('# managed\n[profiles.whisper]\nprobe = "duration"\nthreshold = 10\n')
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    backup = tune.apply(str(link), "whisper", "45m")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert 'threshold = "45m"' in target.read_text() and target.read_text().startswith("# managed\n")
+    assert backup == f"{target}.bak" and "threshold = 10" in Path(backup).read_text()
+
+
+def test_tune_apply_refuses_a_config_that_is_a_fifo_without_waiting(tmp_path: Path) -> None:
+    pytest.importorskip("tomlkit")
+    from gpurouter import tune
+
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(tune.TuneRefused, match="is a FIFO, not a regular file"):
+        tune.apply(str(fifo), "whisper", "45m")
+    assert fifo.is_fifo()
