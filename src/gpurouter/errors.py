@@ -87,3 +87,16 @@ class ProbeRefused(GpurouterError):
     """The probe gave no metric and the profile says `fallback = "fail"`."""
 
     exit_code = ExitCode.WRAPPER_FAILED
+
+
+class ExecFailed(GpurouterError):
+    """The kernel refused to exec the job after gpurouter had taken its slot (execve failed).
+
+    `exit_code` says which failure it was: 127 not found (or its #! interpreter or ELF loader is
+    missing), 126 cannot be executed (no #! line, not a binary for this system, busy being
+    written), 125 for anything else (argument list too long, out of memory).
+    """
+
+    def __init__(self, path: str, errno_value: int, why: str, exit_code: int) -> None:
+        self.path, self.errno, self.exit_code = path, errno_value, exit_code
+        super().__init__(f"{path}: {why}")

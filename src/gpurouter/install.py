@@ -9,12 +9,21 @@ clobber anything they did not make, and both are idempotent.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 from gpurouter.errors import CommandNotFound, GpurouterError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 REAL_SUFFIX = "-real"
+
+
+# link(2) errors that mean "this file system has no hard links for us", where a rename is the way.
+_NO_HARD_LINKS = frozenset((errno.EPERM, errno.EMLINK, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS))
 
 
 class InstallError(GpurouterError):
@@ -56,6 +65,34 @@ def is_our_link(path: str, launcher: str) -> bool:
     return os.path.islink(path) and os.path.realpath(path) == os.path.realpath(launcher)
 
 
+def _under_directory_lock(path: str, action: Callable[[], str]) -> str:
+    """Run `action` holding an exclusive flock on the directory that holds `path`.
+
+    Why (issue 12): installs started at one instant by config management each saw "not
+    installed", and the hard-link fallback of one renamed another's fresh symlink onto
+    NAME-real: the real binary was gone. Every install and uninstall of a directory now runs
+    under this lock and checks the state afresh under it. The directory itself is locked (an
+    O_DIRECTORY fd, no file created): nothing can be planted in its place, nothing is left
+    behind in /usr/local/bin, and a read-only directory still gets its one-line error from
+    the rename. realpath: /bin/tool and /usr/bin/tool (merged /usr) take the same lock.
+    """
+    import fcntl
+
+    directory = os.path.realpath(os.path.dirname(path) or ".")
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise InstallError(f"cannot open {directory}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another install or uninstall of this directory finishes first
+        except OSError as error:
+            raise InstallError(f"cannot lock {directory}: {error.strerror or error}") from None
+        return action()
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def install(target: str, launcher: str | None = None) -> str:
     """Intercept `target` (a name on PATH or a path); returns what was done, in words.
 
@@ -65,6 +102,10 @@ def install(target: str, launcher: str | None = None) -> str:
     """
     launcher = launcher or launcher_path()
     path = _locate(target)
+    return _under_directory_lock(path, lambda: _install(path, launcher))
+
+
+def _install(path: str, launcher: str) -> str:
     real = path + REAL_SUFFIX
     if is_our_link(path, launcher) and os.path.lexists(real):
         return f"already installed: {path} -> {launcher}, real binary at {real}"
@@ -77,16 +118,28 @@ def install(target: str, launcher: str | None = None) -> str:
     if os.path.realpath(path) == os.path.realpath(launcher):
         raise InstallError(f"{path} is gpurouter itself; refusing to intercept it")
     temporary = f"{path}.gpurouter-{os.getpid()}"
-    os.symlink(launcher, temporary)
+    moved = ""  # how the real binary reached NAME-real: undone if the last step fails
     try:
+        os.symlink(launcher, temporary)  # a read-only directory fails here: one line, not a traceback
         try:
             os.link(path, real, follow_symlinks=False)  # NAME-real appears while NAME still exists
-        except OSError:
+            moved = "linked"
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise  # EEXIST: something appeared at NAME-real; a rename would destroy it
             os.rename(path, real)  # no hard links here: a rename, then the link, microseconds apart
+            moved = "renamed"
         os.rename(temporary, path)
     except OSError as error:
         if os.path.lexists(temporary):
             os.unlink(temporary)
+        try:
+            if moved == "linked":
+                os.unlink(real)  # a second name of NAME, which is still there
+            elif moved == "renamed":
+                os.rename(real, path)
+        except OSError:
+            pass
         raise InstallError(f"cannot install over {path}: {error.strerror or error}") from None
     return f"installed: {path} -> {launcher}; the real binary is now {real}"
 
@@ -99,6 +152,10 @@ def uninstall(target: str, launcher: str | None = None) -> str:
     """
     launcher = launcher or launcher_path()
     path = _locate(target)
+    return _under_directory_lock(path, lambda: _uninstall(path, launcher))
+
+
+def _uninstall(path: str, launcher: str) -> str:
     real = path + REAL_SUFFIX
     if not is_our_link(path, launcher):
         if os.path.lexists(path) and not os.path.lexists(real):

@@ -176,9 +176,15 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
         pid = os.posix_spawn(executable, decision.argv, env, file_actions=relay.file_actions(),
                              setsigmask=previous_mask,
                              setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
-    except BaseException:
+    except BaseException as error:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         relay.close()
+        if isinstance(error, OSError):  # the kernel refused the job: no phantom start (issue 12)
+            from gpurouter.job.execute import exec_error
+
+            failed = exec_error(executable, error, decision.argv, env)
+            journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno, error=str(failed))
+            raise failed from None
         raise
     relay.start()
     sampler = Sampler(environ)

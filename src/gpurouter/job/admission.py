@@ -310,7 +310,13 @@ def _take_slot(log: Admission, decision: Decision, already_waited: float) -> tup
 
 def say(message: str) -> None:
     """One `gpurouter: ...` line on stderr (stdout belongs to the job)."""
-    sys.stderr.write(f"gpurouter: {message}\n")
+    stream = sys.stderr  # None when started with fd 2 closed: the job must run all the same (issue 12)
+    if stream is None:
+        return
+    try:
+        stream.write(f"gpurouter: {message}\n")
+    except (OSError, ValueError):
+        pass
 
 
 def warn(message: str) -> None:

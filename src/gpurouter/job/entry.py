@@ -19,11 +19,7 @@ if TYPE_CHECKING:
 
 def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
     """Print the one-line message and return the exit code for `error`."""
-    try:
-        sys.stderr.write(f"gpurouter: {error}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    say(str(error))
     return busy_exit_code if isinstance(error, NoFreeSlot) else error.exit_code
 
 
@@ -64,9 +60,20 @@ def internal_error(error: BaseException) -> int:
         import traceback
 
         traceback.print_exc()
-    sys.stderr.write(f"gpurouter: internal error: {type(error).__name__}: {error} "
-                     "(GPUROUTER_DEBUG=1 shows the traceback; please report it)\n")  # fmt: skip
+    say(f"internal error: {type(error).__name__}: {error} (GPUROUTER_DEBUG=1 shows the traceback; please report it)")
     return ExitCode.WRAPPER_FAILED
+
+
+def say(message: str) -> None:
+    """One `gpurouter: ...` line on stderr; a closed or broken stderr loses the line, never the job (issue 12)."""
+    stream = sys.stderr  # None when Python started with fd 2 closed
+    if stream is None:
+        return
+    try:
+        stream.write(f"gpurouter: {message}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],

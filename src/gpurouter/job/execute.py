@@ -12,7 +12,7 @@ import os
 import stat
 import sys
 
-from gpurouter.errors import CommandNotFound, NotExecutable
+from gpurouter.errors import CommandNotFound, ExecFailed, ExitCode, NotExecutable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
     """Replace this process with the job; the slot (if any) passes to it.
 
     Raises:
-        CommandNotFound / NotExecutable: the kernel refused the exec (the slot is released).
+        ExecFailed: the kernel refused the exec (the slot is released); its exit code says why.
     """
     if slot is not None:
         # Python opens fds close-on-exec (PEP 446); without this the slot would be freed by
@@ -116,7 +116,8 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
     restore_default_signals()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()  # buffered writes are lost across exec
+            if stream is not None:  # None: Python started with that fd closed (issue 12)
+                stream.flush()  # buffered writes are lost across exec
         except (OSError, ValueError):
             pass
     try:
@@ -124,6 +125,46 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
     except OSError as error:
         if slot is not None:
             slot.release()
-        if error.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise CommandNotFound(path, f"{path} (or its #! interpreter)") from None
-        raise NotExecutable(path, f"cannot be executed: {error.strerror}") from None
+        raise exec_error(path, error, argv, env) from None
+
+
+def exec_error(path: str, error: OSError, argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> ExecFailed:
+    """The error (and so the exit code) for an execve that failed: say which failure it was (issue 12)."""
+    code = error.errno or 0
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if not os.path.lexists(path):
+            return ExecFailed(path, code, "command not found (it vanished before the exec)", ExitCode.NOT_FOUND)
+        head = _first_line(path)
+        if head.startswith(b"#!"):
+            interpreter = head[2:].strip().split(b" ")[0].decode("utf-8", "replace") or "(none)"
+            return ExecFailed(path, code, f"bad interpreter: its #! interpreter {interpreter} was not found",
+                              ExitCode.NOT_FOUND)  # fmt: skip
+        if head.startswith(b"\x7fELF"):
+            return ExecFailed(path, code, "cannot be executed: its ELF interpreter (the dynamic loader) was not found",
+                              ExitCode.NOT_FOUND)  # fmt: skip
+        return ExecFailed(path, code, f"cannot be executed: {error.strerror}", ExitCode.NOT_FOUND)
+    if code == errno.E2BIG:
+        size = sum(len(a.encode("utf-8", "surrogateescape")) + 1 for a in argv)
+        size += sum(len(k) + len(v) + 2 for k, v in (env or {}).items())
+        return ExecFailed(path, code, f"argument list too long ({size} bytes of arguments and environment)",
+                          ExitCode.WRAPPER_FAILED)  # fmt: skip
+    if code == errno.ENOEXEC:
+        return ExecFailed(path, code, "cannot be executed: not a binary this system runs and no #! line "
+                                      "(Exec format error)", ExitCode.NOT_EXECUTABLE)  # fmt: skip
+    if code in (errno.EACCES, errno.EPERM, errno.ETXTBSY, errno.EISDIR, errno.ELIBBAD, errno.ELOOP, errno.ENAMETOOLONG):
+        return ExecFailed(path, code, f"cannot be executed: {error.strerror}", ExitCode.NOT_EXECUTABLE)
+    return ExecFailed(path, code, f"exec failed: {error.strerror or error}", ExitCode.WRAPPER_FAILED)
+
+
+def _first_line(path: str) -> bytes:
+    """The first bytes of a file (to tell a #! script from an ELF binary), never blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 256).split(b"\n")[0]
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)

@@ -129,22 +129,68 @@ def open_shared_dir(path: str, create: bool = True) -> int:
     return fd
 
 
-def write_replacing(path: str, data: bytes, mode: int) -> None:
-    """Write beside `path`, fsync, rename over it: a crash leaves the old file or the new, whole."""
+def write_replacing(path: str, data: bytes, mode: int) -> str:
+    """Write beside `path`, fsync, rename over it: a crash leaves the old file or the new, whole.
+
+    Only a regular file (or nothing) is replaced (issue 12: `report --html /dev/full` run as root
+    replaced the device node, and a FIFO or a symlinked config became a plain file):
+    - a symlink is followed: its target is the file written (a symlinked config stays a symlink);
+    - a character device (/dev/null, /dev/tty, /dev/stdout on a terminal) or a FIFO that has a
+      reader is written through, like a shell redirection; a FIFO with no reader is refused at
+      once (never a wait for one);
+    - anything else (a directory, a block device, a socket) is refused.
+
+    Returns:
+        The path written: `path`, or the file its symlink points at.
+
+    Raises:
+        OSError: with a readable `strerror` (and `filename`) for what is refused or fails.
+    """
     import tempfile
 
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                dir=os.path.dirname(os.path.abspath(path)))  # fmt: skip
+    target = os.path.realpath(path)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        info = None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode):
+            _write_through(target, data, info.st_mode)
+            return target
+        raise OSError(errno.EINVAL, f"is {describe_mode(info.st_mode)}, not a regular file (refusing to replace it)",
+                      path)  # fmt: skip
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                                dir=os.path.dirname(target))  # fmt: skip
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         try:
             os.unlink(temp)
         except OSError:
             pass
         raise
+    return target
+
+
+def _write_through(path: str, data: bytes, mode: int) -> None:
+    """Write into a character device or a FIFO (no rename, no chmod); never wait for a FIFO reader."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ENXIO and stat.S_ISFIFO(mode):
+            raise OSError(error.errno, "is a FIFO with no reader (refusing to wait for one)", path) from None
+        raise
+    try:
+        os.set_blocking(fd, True)  # a reader is there: let it take the data at its pace
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, path) from None
+    finally:
+        os.close(fd)

@@ -148,6 +148,8 @@ def read_records(path: str, tail_bytes: int | None = None,
 
 
 def _warn(message: str) -> None:
+    if sys.stderr is None:  # started with fd 2 closed (issue 12)
+        return
     try:
         sys.stderr.write(f"gpurouter: warning: {message}\n")
         sys.stderr.flush()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from gpurouter.job import guard, route
+from gpurouter.errors import ExecFailed
+from gpurouter.job import guard, journal, route
 from gpurouter.job.admission import acquire, warn
 
 TYPE_CHECKING = False
@@ -51,4 +52,12 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
     env.update(held.env)
     for fd in held.fds:
         os.set_inheritable(fd, True)  # the job keeps every slot (and gate) it was given
-    execute.exec_command(decision.executable, decision.argv, env, held.slots[0] if held.slots else None)
+    try:
+        execute.exec_command(decision.executable, decision.argv, env, held.slots[0] if held.slots else None)
+    except ExecFailed as failed:
+        held.release()
+        # Why (issue 12): the `start` above claims a job that never ran; this record, same pid,
+        # tells the readers (stats, report) to take it back.
+        journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno,
+                              error=str(failed))  # fmt: skip
+        raise

@@ -101,7 +101,15 @@ def png(chart: Chart, path: str, scale: int = 2) -> None:
             where = {"start": "ls", "middle": "ms", "end": "rs"}[anchor]
             draw.text((x * s, y * s), text, font=font(size), fill=fill, anchor=where,
                       stroke_width=1 if bold else 0, stroke_fill=fill)  # fmt: skip
-    image.save(path, "PNG", optimize=True)
+    import io
+
+    from gpurouter.job import fsutil
+
+    encoded = io.BytesIO()
+    image.save(encoded, "PNG", optimize=True)
+    # Not image.save(path): that open(2)s with O_TRUNC, follows a planted symlink and blocks on a
+    # FIFO; write_replacing replaces only a regular file (issue 12).
+    fsutil.write_replacing(path, encoded.getvalue(), 0o644)
 
 
 def _dashes(

@@ -38,7 +38,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
     from gpurouter.job import journal_reader
 
     cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
-    scanner = journal_reader.Scanner(events=("start", "busy", "end", "oom"), since_epoch=cutoff)
+    scanner = journal_reader.Scanner(events=("start", "busy", "end", "oom", "exec_failed"), since_epoch=cutoff)
     hours: dict[float, list[int]] = {}
     waits: list[float] = []
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -52,7 +52,8 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             return
         column = 2 if event == "busy" else 0 if route == "gpu" else 1 if route == "cpu" else None
         if column is not None:
-            hours.setdefault(epoch - epoch % 3600, [0, 0, 0])[column] += 1
+            # exec_failed takes back its own `start` (same pid): that job never ran (issue 12)
+            hours.setdefault(epoch - epoch % 3600, [0, 0, 0])[column] += -1 if event == "exec_failed" else 1
 
     for line in scanner.lines_of(journal_reader.default_files(settings, journals)):
         head = scanner.head(line)
@@ -60,7 +61,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             continue
         if (
             head is not None
-            and head[0] in ("start", "busy")
+            and head[0] in ("start", "busy", "exec_failed")
             and line.count(b"{") == 1
             and line[-2:] == b"}\n"
         ):
@@ -82,7 +83,7 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             continue
         event, route, profile = record["event"], record.get("route"), record.get("profile")
         epoch = scanner.epoch(record.get("ts"))
-        if event in ("start", "busy"):
+        if event in ("start", "busy", "exec_failed"):
             count(epoch, event, route)
             if event == "start" and _number(record.get("waited_s")):
                 waits.append(float(record["waited_s"]))

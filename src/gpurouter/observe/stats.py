@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ADVISE_MIN_COUNT: Final = 3
 ADVISE_REFUSAL_RATE: Final = 0.2
 ADVISE_ESCAPE_RATE: Final = 0.1
-_COUNTED: Final = ("start", "busy", "escape", "refused", "oom", "end", "evict")
+_COUNTED: Final = ("start", "busy", "escape", "refused", "oom", "end", "evict", "exec_failed")
 
 
 # --------------------------------------------------------------------------- figures
@@ -71,12 +71,13 @@ class _Profile:
     """Running figures of one profile."""
 
     __slots__ = ("starts", "busy", "escapes", "refused", "oom", "oom_retries", "oom_retries_ok", "oom_metrics",
-                 "oom_kind", "busy_pools", "waits", "durations", "peaks", "monitored")  # fmt: skip
+                 "oom_kind", "busy_pools", "waits", "durations", "peaks", "monitored", "exec_failed")  # fmt: skip
 
     def __init__(self) -> None:
         self.starts = {"gpu": 0, "cpu": 0}
         self.busy: dict[str | None, int] = {"gpu": 0, "cpu": 0, None: 0}
         self.escapes = self.refused = self.oom = self.oom_retries = self.oom_retries_ok = self.monitored = 0
+        self.exec_failed = 0  # starts taken back: the exec failed, the job never ran (issue 12)
         self.oom_metrics: list[float] = []
         self.oom_kind: str | None = None
         self.busy_pools: dict[str, int] = {}
@@ -94,7 +95,7 @@ class _Profile:
             "busy_rate": round(busy / attempts, 4) if attempts else 0.0,
             "busy_by_pool": dict(sorted(self.busy_pools.items())),
             "wait_p50_s": waits["p50"], "wait_p95_s": waits["p95"], "wait_max_s": waits["max"],
-            "refused": self.refused, "escapes": self.escapes,
+            "refused": self.refused, "escapes": self.escapes, "exec_failed": self.exec_failed,
             "oom": self.oom, "oom_min_metric": min(self.oom_metrics) if self.oom_metrics else None,
             "oom_kind": self.oom_kind,
             "oom_retries": self.oom_retries, "oom_retries_ok": self.oom_retries_ok,
@@ -105,7 +106,7 @@ class _Profile:
         }  # fmt: skip
 
 
-_FLAT: Final = frozenset({"start", "busy", "escape", "refused"})
+_FLAT: Final = frozenset({"start", "busy", "escape", "refused", "exec_failed"})
 _UNSEEN: Final = object()
 
 
@@ -212,6 +213,11 @@ class _Tally:
             row.escapes += count
         elif event == "refused":
             row.refused += count
+        elif event == "exec_failed":  # follows its own `start` (same pid): that job never ran
+            if route == "gpu" or route == "cpu":
+                row.starts[route] -= count
+            row.exec_failed += count
+            self._pool(pool, route)[0] -= count
 
     def _pool(self, pool: str | None, route: str | None) -> list[int]:
         key = (pool or "(none)", route if route == "gpu" or route == "cpu" else None)
@@ -331,7 +337,7 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
             continue
         event = plan[0]
         pool = None
-        if event == "start" or event == "busy":
+        if event == "start" or event == "busy" or event == "exec_failed":
             at = line.rfind(b',"pool":"')
             if at > 0:
                 pool = line[at + 9 : line.find(b'"', at + 9)]

@@ -181,8 +181,14 @@ def apply(config_path: str, profile: str, threshold_text: str) -> str:
     from gpurouter.job import config
     from gpurouter.errors import ConfigError
 
-    with open(config_path, "rb") as stream:
-        original = stream.read()
+    # A symlinked config (e.g. from a config-management checkout) is edited where it points, and
+    # stays a symlink; the target must be a regular file (issue 12).
+    config_path = os.path.realpath(config_path)
+    try:
+        with open(fsutil.open_regular_for_reading(config_path), "rb") as stream:
+            original = stream.read()
+    except OSError as error:
+        raise TuneRefused(f"{config_path}: cannot edit: {error.strerror or error}") from None
     try:
         document = tomlkit.parse(original.decode("utf-8"))
     except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as error:
@@ -202,6 +208,9 @@ def apply(config_path: str, profile: str, threshold_text: str) -> str:
     except (ConfigError, tomllib.TOMLDecodeError) as error:
         raise TuneRefused(f"not applied: the edited file would not be valid: {error}") from None
     backup = config_path + ".bak"
-    fsutil.write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
-    fsutil.write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
+    try:
+        fsutil.write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
+        fsutil.write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
+    except OSError as error:
+        raise TuneRefused(f"not applied: {error.filename or config_path}: {error.strerror or error}") from None
     return backup

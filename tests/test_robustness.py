@@ -1,0 +1,346 @@
+"""Robustness, round 2 (issue 12): closed descriptors, concurrent installs, output files that are
+not regular files, jobs whose exec fails, probe helpers and signals, and hostile small inputs.
+
+Every test drives real processes: real closed descriptors, real concurrent installs, real FIFOs,
+real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import GPUROUTER, Box
+
+SHOW_FDS = """\
+import os, sys
+with open(sys.argv[1], "w") as out:
+    for fd in range(3):
+        try:
+            out.write(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')}\\n")
+        except OSError:
+            out.write(f"{fd} closed\\n")
+    for fd in os.listdir("/proc/self/fd"):
+        out.write(f"fd {fd} {os.readlink(f'/proc/self/fd/{fd}') if os.path.exists(f'/proc/self/fd/{fd}') else ''}\\n")
+"""
+
+
+def _sh(box: Box, line: str) -> subprocess.CompletedProcess[str]:
+    """Run a shell line (its redirections close descriptors for real) in the box's environment."""
+    return subprocess.run(["sh", "-c", line], env=box.env, capture_output=True, text=True, timeout=60,
+                          cwd=box.root)  # fmt: skip
+
+
+@pytest.mark.parametrize("closing", ["2>&-", ">&-", "<&-", "<&- >&- 2>&-"],
+                         ids=["stderr-closed", "stdout-closed", "stdin-closed", "all-three-closed"])  # fmt: skip
+def test_a_job_started_with_a_closed_descriptor_still_runs_and_keeps_its_slot(box: Box, closing: str) -> None:
+    done = _sh(box, f"'{GPUROUTER}' run -- touch made {closing}; echo \"rc=$?\"")
+    assert done.stdout.strip() == "rc=0", done.stderr
+    assert (box.root / "made").exists()
+    assert [r["event"] for r in box.records()] == ["start"]
+
+
+def test_a_job_sees_the_descriptors_its_caller_closed_still_closed_and_no_lock_on_them(box: Box) -> None:
+    (box.root / "show.py").write_text(SHOW_FDS)
+    done = _sh(box, f"'{GPUROUTER}' run -- python3 show.py fds.txt <&- >&- 2>&-; echo \"rc=$?\"")
+    assert done.stdout.strip() == "rc=0"
+    lines = (box.root / "fds.txt").read_text().splitlines()
+    # fd 0 is the job's own fds.txt (its first open took the lowest free fd); 1 and 2 stay closed
+    # like env(1) leaves them, and the slot's lock file is above them, held by the job.
+    assert lines[:3] == [f"0 {box.root / 'fds.txt'}", "1 closed", "2 closed"]
+    held = [line for line in lines[3:] if str(box.lock_dir) in line]
+    assert len(held) == 1 and int(held[0].split()[1]) > 2
+
+
+def test_an_intercepted_binary_started_with_closed_stdout_and_stderr_still_runs(box: Box) -> None:
+    (box.bin / "tool-real").write_text("#!/bin/sh\ntouch \"$1\"\n")
+    (box.bin / "tool-real").chmod(0o755)
+    (box.bin / "tool").symlink_to(GPUROUTER)
+    done = _sh(box, f"'{box.bin / 'tool'}' made >&- 2>&-; echo \"rc=$?\"")
+    assert done.stdout.strip() == "rc=0"
+    assert (box.root / "made").exists()
+
+
+def test_a_failure_with_stderr_closed_still_exits_with_its_code_and_writes_nothing_into_the_journal(box: Box) -> None:
+    _sh(box, f"'{GPUROUTER}' run -- touch first")  # the journal exists and is well-formed
+    done = _sh(box, f"'{GPUROUTER}' run -- no-such-command-here 2>&-; echo \"rc=$?\"")
+    assert done.stdout.strip() == "rc=127"
+    assert [r["event"] for r in box.records()] == ["start"]  # every line still parses: no message landed in it
+
+
+# Item 2: install/uninstall started at one instant. Each racer has already imported gpurouter and
+# blocks opening a FIFO for reading; the test opens it for writing, and they all go at once.
+RACER = """\
+import sys
+from gpurouter.__main__ import main
+import gpurouter.cli, gpurouter.install
+open(sys.argv[1]).read()
+sys.exit(main(["gpurouter", sys.argv[2], sys.argv[3]]))
+"""
+
+
+def _race(box: Box, actions: list[str], target: Path) -> list[subprocess.CompletedProcess[str]]:
+    barrier = box.root / "barrier"
+    if barrier.exists():
+        barrier.unlink()
+    os.mkfifo(barrier)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(barrier), action, str(target)], env=box.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+              for action in actions]
+    import time
+
+    time.sleep(0.5)  # every racer has imported gpurouter and waits in open(2) on the FIFO
+    with open(barrier, "w"):
+        pass  # opening for writing releases every reader at once; closing gives them EOF
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(racer.args, racer.returncode, out, err))
+    return results
+
+
+def _real_tool(box: Box) -> Path:
+    tool = box.root / "d" / "tool"
+    tool.parent.mkdir(exist_ok=True)
+    tool.write_text("#!/bin/sh\necho real tool\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def test_installs_started_at_the_same_instant_never_destroy_the_real_binary(box: Box) -> None:
+    tool = _real_tool(box)
+    real = tool.with_name("tool-real")
+    for trial in range(30):
+        results = _race(box, ["install"] * 3, tool)
+        assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+        assert sorted(r.stdout.split(":")[0] for r in results) == ["already installed", "already installed",
+                                                                  "installed"], f"trial {trial}"  # fmt: skip
+        assert real.is_file() and not real.is_symlink(), f"trial {trial}: the real binary is gone"
+        assert real.read_text() == "#!/bin/sh\necho real tool\n"
+        assert tool.is_symlink() and os.path.realpath(tool) == os.path.realpath(GPUROUTER)
+        assert sorted(p.name for p in tool.parent.iterdir()) == ["tool", "tool-real"]  # no temporary left
+        assert box.run("uninstall", str(tool)).returncode == 0
+
+
+def test_an_uninstall_racing_installs_leaves_either_state_whole_never_a_lost_binary(box: Box) -> None:
+    tool = _real_tool(box)
+    real = tool.with_name("tool-real")
+    for trial in range(20):
+        results = _race(box, ["install", "uninstall", "install", "uninstall"], tool)
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        if tool.is_symlink():  # installed: the real binary is tool-real
+            assert real.is_file() and not real.is_symlink(), f"trial {trial}"
+            assert real.read_text() == "#!/bin/sh\necho real tool\n"
+            assert box.run("uninstall", str(tool)).returncode == 0
+        assert tool.is_file() and not tool.is_symlink(), f"trial {trial}: the real binary is gone"
+        assert tool.read_text() == "#!/bin/sh\necho real tool\n"
+        assert sorted(p.name for p in tool.parent.iterdir()) == ["tool"]
+
+
+def _read_only_dir(box: Box, how: str) -> tuple[Path, list[str]]:
+    """A directory holding a real `tool` that the installer cannot write: (dir, command prefix)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to drop to another user, or to mount a read-only file system)")
+    if how == "not-writable":
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is not installed")
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="gpurouter-ro-", dir="/tmp"))  # pytest's tmp is 0700: nobody can't enter
+        directory.chmod(0o755)
+        shutil.copy("/bin/true", directory / "tool")
+        return directory, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    directory = box.root / "ro"
+    directory.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    shutil.copy("/bin/true", directory / "tool")
+    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+    return directory, []
+
+
+@pytest.mark.parametrize("how", ["not-writable", "read-only-mount"])
+def test_install_in_a_directory_it_cannot_write_is_one_line_and_leaves_the_binary(box: Box, how: str) -> None:
+    directory, prefix = _read_only_dir(box, how)
+    try:
+        done = subprocess.run([*prefix, GPUROUTER, "install", str(directory / "tool")], env=box.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        why = "Permission denied" if how == "not-writable" else "Read-only file system"
+        assert (done.returncode, done.stderr) == (125, f"gpurouter: cannot install over {directory / 'tool'}: {why}\n")
+        assert sorted(p.name for p in directory.iterdir()) == ["tool"] and not (directory / "tool").is_symlink()
+    finally:
+        if how == "read-only-mount":
+            subprocess.run(["umount", str(directory)], check=True)
+        else:
+            import shutil
+
+            shutil.rmtree(directory)
+
+
+# Item 6: an exec that fails after the slot was taken. Real files the kernel refuses.
+def _write_exe(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("content", "code", "says"), [
+    pytest.param(b"echo no shebang line\n", 126, "not a binary this system runs and no #! line", id="no-shebang"),
+    pytest.param(b"#!/nonexistent/interpreter -x\necho\n", 127,
+                 "bad interpreter: its #! interpreter /nonexistent/interpreter was not found", id="bad-interpreter"),
+    pytest.param(b"\x7fELF" + b"\x02\x01\x01" + b"\0" * 200, 126, "Exec format error", id="fake-elf"),
+])  # fmt: skip
+def test_a_job_the_kernel_refuses_to_exec_exits_with_what_failed_and_is_not_counted_as_run(
+        box: Box, content: bytes, code: int, says: str) -> None:  # fmt: skip
+    job = _write_exe(box.bin / "job", content)
+    done = box.run("run", "--", str(job))
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith(f"gpurouter: {job}: ") and says in done.stderr and done.stderr.count("\n") == 1
+    events = box.records()
+    assert [r["event"] for r in events] == ["start", "exec_failed"]
+    assert events[1]["pid"] == events[0]["pid"] and isinstance(events[1]["errno"], int)
+    _assert_stats_count_no_job(box)
+
+
+def _assert_stats_count_no_job(box: Box) -> None:
+    import json
+
+    stats = json.loads(box.run("stats", "--json").stdout)
+    row = stats["profiles"]["default"]
+    assert (row["gpu"], row["cpu"], row["exec_failed"]) == (0, 0, 1)
+    assert stats["pools"]["gpu"]["starts"] == 0
+
+
+def test_a_binary_busy_being_written_exits_126_and_is_not_counted_as_run(box: Box) -> None:
+    job = _write_exe(box.bin / "job", Path("/bin/true").read_bytes())
+    with open(job, "r+b"):  # open for writing: execve fails with ETXTBSY ("Text file busy")
+        done = box.run("run", "--", str(job))
+    if done.returncode == 0:
+        pytest.skip("this kernel lets a file open for writing be executed (no ETXTBSY)")
+    assert (done.returncode, done.stderr) == (126, f"gpurouter: {job}: cannot be executed: Text file busy\n")
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)
+
+
+def test_an_argument_list_too_long_for_the_kernel_exits_125_saying_so(box: Box) -> None:
+    # gpurouter itself starts fine; the route args it adds push the job's argv past ARG_MAX.
+    box.write_config("[profiles.default.gpu]\nargs = [" + ", ".join([f'"{"x" * 100_000}"'] * 40) + "]\n")
+    done = box.run("run", "--", "true")
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.startswith("gpurouter: /") and ": argument list too long (" in done.stderr
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)
+
+
+def test_a_monitored_job_the_kernel_refuses_to_start_is_one_line_126_and_not_counted_as_run(box: Box) -> None:
+    box.write_config("[profiles.default]\nmonitor = true\n")
+    job = _write_exe(box.bin / "job", b"echo no shebang line\n")
+    done = box.run("run", "--", str(job))
+    assert (done.returncode, done.stderr) == (126, f"gpurouter: {job}: cannot be executed: not a binary this "
+                                                   "system runs and no #! line (Exec format error)\n")  # fmt: skip
+    assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
+    _assert_stats_count_no_job(box)
+
+
+# Item 3: output files are replaced only when they are regular files.
+@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
+def test_an_output_fifo_with_no_reader_is_refused_at_once_and_left_a_fifo(box: Box, command: list[str]) -> None:
+    fifo = box.root / "out"
+    os.mkfifo(fifo)
+    done = box.run(*command, str(fifo), timeout=20)
+    assert done.returncode == 125
+    assert done.stderr.endswith(f"{fifo}: is a FIFO with no reader (refusing to wait for one)\n")
+    assert done.stderr.count("\n") == 1 and fifo.is_fifo()
+
+
+def test_an_output_fifo_with_a_reader_gets_the_text_written_through(box: Box) -> None:
+    fifo = box.root / "out"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(0.3)  # cat has opened the FIFO for reading
+    try:
+        done = box.run("stats", "--prometheus", str(fifo), timeout=20)
+        out, _ = reader.communicate(timeout=20)
+    finally:
+        reader.kill()
+        reader.communicate()
+    assert done.returncode == 0, done.stderr
+    assert "# TYPE gpurouter_slots_in_use gauge" in out and fifo.is_fifo()
+
+
+def _char_device(box: Box, name: str, minor: int) -> Path:
+    import stat
+
+    node = box.root / name
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, minor))  # 1,7: like /dev/full; 1,3: like /dev/null
+    except PermissionError:
+        pytest.skip("mknod is not permitted here")
+    return node
+
+
+@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
+def test_a_character_device_is_written_through_never_replaced(box: Box, command: list[str]) -> None:
+    full, null = _char_device(box, "full", 7), _char_device(box, "null", 3)
+    done = box.run(*command, str(full))
+    assert done.returncode == 125 and done.stderr.endswith(": No space left on device\n")
+    assert box.run(*command, str(null)).returncode == 0
+    assert full.is_char_device() and null.is_char_device()  # still device nodes, not HTML files
+    assert sorted(p.name for p in box.root.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_a_directory_or_socket_in_the_way_is_refused_in_one_line(box: Box) -> None:
+    import socket
+
+    place = box.root / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(place))
+    try:
+        done = box.run("report", "--html", str(place))
+        assert (done.returncode, done.stderr) == (
+            125, f"gpurouter: report not written: {place}: is a socket, not a regular file (refusing to replace it)\n")
+        assert place.is_socket()
+    finally:
+        server.close()
+
+
+def test_a_symlinked_output_writes_the_file_it_points_at_and_stays_a_symlink(box: Box) -> None:
+    target = box.root / "real.prom"
+    link = box.root / "link.prom"
+    link.symlink_to(target.name)
+    assert box.run("stats", "--prometheus", str(link)).returncode == 0
+    assert link.is_symlink() and "gpurouter_slots_in_use" in target.read_text()
+
+
+def test_tune_apply_on_a_symlinked_config_edits_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    pytest.importorskip("tomlkit")
+    from gpurouter.observe import tune
+
+    target = tmp_path / "managed" / "config.toml"
+    target.parent.mkdir()
+    target.write_text('# managed\n[profiles.whisper]\nprobe = "duration"\nthreshold = 10\n')
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    backup = tune.apply(str(link), "whisper", "45m")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert 'threshold = "45m"' in target.read_text() and target.read_text().startswith("# managed\n")
+    assert backup == f"{target}.bak" and "threshold = 10" in Path(backup).read_text()
+
+
+def test_tune_apply_refuses_a_config_that_is_a_fifo_without_waiting(tmp_path: Path) -> None:
+    pytest.importorskip("tomlkit")
+    from gpurouter.observe import tune
+
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(tune.TuneRefused, match="is a FIFO, not a regular file"):
+        tune.apply(str(fifo), "whisper", "45m")
+    assert fifo.is_fifo()
