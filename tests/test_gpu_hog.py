@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Box
-from gpurouter.job.config import DEFAULT_OOM_PATTERNS
+from gpurouter.job.settings import DEFAULT_OOM_PATTERNS
 
 HOG = Path(__file__).resolve().parent.parent / "examples" / "bin" / "gpu-hog"
 

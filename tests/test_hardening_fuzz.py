@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from conftest import GPUROUTER, Box
 from gpurouter.job import config, units
+from gpurouter.job import settings as settings_model
 from gpurouter.errors import ConfigError, GpurouterError
 from gpurouter.job.entry import prepare
 from gpurouter.job.options import NeedsClick, parse_run_args
@@ -82,11 +83,11 @@ toml_value = st.recursive(toml_scalar, lambda inner: st.lists(inner, max_size=3)
 def key_value(key: str) -> st.SearchStrategy[Any]:
     """Plausible values for a key, mixed with any TOML value at all."""
     plausible: dict[str, st.SearchStrategy[Any]] = {
-        "probe": st.sampled_from([*config.PROBES, "Duration", ""]),
+        "probe": st.sampled_from([*settings_model.PROBES, "Duration", ""]),
         "threshold": st.one_of(quantity("duration"), quantity("size"), quantity("pixels"), st.integers(-5, 10**6),
                                st.floats()),  # fmt: skip
         "input": st.one_of(st.sampled_from(["last", "first", "--input", "-i", "input", ""]), st.integers(-5, 5)),
-        "fallback": st.sampled_from([*config.FALLBACKS, "none"]),
+        "fallback": st.sampled_from([*settings_model.FALLBACKS, "none"]),
         "wait": st.one_of(st.sampled_from(["fail", "block", "10m", "0s", "-1s", "forever"]), quantity("duration")),
         "max_wait": quantity("duration"), "probe_timeout": quantity("duration"), "monitor_interval": quantity("duration"),
         "slots": st.integers(-2, 2000), "pool": st.sampled_from(["gpu", "cpu", "a-b_1", "../x", "a b", "", "x" * 70]),
@@ -97,7 +98,7 @@ def key_value(key: str) -> st.SearchStrategy[Any]:
         "ionice": st.sampled_from(["idle", "best-effort:3", "realtime:9", "x"]),
         "cpus": st.sampled_from(["0-3,6", "3-1", "", "0-99999", "a"]), "threads": st.integers(-1, 5000),
         "vram_mib": st.one_of(st.integers(-1, 10**6), st.just("auto")), "gpus": st.one_of(st.integers(-1, 99), st.just("auto")),
-        "on_low_vram": st.sampled_from([*config.ON_LOW_VRAM, "x"]), "args_position": st.sampled_from(["append", "prepend", "x"]),
+        "on_low_vram": st.sampled_from([*settings_model.ON_LOW_VRAM, "x"]), "args_position": st.sampled_from(["append", "prepend", "x"]),
         "env": st.dictionaries(st.sampled_from(["OMP_NUM_THREADS", "A=B", ""]), st.text(max_size=4), max_size=2),
         "probe_command": st.lists(st.sampled_from(["echo", "5", "{}", "", "/nonexistent/probe"]), max_size=3),
     }  # fmt: skip
@@ -114,9 +115,9 @@ def table(keys: list[str], extra: dict[str, st.SearchStrategy[Any]] | None = Non
     return base
 
 
-route_table = table(sorted(config.ROUTE_DEFAULTS))
-profile_table = table(sorted(config.PROFILE_DEFAULTS), {"gpu": route_table, "cpu": route_table,
-                                                         "escape": table(sorted(config.GUARD_DEFAULTS))})  # fmt: skip
+route_table = table(sorted(settings_model.ROUTE_DEFAULTS))
+profile_table = table(sorted(settings_model.PROFILE_DEFAULTS), {"gpu": route_table, "cpu": route_table,
+                                                         "escape": table(sorted(settings_model.GUARD_DEFAULTS))})  # fmt: skip
 @st.composite
 def sane_profile(draw: Any) -> dict[str, Any]:
     """A profile a user could well write (most of them valid): the decision paths get exercised."""
@@ -129,7 +130,7 @@ def sane_profile(draw: Any) -> dict[str, Any]:
             profile["probe_command"] = draw(st.sampled_from([["echo"], ["echo", "{}"], ["/nonexistent/probe"]]))
     optional = {
         "input": st.one_of(st.sampled_from(["last", "first", "--input", "-i"]), st.integers(-3, 3)),
-        "fallback": st.sampled_from(config.FALLBACKS), "wait": st.sampled_from(["fail", "block", "10ms", "1s"]),
+        "fallback": st.sampled_from(settings_model.FALLBACKS), "wait": st.sampled_from(["fail", "block", "10ms", "1s"]),
         "max_wait": st.sampled_from(["10ms", "1s"]), "priority": st.sampled_from(["realtime", "batch"]),
         "no_gpu": st.sampled_from(["cpu", "busy", "fail"]),
         "escape": st.fixed_dictionaries({}, optional={"nice": st.integers(0, 19), "threads": st.integers(1, 8)}),
@@ -142,7 +143,7 @@ def sane_profile(draw: Any) -> dict[str, Any]:
             profile[route] = draw(st.fixed_dictionaries({}, optional={
                 "args": st.lists(st.sampled_from(["--device", "cuda", "cpu", "-t", "a b", "'", "é"]), max_size=3),
                 "slots": st.integers(1, 8), "pool": st.sampled_from(["gpu", "cpu", "fuzz-1"]),
-                "args_position": st.sampled_from(config.ARGS_POSITIONS), "env": st.just({"OMP_NUM_THREADS": "2"}),
+                "args_position": st.sampled_from(settings_model.ARGS_POSITIONS), "env": st.just({"OMP_NUM_THREADS": "2"}),
                 "nice": st.integers(0, 19), "threads": st.integers(1, 8), "cpus": st.just("0"),
             }))  # fmt: skip
     return profile
@@ -152,11 +153,11 @@ sane_documents = st.fixed_dictionaries({}, optional={
     "busy_exit_code": st.integers(1, 255), "probe_cache": st.booleans(), "probe_timeout": st.sampled_from(["5s", "2s"]),
     "profiles": st.dictionaries(st.sampled_from(["true", "job", "default", "transcribe"]), sane_profile(), max_size=2),
 })  # fmt: skip
-documents = table(sorted(config.DEFAULTS), {
+documents = table(sorted(settings_model.DEFAULTS), {
     "profiles": st.dictionaries(st.sampled_from(["transcribe", "default", "a/b", "", "x y"]), profile_table, max_size=2)
     | toml_value,
-    "gpu": table(sorted(config.GPU_DEFAULTS)), "residents": st.dictionaries(printable_key, table(sorted(config.RESIDENT_DEFAULTS)), max_size=1),
-    "backend": table(sorted(config.BACKEND_DEFAULTS)),
+    "gpu": table(sorted(settings_model.GPU_DEFAULTS)), "residents": st.dictionaries(printable_key, table(sorted(settings_model.RESIDENT_DEFAULTS)), max_size=1),
+    "backend": table(sorted(settings_model.BACKEND_DEFAULTS)),
 })  # fmt: skip
 
 
@@ -242,7 +243,7 @@ def test_round_trip_of_tiny_and_huge_thresholds() -> None:
 @FAST
 @given(text=st.one_of(quantity("duration"), st.text(max_size=30)))
 def test_a_duration_or_wait_parses_or_says_why(text: str) -> None:
-    for parse in (units.parse_duration, config.parse_wait):
+    for parse in (units.parse_duration, units.parse_wait):
         try:
             seconds = parse(text)
         except ValueError as error:
@@ -250,7 +251,7 @@ def test_a_duration_or_wait_parses_or_says_why(text: str) -> None:
         else:
             assert seconds == seconds and seconds >= 0
             if 0 < seconds < math.inf:
-                assert config.parse_wait(config.format_wait(seconds)) == pytest.approx(seconds, rel=1e-12)
+                assert units.parse_wait(units.format_wait(seconds)) == pytest.approx(seconds, rel=1e-12)
     counted("durations")
 
 
@@ -293,7 +294,7 @@ def test_a_random_config_document_validates_or_names_the_key(document: dict[str,
         return
     for profile in settings_.profiles.values():
         for spec in (profile.gpu, profile.cpu):
-            assert 1 <= spec.slots <= 1024 and config.is_safe_name(spec.pool)
+            assert 1 <= spec.slots <= 1024 and units.is_safe_name(spec.pool)
         assert profile.wait_s >= 0 and (profile.threshold is None or profile.threshold >= 0)
     assert settings_.probe_timeout_s > 0 and 1 <= settings_.busy_exit_code <= 255
     counted("config documents (valid)")

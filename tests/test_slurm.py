@@ -24,6 +24,7 @@ import pytest
 import slurm_cluster as cluster
 from conftest import GPUROUTER, Box, wait_for
 from gpurouter.job import config
+from gpurouter.job import settings as settings_model
 from gpurouter.backends import slurm, srun
 from gpurouter.observe import slurm_queue
 from gpurouter.errors import NoFreeSlot
@@ -31,7 +32,12 @@ from gpurouter.errors import NoFreeSlot
 # ---------------------------------------------------------------- the srun request (no cluster needed)
 
 
-def _spec(route: str = "gpu", **table: object) -> config.RouteSpec:
+def _slurm(**table: object) -> settings_model.SlurmSettings:
+    return settings_model.SlurmSettings(**{"partition": None, "account": None, "srun_args": (), "time": None,
+                                           "srun": "srun", **table})  # fmt: skip
+
+
+def _spec(route: str = "gpu", **table: object) -> settings_model.RouteSpec:
     document = {"backend": {"kind": "slurm"}, "profiles": {"p": {route: table}}}
     return config.validate(document, "test", None).profiles["p"].route(route)
 
@@ -39,14 +45,13 @@ def _spec(route: str = "gpu", **table: object) -> config.RouteSpec:
 @pytest.mark.parametrize(("wait_s", "expected"), [(0.0, ["--immediate"]), (9.2, ["--immediate=10"]),
                                                    (0.3, ["--immediate=1"]), (math.inf, [])])  # fmt: skip
 def test_the_wait_policy_maps_to_immediate(wait_s: float, expected: list[str]) -> None:
-    argv, env = srun.srun_argv({"srun": "srun"}, _spec(), wait_s, 75, ["/bin/job"], "gpurouter:p")
+    argv, env = srun.srun_argv(_slurm(), _spec(), wait_s, 75, ["/bin/job"], "gpurouter:p")
     assert [a for a in argv if a.startswith("--immediate")] == expected
     assert env == {"SLURM_EXIT_IMMEDIATE": "75"}
 
 
 def test_the_gpu_route_asks_gres_cpus_memory_time_partition_and_account() -> None:
-    settings = {"srun": "srun", "partition": "gpu", "account": "media", "time": "2:00:00",
-                "srun_args": ["--constraint=a4000"]}  # fmt: skip
+    settings = _slurm(partition="gpu", account="media", time="2:00:00", srun_args=("--constraint=a4000",))
     argv, _ = srun.srun_argv(settings, _spec(gpus=2, threads=4, ram_mib=8000), 0, 75,
                               ["/bin/job", "-x"], "gpurouter:p", prolog="/proc/self/fd/5", comment="c")  # fmt: skip
     assert argv[0] == "srun" and argv[-3:] == ["--", "/bin/job", "-x"]
@@ -57,22 +62,22 @@ def test_the_gpu_route_asks_gres_cpus_memory_time_partition_and_account() -> Non
 
 
 def test_the_cpu_route_asks_cpus_and_memory_and_no_gpu() -> None:
-    argv, _ = srun.srun_argv({"srun": "srun"}, _spec("cpu", threads=3, ram_mib=100), math.inf, 75, ["/j"], "n")
+    argv, _ = srun.srun_argv(_slurm(), _spec("cpu", threads=3, ram_mib=100), math.inf, 75, ["/j"], "n")
     assert "--cpus-per-task=3" in argv and "--mem=100M" in argv
     assert not any(a.startswith("--gres") for a in argv)
 
 
 def test_gpus_auto_asks_the_jobs_world_size() -> None:
-    argv, _ = srun.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75, ["/j"], "n")
+    argv, _ = srun.srun_argv(_slurm(), _spec(gpus="auto"), 0, 75, ["/j"], "n")
     assert "--gres=gpu:1" in argv
-    argv, _ = srun.srun_argv({"srun": "srun"}, _spec(gpus="auto"), 0, 75,
+    argv, _ = srun.srun_argv(_slurm(), _spec(gpus="auto"), 0, 75,
                               ["/vllm", "serve", "--tensor-parallel-size", "2"], "n")  # fmt: skip
     assert "--gres=gpu:2" in argv
 
 
 def test_srun_args_may_not_replace_the_prolog() -> None:
     with pytest.raises(srun.SlurmError, match="prolog"):
-        srun.srun_argv({"srun_args": ["--prolog=/x"]}, _spec(), 0, 75, ["/j"], "n")
+        srun.srun_argv(_slurm(srun_args=("--prolog=/x",)), _spec(), 0, 75, ["/j"], "n")
 
 
 def test_inherited_slurm_variables_do_not_reach_srun() -> None:

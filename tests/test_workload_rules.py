@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpurouter.job import config, units
+from gpurouter.job import settings as settings_model
 from gpurouter.job.config import validate
 from gpurouter.errors import ConfigError
 from gpurouter.backends.monitor import gpu_failure
@@ -16,11 +17,11 @@ from gpurouter.job.probe import ProbeResult, locate_input, select_input
 from gpurouter.job.route import choose_route, job_argv
 
 
-def profile_of(table: dict[str, object], name: str = "job") -> config.Profile:
+def profile_of(table: dict[str, object], name: str = "job") -> settings_model.Profile:
     return validate({"profiles": {name: table}}, "test.toml", None).profiles[name]
 
 
-def spec_of(**route: object) -> config.RouteSpec:
+def spec_of(**route: object) -> settings_model.RouteSpec:
     return profile_of({"gpu": route}).gpu
 
 

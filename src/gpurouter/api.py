@@ -17,7 +17,7 @@ import math
 import os
 import time
 
-from gpurouter.job import admission, config, options
+from gpurouter.job import admission, config, options, units
 from gpurouter.job import decision as decisions
 from gpurouter.gpu import nvml
 from gpurouter.errors import GpurouterError, NoFreeSlot
@@ -152,7 +152,7 @@ def decide(profile: str, argv: Sequence[str], *, route: str | None = None, confi
 
 def _wait_seconds(wait: str | float) -> float:
     if isinstance(wait, str):
-        return config.parse_wait(wait)
+        return units.parse_wait(wait)
     if wait < 0:
         raise ValueError("wait must be >= 0 seconds, 'fail' or 'block'")
     return float(wait)

@@ -54,7 +54,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping, NoReturn
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
 
 _PR_SET_PDEATHSIG = 1
@@ -99,9 +99,9 @@ def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str]
     log = Admission(settings, decision, verbose, extra={"backend": "slurm"})
     record = log.record
     wait_s = _policy_prelude(log, decision)
-    srun = find_executable(str(slurm.get("srun") or "srun"), env_in.get("PATH"))
+    srun = find_executable(slurm.srun, env_in.get("PATH"))
     if srun is None:
-        raise SlurmError(f"backend.slurm.srun: {slurm.get('srun') or 'srun'!r} not found on PATH "
+        raise SlurmError(f"backend.slurm.srun: {slurm.srun!r} not found on PATH "
                          f"({env_in.get('PATH', '')}); install Slurm's client tools or set the path")  # fmt: skip
     spec = decision.spec
     job_argv = [os.path.abspath(decision.executable), *decision.argv[1:]]
@@ -143,7 +143,7 @@ def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str]
         state.job_id = job_id
         waited = time.monotonic() - began
         log.start(None, waited, slurm_job_id=_int(job_id), slurm_step=step_id, node=node,
-                  gres=f"gpu:{gpus}" if decision.route == "gpu" else None, partition=slurm.get("partition"))
+                  gres=f"gpu:{gpus}" if decision.route == "gpu" else None, partition=slurm.partition)
         if verbose:
             sys.stderr.write(f"gpurouter: {decision.route} ({decision.reason}), Slurm job {job_id} on {node}\n")
         if state.pending_cancel:  # a signal came while the report was in flight
@@ -188,7 +188,7 @@ def _not_started(log: Admission, decision: Decision, wait_s: float, code: int, e
     if code == settings.busy_exit_code:
         gpus = decision.gpu_count or gpu_count(decision.spec, decision.argv[1:])
         gres = f"gpu:{gpus}" if decision.route == "gpu" else f"the {decision.route} route"
-        partition = settings.backend.slurm.get("partition") or "the default partition"
+        partition = settings.backend.slurm.partition or "the default partition"
         when = "now (srun --immediate)" if wait_s <= 0 else f"in time (srun --immediate={max(1, -int(-wait_s // 1))})"
         busy = NoFreeSlot(decision.pool, decision.slots, 0.0 if wait_s <= 0 else elapsed,
                           why=f"Slurm has no room for {gres} on {partition} {when}")  # fmt: skip

@@ -10,9 +10,9 @@ from gpurouter.errors import GpurouterError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Sequence
+    from typing import Mapping, Sequence
 
-    from gpurouter.job.config import RouteSpec
+    from gpurouter.job.settings import RouteSpec, SlurmSettings
 
 JOB_NAME_PREFIX = "gpurouter:"
 REPORT_FD = 9  # the prolog writes its line to this fd (dash takes single-digit fds only)
@@ -66,7 +66,7 @@ def gpu_count(spec: RouteSpec, job_args: Sequence[str] | None = None) -> int:
     return 1
 
 
-def srun_argv(slurm: Mapping[str, Any], route_spec: RouteSpec, wait_s: float, busy_exit_code: int,
+def srun_argv(slurm: SlurmSettings, route_spec: RouteSpec, wait_s: float, busy_exit_code: int,
               job_argv: Sequence[str], job_name: str, prolog: str | None = None,
               comment: str | None = None, gpus: int | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The srun command line for one job, and the variables srun needs on top of the job's.
@@ -83,15 +83,15 @@ def srun_argv(slurm: Mapping[str, Any], route_spec: RouteSpec, wait_s: float, bu
     Raises:
         SlurmError: `srun_args` tries to replace an option gpurouter relies on.
     """
-    extra = [str(a) for a in slurm.get("srun_args") or ()]
+    extra = list(slurm.srun_args)
     for arg in extra:
         if arg.split("=", 1)[0] in _RESERVED:
             raise SlurmError(f"backend.slurm.srun_args: {arg!r} would replace gpurouter's own srun prolog "
                              "(it reports the job's start); remove it")  # fmt: skip
-    argv = [str(slurm.get("srun") or "srun"), f"--job-name={job_name}", "--quiet", "--ntasks=1", "--nodes=1"]
-    for key in ("partition", "account", "time"):
-        if slurm.get(key):
-            argv.append(f"--{key}={slurm[key]}")
+    argv = [slurm.srun, f"--job-name={job_name}", "--quiet", "--ntasks=1", "--nodes=1"]
+    for key, value in (("partition", slurm.partition), ("account", slurm.account), ("time", slurm.time)):
+        if value:
+            argv.append(f"--{key}={value}")
     if route_spec.name == "gpu":
         argv.append(f"--gres=gpu:{gpus if gpus is not None else gpu_count(route_spec, job_argv[1:])}")
     if route_spec.guard is not None and route_spec.guard.threads:

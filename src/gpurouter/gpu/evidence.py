@@ -29,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable, Mapping
 
-    from gpurouter.job.config import Resident
+    from gpurouter.job.settings import Resident
     from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]")

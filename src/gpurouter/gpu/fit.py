@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Iterable, Mapping, TypeGuard
 
-    from gpurouter.job.config import Profile, Settings
+    from gpurouter.job.settings import Profile, Settings
 
 MIN_RUNS: Final = 3
 # What tune and threshold = "auto" take as evidence (issue 12, item 7): forged `end` records of

@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Sequence
 
-    from gpurouter.job.config import GpuSettings, RouteSpec
+    from gpurouter.job.settings import GpuSettings, RouteSpec
 
 _SPELLINGS = {
     "tp": ("tensor-parallel-size", "tensor_parallel_size", "tp-size", "tp_size", "tp"),

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Sequence
 
-    from gpurouter.job.config import RouteSpec, Settings
+    from gpurouter.job.settings import RouteSpec, Settings
     from gpurouter.gpu.nvml import GpuSnapshot
     from gpurouter.job.slots import Slot
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from gpurouter.job.config import Resident, Settings
+    from gpurouter.job.settings import Resident, Settings
 
 STATE = "residents.state"
 LOCK = "residents.lock"

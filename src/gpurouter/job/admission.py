@@ -12,7 +12,7 @@ import sys
 
 from gpurouter.errors import GpurouterError, NoFreeSlot, ProbeRefused
 from gpurouter.job import guard, journal, priority, route, slots
-from gpurouter.job.config import format_wait
+from gpurouter.job.units import format_wait
 from gpurouter.job.decision import HELD_VAR, ROUTED_VAR, held_pools, routed_value
 
 TYPE_CHECKING = False
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from gpurouter.gpu.placement import Placement
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
     from gpurouter.job.slots import Slot
 

@@ -9,14 +9,17 @@ import os
 
 from gpurouter.errors import UsageError
 from gpurouter.job import guard, probe, route
-from gpurouter.job.config import ROUTES, format_wait
+from gpurouter.job.settings import ROUTES
+from gpurouter.job.units import format_wait
 from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping, Sequence
 
-    from gpurouter.job.config import Profile, RouteSpec, Settings
+    from gpurouter.job.settings import Profile, RouteSpec, Settings
+    from gpurouter.job.route import Action
+    from gpurouter.job.settings import RouteName
 
 HELD_VAR = "GPUROUTER_HELD"
 ROUTED_VAR = "GPUROUTER_ROUTED"  # the profile a parent gpurouter already routed (its args are in argv)
@@ -30,7 +33,7 @@ class Decision(Record):
                  "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action",
                  "base_argv", "need_mib", "gpu_count", "input_at")  # fmt: skip
     profile: str
-    route: str  # a no_input pass carries the CPU route's name but takes none: see `taken_route`
+    route: RouteName  # a no_input pass carries the CPU route's name but takes none: see `taken_route`
     reason: str
     metric: float | None
     kind: str | None
@@ -45,7 +48,7 @@ class Decision(Record):
     no_slot_because: str | None  # GPUROUTER_SKIP_LOCK or a held pool: take no slot
     spec: RouteSpec
     rules: Profile
-    action: str  # run | busy | fail | wait-window (see route.py)
+    action: Action
     base_argv: list[str]  # the job's argv before route args
     need_mib: int | None  # device mode: VRAM per device (None: not device-aware)
     gpu_count: int | None  # device mode: devices per job (None: not device-aware)
@@ -78,13 +81,13 @@ def routed_value(profile: str, route_name: str, command: str) -> str:
     return f"{profile}:{route_name}:{os.path.basename(command)}"
 
 
-def parse_routed(value: str) -> tuple[str, str, str]:
-    """(profile, route, command name) from GPUROUTER_ROUTED; empty strings when absent or foreign."""
+def parse_routed(value: str) -> tuple[str, RouteName | None, str]:
+    """(profile, route, command name) from GPUROUTER_ROUTED; ("", None, "") when absent or foreign."""
     for route_name in ROUTES:  # split at the route: profile names may hold ':' themselves
         profile, marker, command = value.partition(f":{route_name}:")
         if marker:
             return profile, route_name, command
-    return "", "", ""
+    return "", None, ""
 
 
 def held_pools(environ: Mapping[str, str]) -> list[str]:
@@ -102,7 +105,7 @@ def holds_device_of(held: Sequence[str], pool: str) -> bool:
     return any(len(p) > size and p.startswith(pool) and p[size:].isascii() and p[size:].isdigit() for p in held)
 
 
-def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[RouteName | None, str | None]:
     """(route, who forced it) from `--route` or GPUROUTER_ROUTE.
 
     Raises:
@@ -110,9 +113,11 @@ def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[str | 
     """
     for value, origin in ((option, "--route"), (environ.get("GPUROUTER_ROUTE"), "GPUROUTER_ROUTE")):
         if value:
-            if value not in ROUTES:
-                raise UsageError(f"{origin} must be gpu or cpu, got {value!r}")
-            return value, origin
+            if value == "gpu":
+                return "gpu", origin
+            if value == "cpu":
+                return "cpu", origin
+            raise UsageError(f"{origin} must be gpu or cpu, got {value!r}")
     return None, None
 
 
@@ -129,7 +134,7 @@ def gpu_problem(settings: Settings, environ: Mapping[str, str]) -> str | None:
 
 
 def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable: str,
-           forced: tuple[str | None, str | None] = (None, None),
+           forced: tuple[RouteName | None, str | None] = (None, None),
            environ: Mapping[str, str] | None = None, intercepted: bool = False) -> Decision:  # fmt: skip
     """Probe and route one job; takes nothing and runs nothing.
 
@@ -214,7 +219,7 @@ def _no_input(profile: Profile, argv: Sequence[str], executable: str) -> Decisio
     )  # fmt: skip
 
 
-def _pass_through(profile: Profile, argv: Sequence[str], executable: str, parent_route: str) -> Decision:
+def _pass_through(profile: Profile, argv: Sequence[str], executable: str, parent_route: RouteName) -> Decision:
     """A nested call of a profile its parent gpurouter already routed (e.g. `run -- NAME` where NAME is
     itself an intercepting link): the parent probed, added the route args and holds the slot, so
     this call execs the real binary with the argv untouched."""

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, NoReturn, Sequence
 
-    from gpurouter.job.config import Profile
+    from gpurouter.job.settings import Profile
     from gpurouter.job.slots import Slot
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 
-from gpurouter.job.config import parse_cpus, parse_ionice
+from gpurouter.job.units import parse_cpus, parse_ionice
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping
 
-    from gpurouter.job.config import Guard
+    from gpurouter.job.settings import Guard
 
 # Thread-pool sizes read from the environment by the libraries heavy jobs are built on:
 # OpenMP (PyTorch, onnxruntime, CTranslate2/faster-whisper default intra_threads), the BLAS

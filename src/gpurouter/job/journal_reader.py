@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Final, Iterable, Iterator, Mapping
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 # `--since` bisects the journal for its start and lands this far earlier (clock jitter, slow writers).
 SEEK_MARGIN_S: Final = 3600.0

@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 
 from gpurouter.job import units
-from gpurouter.job.config import PROBES, ROUTES, parse_wait
+from gpurouter.job.settings import PROBES, ROUTES
+from gpurouter.job.units import parse_wait
 from gpurouter.errors import ConfigError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, Sequence
 
-    from gpurouter.job.config import Profile, Settings
+    from gpurouter.job.settings import Profile, Settings
 
 # (option, metavar or None for a flag, help)
 RUN_OPTIONS: tuple[tuple[str, str | None, str], ...] = (

@@ -17,12 +17,14 @@ from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Sequence
+    from typing import Literal, Sequence
 
-    from gpurouter.job.config import Profile, Settings
+    MetricKind = Literal["duration", "size", "pixels", "number"]
+
+    from gpurouter.job.settings import Profile, Settings
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO input must not hang us
-KIND_OF_PROBE = {"duration": "duration", "size": "size", "pixels": "pixels", "command": "number"}
+KIND_OF_PROBE: dict[str, MetricKind] = {"duration": "duration", "size": "size", "pixels": "pixels", "command": "number"}
 
 
 class ProbeResult(Record):
@@ -31,7 +33,7 @@ class ProbeResult(Record):
     __slots__ = ("input", "metric", "kind", "via", "problem")
     input: str | None
     metric: float | None
-    kind: str | None  # duration | size | pixels | number
+    kind: MetricKind | None
     via: str | None  # native:wav, ffprobe, cache, stat, command
     problem: str | None  # why there is no metric
 

@@ -7,30 +7,38 @@ from __future__ import annotations
 
 from gpurouter.job import units
 from gpurouter.job.records import Record
-from gpurouter.job.config import within_hours
+from gpurouter.job.units import within_hours
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Sequence
+    from typing import Final, Literal, Sequence
 
-    from gpurouter.job.config import Profile, RouteSpec
+    from gpurouter.job.settings import Profile, RouteName, RouteSpec
     from gpurouter.job.probe import ProbeResult
 
-RUN, BUSY, FAIL, WAIT_WINDOW, PASS = "run", "busy", "fail", "wait-window", "pass-through"
-NO_INPUT = "pass"  # no_input = "pass" and no input argument: exec untouched, no slot (issue 14)
+    # run | refuse busy | refuse (fallback/no_gpu = "fail") | wait for the GPU window | a parent already
+    # routed this job (interception inside `run`) | no_input = "pass" with no input argument (issue 14)
+    Action = Literal["run", "busy", "fail", "wait-window", "pass-through", "pass"]
+
+RUN: Final = "run"
+BUSY: Final = "busy"
+FAIL: Final = "fail"
+WAIT_WINDOW: Final = "wait-window"
+PASS: Final = "pass-through"
+NO_INPUT: Final = "pass"  # no_input = "pass" and no input argument: exec untouched, no slot (issue 14)
 
 
 class Route(Record):
     """The route taken, why, and what to do about it (run, refuse busy, fail, wait for the window)."""
 
     __slots__ = ("name", "spec", "reason", "action")
-    name: str  # gpu | cpu
+    name: RouteName
     spec: RouteSpec
     reason: str
-    action: str  # run | busy | fail | wait-window (and, for a Decision, pass-through | pass)
+    action: Action
 
 
-def choose_route(profile: Profile, probe: ProbeResult | None, forced: str | None = None,
+def choose_route(profile: Profile, probe: ProbeResult | None, forced: RouteName | None = None,
                  forced_by: str | None = None, minute_of_day: int | None = None,
                  gpu_problem: str | None = None) -> Route:  # fmt: skip
     """GPU when metric < threshold, else CPU; then the GPU route's time window and availability.
@@ -78,7 +86,7 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
     below = probe.metric < profile.threshold
     compared = f"{probe.kind} {shown} {'<' if below else '>='} threshold {limit}"
     if profile.gpu_when == "above":  # the GPU for the big jobs where it pays (issue 14)
-        name = "cpu" if below else "gpu"
+        name: RouteName = "cpu" if below else "gpu"
         return Route(name=name, spec=profile.route(name), reason=f"{compared}: {name} (gpu_when = above)", action=RUN)
     name = "gpu" if below else "cpu"
     return Route(name=name, spec=profile.route(name), reason=compared, action=RUN)

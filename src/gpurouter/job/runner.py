@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, NoReturn
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
 
 

@@ -201,3 +201,114 @@ def _rounded(value: float, kind: str | None) -> str:
     if float(value).is_integer() and abs(value) < 2**53:
         return f"{int(value)}"
     return f"{value:.4g}"
+
+
+# ---------------------------------------------------------------- the profile's other forms
+
+
+def parse_ionice(text: object) -> tuple[int, int]:
+    """(class, level) from "idle", "best-effort:N" or "realtime:N" (ioprio classes 3, 2, 1).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text == "idle":
+        return 3, 0
+    if isinstance(text, str):
+        name, _, level = text.partition(":")
+        classes = {"best-effort": 2, "realtime": 1}
+        if name in classes and level.isdigit() and 0 <= int(level) <= 7:
+            return classes[name], int(level)
+    raise ValueError(f'must be "idle", "best-effort:N" or "realtime:N" with N 0-7, got {text!r}')
+
+
+def parse_cpus(text: object) -> set[int]:
+    """CPU numbers from "0-3,6".
+
+    Raises:
+        ValueError: not a CPU list.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f'must be a CPU list like "0-3,6", got {text!r}')
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f'must be a CPU list like "0-3,6", got {text!r}')
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first or last > 4095:
+            raise ValueError(f"bad CPU range {part.strip()!r}")
+        cpus.update(range(first, last + 1))
+    return cpus
+
+
+def parse_hours(text: str) -> tuple[tuple[int, int], ...]:
+    """Minute-of-day ranges from "18:00-09:00" or "00:00-08:00,20:00-24:00" (a range may wrap midnight).
+
+    Raises:
+        ValueError: not a list of HH:MM-HH:MM ranges.
+    """
+    ranges = []
+    for part in text.split(","):
+        start, dash, end = part.strip().partition("-")
+        if not dash:
+            raise ValueError(f'must be ranges like "18:00-09:00", got {text!r}')
+        first, last = _minute_of_day(start), _minute_of_day(end)
+        if first == last:
+            raise ValueError(f"empty range {part.strip()!r}")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def _minute_of_day(text: str) -> int:
+    hours, colon, minutes = text.strip().partition(":")
+    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError(f"{text.strip()!r} is not HH:MM")
+    value = int(hours) * 60 + int(minutes)
+    if int(minutes) > 59 or value > 24 * 60:
+        raise ValueError(f"{text.strip()!r} is not a time of day")
+    return value
+
+
+def within_hours(hours: tuple[tuple[int, int], ...], minute_of_day: int) -> bool:
+    """Is this minute of the day inside any range (a range may wrap midnight)?"""
+    for start, end in hours:
+        if start < end and start <= minute_of_day < end:
+            return True
+        if start > end and (minute_of_day >= start or minute_of_day < end):
+            return True
+    return False
+
+
+def is_safe_name(name: str) -> bool:
+    """A pool name usable as a file name prefix: letters, digits, '-', '_' (1-64 chars)."""
+    return 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+
+
+def parse_wait(value: object) -> float:
+    """`fail` -> 0, `block` -> inf, a duration -> seconds.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value == "fail":
+        return 0.0
+    if value == "block":
+        return math.inf
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a bare number is seconds, as for every other duration
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise ValueError(f'must be "fail", "block" or a duration like "10m": {error}') from None
+    raise ValueError(f'must be "fail", "block" or a duration like "10m", got {value!r}')
+
+
+def format_wait(wait_s: float) -> str:
+    """The inverse of `parse_wait`."""
+    if wait_s == 0:
+        return "fail"
+    if math.isinf(wait_s):
+        return "block"
+    return format_duration(wait_s)

@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 RAM_RESERVE_FRACTION = 0.1  # left to the OS, page cache and everything not routed by gpurouter
 RAM_RESERVE_MIN_MIB = 2048

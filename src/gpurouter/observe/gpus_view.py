@@ -8,7 +8,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 
 def view(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Iterable, Mapping
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 _MIB: Final = 1048576
 _QUANTILES: Final = (("0.5", "p50"), ("0.95", "p95"))

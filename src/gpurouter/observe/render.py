@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from gpurouter.job import units
-from gpurouter.job.config import BUILTIN, format_wait
+from gpurouter.job.settings import BUILTIN
+from gpurouter.job.units import format_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-    from gpurouter.job.config import Guard, Profile, RouteSpec, Settings
+    from gpurouter.job.settings import Guard, Profile, RouteSpec, Settings
     from gpurouter.observe.status import SlotRow
 
 
@@ -47,7 +48,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         "busy_exit_code": settings.busy_exit_code, "ffprobe": settings.ffprobe,
         "probe_timeout": units.format_duration(settings.probe_timeout_s), "probe_cache": settings.probe_cache,
         "gpu": {**settings.gpu.as_dict(), "devices": list(settings.gpu.devices) if settings.gpu.devices else None},
-        "backend": settings.backend.as_dict(),
+        "backend": {"kind": settings.backend.kind, "slurm": settings.backend.slurm.as_dict()},
         "residents": {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.as_dict().items() if k != "name"}
                       for name, r in sorted(settings.residents.items())},
         "profiles": {name: _profile_data(p) for name, p in sorted(settings.profiles.items())},

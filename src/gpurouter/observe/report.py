@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable, Mapping, TypeGuard
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
     from gpurouter.observe.charts import Chart
 
 # --------------------------------------------------------------------------- data

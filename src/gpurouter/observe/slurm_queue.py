@@ -10,7 +10,7 @@ from gpurouter.backends.srun import JOB_NAME_PREFIX, SlurmError
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 SQUEUE_FIELDS = (("job_id", "%i"), ("state", "%T"), ("name", "%j"), ("user", "%u"), ("partition", "%P"),
                  ("nodes", "%N"), ("reason", "%r"), ("gres", "%b"), ("cpus", "%C"), ("memory", "%m"),
@@ -31,15 +31,15 @@ def slurm_jobs(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     env = dict(os.environ if environ is None else environ)
     slurm = settings.backend.slurm
-    srun = str(slurm.get("srun") or "srun")
+    srun = slurm.srun
     squeue_name = os.path.join(os.path.dirname(srun), "squeue") if "/" in srun else "squeue"
     squeue = find_executable(squeue_name, env.get("PATH"))
     if squeue is None:
         raise SlurmError(f"squeue not found (PATH={env.get('PATH', '')}): the Slurm view needs Slurm's client tools")
     argv = [squeue, "--noheader", "--all", "--sort=V,i",
             "--format=" + _SEPARATOR.join(code for _, code in SQUEUE_FIELDS)]  # fmt: skip
-    if slurm.get("partition"):
-        argv.append(f"--partition={slurm['partition']}")
+    if slurm.partition:
+        argv.append(f"--partition={slurm.partition}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -71,7 +71,7 @@ def jobs_text(jobs: Sequence[Mapping[str, Any]], settings: Settings | None = Non
     """A table of gpurouter's Slurm jobs for `gpurouter status`."""
     where = ""
     if settings is not None:
-        where = f" (partition {settings.backend.slurm.get('partition') or 'of the cluster default'})"
+        where = f" (partition {settings.backend.slurm.partition or 'of the cluster default'})"
     lines = [f"backend: slurm{where}: {len(jobs)} gpurouter job(s) running or pending",
              f"{'JOBID':>8}  {'STATE':<11}{'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'GRES':<14}{'ELAPSED':>10}  "
              "NODE / REASON"]  # fmt: skip

@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Iterable, Sequence
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 # Advice thresholds: below these the figures are noise, not a pattern.
 ADVISE_MIN_COUNT: Final = 3
@@ -398,7 +398,7 @@ def advise(
     *more* jobs to the GPU); refusals on the CPU pool are, and GPU OOMs call for a lower one.
     """
     from gpurouter.job import units
-    from gpurouter.job.config import format_wait
+    from gpurouter.job.units import format_wait
 
     advice = []
     for name, row in profiles.items():

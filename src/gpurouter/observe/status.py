@@ -10,14 +10,14 @@ import os
 
 from gpurouter.job import journal
 from gpurouter.job.records import Record
-from gpurouter.job.config import is_safe_name
+from gpurouter.job.units import is_safe_name
 from gpurouter.job.kernel import kernel_flocks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 
 class SlotRow(Record):

@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Mapping, TextIO
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 EVENTS_TAIL_BYTES: Final = 256 * 1024  # the last events come from the journal's tail only
 _RESET: Final = "\x1b[0m"

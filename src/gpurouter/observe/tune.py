@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Iterable, Mapping
 
-    from gpurouter.job.config import Settings
+    from gpurouter.job.settings import Settings
 
 # How each probe's metric reads best in words: (unit name, size of that unit in metric units).
 _UNITS: Final = {"duration": ("minute", 60.0), "size": ("GiB", float(2**30)), "pixels": ("megapixel", 1e6)}
