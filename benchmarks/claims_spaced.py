@@ -48,8 +48,11 @@ import sys
 if sys.argv[1] == "proc-locks":
     from gpurouter.gpu import placement
     if "decide_held" in placement.read_claims.__code__.co_varnames:
-        import functools
-        placement.read_claims = functools.partial(placement.read_claims, decide_held=False)
+        as_built = placement.read_claims
+        def read_claims(*args, **kwargs):
+            kwargs["decide_held"] = False  # judged from /proc/locks: the decide lock is ours, so busy
+            return as_built(*args, **kwargs)
+        placement.read_claims = read_claims
 sys.argv = ["gpurouter", *sys.argv[2:]]
 from gpurouter.__main__ import main
 sys.exit(main())
