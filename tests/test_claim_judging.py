@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -59,7 +58,11 @@ def claim_of(box: Box, slot: str) -> list[str]:
 def hold(box: Box, profile: str = "holder") -> subprocess.Popen[str]:
     """`sleep 30` asleep on its device slot (gpurouter exec'd it: the job's pid holds the slot)."""
     job = box.start("run", "--profile", profile, "--", "sleep", "30")
-    assert wait_for(lambda: any(r["event"] == "start" and r["pid"] == job.pid for r in box.records())), job.stderr
+
+    def started() -> bool:
+        return any(r["event"] == "start" and r["pid"] == job.pid for r in box.records())
+
+    assert wait_for(started), job.stderr
     return job
 
 
@@ -79,7 +82,7 @@ def test_a_claim_whose_holder_was_killed_with_sigkill_no_longer_counts(gpu_box: 
     holder = hold(gpu_box)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert claim_of(gpu_box, "gpu0.0")[:2] == [str(holder.pid), "3700"]  # the claim file stays; no cleanup ran
+    assert claim_of(gpu_box, "gpu0.0")[:2] == [str(holder.pid), "3700"]  # the claim stays: no cleanup ran
     done = place_sh(gpu_box)
     assert (done.returncode, done.stdout) == (0, "GPU-00000000-0000-0000-0000-000000000000\n"), done.stderr
     assert gpu_box.records()[-1]["placed"] == "GPU 0 6000 MiB free"  # nothing promised
@@ -138,7 +141,7 @@ with gpurouter.slot(first) as held:
 """
 
 
-def test_a_process_placing_a_second_job_counts_the_claim_of_the_slot_it_already_holds(gpu_box: Box) -> None:
+def test_a_process_placing_a_second_job_counts_the_claim_of_the_slot_it_holds(gpu_box: Box) -> None:
     """The probe opens a second open file description of our own slot file: flock conflicts
     across descriptions in one process too, so our own live claim counts (no double-spend)."""
     done = subprocess.run([sys.executable, "-c", LIBRARY_HOLDER, str(gpu_box.config)], env=gpu_box.env,
@@ -158,7 +161,7 @@ def test_a_device_mode_decision_judges_a_live_claim_without_opening_proc_locks(g
     done = subprocess.run(argv, env=gpu_box.env, capture_output=True, text=True, timeout=60)
     if done.returncode != 75 and "ptrace" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
-    assert done.returncode == 75 and "3700 promised" in done.stderr, done.stderr  # the claim was judged, alive
+    assert done.returncode == 75 and "3700 promised" in done.stderr, done.stderr  # judged, and alive
     opened = trace.read_text()
     assert "gpu0.0.claim" in opened and "devices.json" in opened  # the trace saw the decision
     assert "/proc/locks" not in opened
