@@ -9,8 +9,9 @@ against a peer in the same run, the runs alternating:
   run vram (lean)      the same profile with `vram_mib`: the per-job NVML path (nvml_lean, ctypes)
   run vram (pynvml)    the same, with nvml.query_gpus forced to nvidia-ml-py (the path before issue 16)
   spaced, claim held   run vram (lean) with a claim held by another job, runs --pause-s apart (as
-                       jobs arrive on a real box) against back to back (as hyperfine runs them): the
-                       first read of /proc/locks after a pause waits for an RCU grace period
+                       jobs arrive on a real box) against back to back (as hyperfine runs them): until
+                       issue 16 the first read of /proc/locks after a pause waited for an RCU grace
+                       period; claims are now judged by a flock probe (benchmarks/claims_spaced.py)
   query lean / pynvml  import + nvmlInit + one query, in a fresh interpreter
   monitor sample       one Sampler.sample() of a monitored run (nvidia-ml-py, every field), in process
 
@@ -137,7 +138,7 @@ def main() -> int:
             rows.append({"row": name, "median_ms": round(median, 2), "vs": "run plain",
                          "ratio": round(median / plain, 3)})  # fmt: skip
 
-        # A claim held by another job: every device-aware decision then judges it via /proc/locks.
+        # A claim held by another job: every device-aware decision then judges it (a flock probe of its slot).
         holder = subprocess.Popen(run("lean", "bench-vram")[:-1] + ["sleep", "600"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:

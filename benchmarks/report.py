@@ -4,7 +4,7 @@
 
 Reads hyperfine's --export-json files (NAME.ROUND.json for NAME in a, b_wav, b_ogg_first,
 b_ogg_cached, g, lib, j: the times of all rounds are pooled per command), handoff.json,
-waiters.json, gpu_imports.json, monitor.json, lib_roundtrip.json and facts.json, whichever
+waiters.json, gpu_imports.json, claims_spaced.json, monitor.json, lib_roundtrip.json and facts.json, whichever
 the groups run (`run.sh --only`) left; prints ONE markdown table on stdout, then a few notes
 (sample sizes, what was subtracted, cross-checks).
 """
@@ -230,15 +230,35 @@ def rows_gpu(directory: str, facts: dict, table: Table, notes: list[str]) -> Non
         note += (f"; of which imports ~{imports['added_us'] / 1000:.1f} ms (-X importtime, median of "
                  f"{imports['runs']}; {imports['added_modules']} modules the plain run does not load: "
                  + "; ".join(parts) + f"), the rest ~{rest:.1f} ms placement work (device file read, "
-                 "/proc/locks, decide lock, device slot, claim)")  # fmt: skip
+                 "claim probes, decide lock, device slot, claim)")  # fmt: skip
         locks = imports.get("proc_locks_read_us")
         if locks:
-            note += (f"; the first read of /proc/locks in a process (to judge claims) takes "
-                     f"{locks['paused'] / 1000:.1f} ms after a 0.3 s pause, "
+            note += (f"; the first read of /proc/locks in a process (how claims were judged before issue 16, "
+                     f"row (l)) takes {locks['paused'] / 1000:.1f} ms after a 0.3 s pause, "
                      f"{locks['back_to_back'] / 1000:.1f} ms back to back (median of 5 each; the kernel "
                      "waits for an RCU grace period unless one just passed: hyperfine's back-to-back runs "
                      "see the cheaper case)")  # fmt: skip
     notes.append(note)
+
+
+def rows_claims(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(l) the device-mode decision with a claim held, spaced as jobs arrive and back to back."""
+    if not have(directory, "claims_spaced.json"):
+        return
+    k = load(directory, "claims_spaced.json")
+    spaced, back = k["medians_ms"]["spaced"], k["medians_ms"]["back_to_back"]
+    n = len(k["spaced_ms"]["vram"])
+    table.add(f"(l) device-mode `run -- true`, a claim held, runs {k['pause_s']:g} s apart (as jobs arrive; "
+              f"median of {n}) vs the same profile without vram_mib", spaced["vram"], "plain", spaced["plain"], ms,
+              "ratio", 1.2)  # fmt: skip
+    table.add("(l) the same, claims judged from /proc/locks as before issue 16", spaced["vram, /proc/locks"],
+              "plain", spaced["plain"], ms, "info", None)  # fmt: skip
+    notes.append(f"(l) back to back (bursts of {k['burst']}, first dropped; n={len(k['back_to_back_ms']['vram'])}): "
+                 f"vram {ms(back['vram'])}, vram judged from /proc/locks {ms(back['vram, /proc/locks'])}, plain "
+                 f"{ms(back['plain'])}; spaced, the /proc/locks judging adds "
+                 f"{ms(spaced['vram, /proc/locks'] - spaced['vram'])} (the RCU grace period of the first read "
+                 "in a process), back to back "
+                 f"{ms(back['vram, /proc/locks'] - back['vram'])}")  # fmt: skip
 
 
 def rows_monitor(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -300,7 +320,8 @@ def main() -> None:
     notes = [f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / "
              f"{facts['load_after']} after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; "
              f"{facts['flock']}; groups: {', '.join(facts.get('groups', []))}"]  # fmt: skip
-    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_monitor, rows_library, rows_workloads):
+    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_claims, rows_monitor, rows_library,
+                 rows_workloads):
         rows(directory, facts, table, notes)
     print(table.render())
     print()

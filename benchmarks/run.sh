@@ -5,7 +5,7 @@
 #   benchmarks/run.sh                            (about 2 minutes on a quiet 2-core box)
 #   benchmarks/run.sh --only policies,gpu        (some groups only)
 #
-# Groups: core (rows a-e), policies (f), gpu (g), monitor (h), library (i), workloads (j); default: all.
+# Groups: core (rows a-e), policies (f), gpu (g, l), monitor (h), library (i), workloads (j); default: all.
 # Needs (scripts/setup bench installs them, and run.sh calls it when one is missing): the venv at
 # ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
 # flock(1), ffmpeg and ffprobe, coreutils timeout (core needs them all, the other groups
@@ -406,6 +406,10 @@ if want gpu; then
         --out "$RESULTS/gpu_imports.json" --runs 7 \
         --base "--profile bench-plain" --aware "--profile bench-vram" -- /bin/true
     unset GPUROUTER_NVML_FILE
+    # ------------------------------------------------------------ (l) claims judged as jobs arrive
+    step "(l) device-mode decision with a claim held: 0.5 s apart vs back to back (12 + 6 x 6 runs each)"
+    run_step timeout -k 5 180 "$PY" "$HERE/claims_spaced.py" --runs 12 --burst 6 --pause-s 0.5 \
+        --out "$RESULTS/claims_spaced.json" >/dev/null
 fi
 
 # ---------------------------------------------------------------- (i) library

@@ -6,8 +6,8 @@ task-spooler failure: 128 jobs on a GPU that still looked empty). So each placem
 under one short exclusive lock (`<pool>.decide`), takes the device slots, and writes a
 *claim* beside each slot (`<pool><index>.<slot>.claim`: pid and MiB). Later deciders count
 the part of a claim that NVML does not yet show as used by the claimant's process tree as
-promised, so two callers never spend the same free MiB. A claim only counts while the
-kernel says its pid holds that slot (`/proc/locks`), so a crashed job's claim is void.
+promised, so two callers never spend the same free MiB. A claim only counts while its slot
+is held (a non-blocking flock probe of the slot file), so a crashed job's claim is void.
 """
 
 from __future__ import annotations
@@ -71,34 +71,56 @@ def device_pool(spec: RouteSpec, index: int) -> str:
 
 
 def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
-                exclude_pid: int | None = None) -> dict[int, int]:  # fmt: skip
-    """MiB promised on each device to slot holders that NVML does not yet show as using it."""
+                exclude_pid: int | None = None, decide_held: bool = False) -> dict[int, int]:  # fmt: skip
+    """MiB promised on each device to slot holders that NVML does not yet show as using it.
+
+    Args:
+        decide_held: the caller holds `<spec_pool>.decide` (a placement does). Otherwise the
+            lock is tried without waiting, for the span of the judging, and where it is busy
+            (or missing) the claims are judged from /proc/locks instead.
+    """
     try:
         names = os.listdir(lock_dir)
     except OSError:
         return {}
-    locks: dict[tuple[int, int, int], dict[str, list[int]]] | None = None  # read only if there is a claim
-    foreign: bool | None = None  # in a PID namespace (read only if there is a live claim)
-    promised: dict[int, int] = {}
+    found: list[tuple[GpuSnapshot, str, tuple[int, int, float]]] = []
     for gpu in gpus:
         prefix = f"{spec_pool}{gpu.index}."
         for name in names:
             if not (name.startswith(prefix) and name.endswith(".claim")):
                 continue
             claim = _read_claim(os.path.join(lock_dir, name))
-            if claim is None or claim[0] == exclude_pid:
-                continue
-            pid, mib, since = claim
-            try:
-                info = os.stat(os.path.join(lock_dir, name[: -len(".claim")]), follow_symlinks=False)
-            except OSError:
-                continue
-            if locks is None:
-                # The first read of /proc/locks in a process can wait ~15 ms for an RCU grace period
-                # (locks_start takes file_rwsem for writing): only pay it when a claim exists.
-                locks = kernel.kernel_flocks()
-            if pid not in locks.get(kernel.file_key(info), {}).get("held", []):
-                continue  # the claimant no longer holds that slot: a stale claim
+            if claim is not None and claim[0] != exclude_pid:
+                found.append((gpu, os.path.join(lock_dir, name[: -len(".claim")]), claim))
+    if not found:
+        return {}
+    decide = -1 if decide_held else _try_decide_lock(lock_dir, spec_pool)
+    try:
+        # Why a flock probe and not /proc/locks (issue 16): the first read of /proc/locks in a
+        # process waits for an RCU grace period (locks_start takes file_rwsem for writing),
+        # ~13 ms for a job that arrives on its own, i.e. on every spaced device-mode decision.
+        # The probe takes the slot for an instant when nobody holds it, which only the decide
+        # lock makes harmless: no other decider is between its claim reading and its slot taking.
+        # It does not say *who* holds the slot, and it need not: claims are keyed by slot and
+        # every job that takes a device slot (re)writes that slot's claim under the same decide
+        # lock before anyone can judge it (0 MiB without vram_mib), so the claim beside a held
+        # slot is its holder's. The pid is still what NVML's per-process use is matched with.
+        locks: dict[tuple[int, int, int], dict[str, list[int]]] | None = None
+        foreign: bool | None = None  # in a PID namespace (read only if there is a live claim)
+        promised: dict[int, int] = {}
+        for gpu, slot_path, (pid, mib, since) in found:
+            if decide_held or decide >= 0:
+                if not _slot_is_held(slot_path):
+                    continue  # nobody holds that slot: a stale claim
+            else:  # a tool while a placement runs: the kernel's list names the holders' pids
+                if locks is None:
+                    locks = kernel.kernel_flocks()
+                try:
+                    info = os.stat(slot_path, follow_symlinks=False)
+                except OSError:
+                    continue
+                if pid not in locks.get(kernel.file_key(info), {}).get("held", []):
+                    continue  # the claimant no longer holds that slot: a stale claim
             if foreign is None:
                 from gpurouter.gpu.evidence import foreign_pids  # deferred: only when a live claim exists
 
@@ -111,7 +133,50 @@ def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
                 used = sum(p.used_mib or 0 for p in gpu.processes if kernel.descends_from(p.pid, pid))
                 owed = max(0, mib - used)
             promised[gpu.index] = promised.get(gpu.index, 0) + owed
-    return promised
+        return promised
+    finally:
+        if decide >= 0:
+            os.close(decide)
+
+
+def _try_decide_lock(lock_dir: str, pool: str) -> int:
+    """`<pool>.decide` locked exclusively if that can be had at once (never created), else -1."""
+    try:
+        fd = fsutil.open_regular_for_reading(os.path.join(lock_dir, f"{pool}.decide"))
+    except OSError:
+        return -1
+    try:
+        if os.fstat(fd).st_nlink == 1:  # placements refuse a hard-linked name: it would not exclude them
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+    except OSError:
+        pass  # held by a placement (or unlockable): judge from /proc/locks
+    os.close(fd)
+    return -1
+
+
+def _slot_is_held(path: str) -> bool:
+    """Does anyone hold the slot file `path`? A LOCK_EX|LOCK_NB probe on a fresh open file description.
+
+    flock locks belong to open file descriptions, so the probe conflicts with every holder,
+    this process included (a library process placing a second job while it holds a slot
+    counts its own claim): only a slot that nobody holds is taken, and given back at once.
+    """
+    try:
+        fd = fsutil.open_regular_for_reading(path)
+    except OSError:
+        return False  # no slot file, or a planted symlink/FIFO/...: no job can hold it
+    try:
+        if os.fstat(fd).st_nlink > 1:
+            return False  # slots refuse a hard-linked name (fsutil.open_shared_file): no job holds it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # EWOULDBLOCK: held
+    except OSError:
+        return True  # cannot tell (ENOLCK on some network file systems): count it, never double-spend
+    finally:
+        os.close(fd)  # the probe's lock goes with its only fd
+    return False
 
 
 def _read_claim(path: str) -> tuple[int, int, float] | None:
@@ -189,7 +254,7 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
             raise NoGpu(f"no usable GPU: {query.message or 'none allowed by [gpu] devices'}")
         if count > len(gpus):
             raise TooManyGpus(f"the job asks for {count} GPUs but this box has {len(gpus)} usable; refused")
-        promised = read_claims(settings.lock_dir, gpus, spec.pool)
+        promised = read_claims(settings.lock_dir, gpus, spec.pool, decide_held=True)
         cushion = settings.gpu.cushion_mib
         rotation = _next_rotation(dir_fd, spec.pool) if settings.gpu.select == "round-robin" else 0
         ranked = selection.rank(gpus, settings.gpu.select, promised, rotation)
@@ -214,15 +279,15 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
                 return "slots", candidates, f"all slots of the GPU(s) are busy ({spec.slots} per device)"
         if len(taken) == count:
             taken.sort(key=lambda pair: pair[0].index)
-            if need_mib is not None:
-                for _, slot in taken:
-                    try:
-                        write_claim(dir_fd, slot, need_mib)
-                    except OSError as error:  # a name planted in the shared lock dir: no silent double-spend
-                        for _, held in taken:
-                            held.release()
-                        claim = os.path.join(settings.lock_dir, f"{slot.pool}.{slot.index}.claim")
-                        raise LockDirError(claim, f"claim file unusable: {error.strerror or error}") from None
+            # Every taker (re)writes its slot's claim, 0 MiB without vram_mib: see read_claims.
+            for _, slot in taken:
+                try:
+                    write_claim(dir_fd, slot, need_mib or 0)
+                except OSError as error:  # a name planted in the shared lock dir: no silent double-spend
+                    for _, held in taken:
+                        held.release()
+                    claim = os.path.join(settings.lock_dir, f"{slot.pool}.{slot.index}.claim")
+                    raise LockDirError(claim, f"claim file unusable: {error.strerror or error}") from None
             chosen = [gpu for gpu, _ in taken]
             reason = ", ".join(_describe(g, need_mib, promised.get(g.index, 0)) for g in chosen)
             return Placement(gpus=chosen, slots=[slot for _, slot in taken], need_mib=need_mib,
