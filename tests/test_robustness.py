@@ -344,3 +344,64 @@ def test_tune_apply_refuses_a_config_that_is_a_fifo_without_waiting(tmp_path: Pa
     with pytest.raises(tune.TuneRefused, match="is a FIFO, not a regular file"):
         tune.apply(str(fifo), "whisper", "45m")
     assert fifo.is_fifo()
+
+
+# Item 8: a probe helper dies with gpurouter.
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only unreaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_a_slow_probe_command_dies_with_gpurouter_whatever_signal_ends_it(box: Box, signal_name: str) -> None:
+    import signal
+    import time
+
+    from conftest import wait_for
+
+    pid_file = box.root / "helper.pid"
+    helper = _write_exe(box.root / "slow-probe", f"#!/bin/sh\necho $$ > {pid_file}\nsleep 60\necho 5\n".encode())
+    box.write_config(f"""\
+        probe_timeout = "120s"
+        [profiles.true]
+        probe = "command"
+        probe_command = ["{helper}"]
+        threshold = 10
+        """)  # fmt: skip
+    (box.root / "input.dat").write_text("data\n")
+    if signal_name == "SIGKILL" and not any(os.access(p, os.X_OK) for p in ("/usr/bin/setpriv", "/bin/setpriv")):
+        pytest.skip("a kill -9 reaches the helper through setpriv --pdeathsig (util-linux), not installed")
+    started = box.start("run", "--", "true", str(box.root / "input.dat"))
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), timeout=20)
+    helper_pid = int(pid_file.read_text())
+    sleeper = [int(p) for p in Path(f"/proc/{helper_pid}/task/{helper_pid}/children").read_text().split()]
+    started.send_signal(getattr(signal, signal_name))
+    started.communicate(timeout=20)
+    if signal_name == "SIGKILL":
+        # PR_SET_PDEATHSIG reaches the helper itself; its own children (the sleep) are not ours to
+        # reach once gpurouter is gone without a word: they end with their work or on SIGPIPE.
+        sleeper = []
+    assert wait_for(lambda: not _alive(helper_pid) and not any(_alive(p) for p in sleeper), timeout=5), \
+        f"the probe helper outlived gpurouter ({signal_name})"
+    if signal_name == "SIGINT":
+        assert started.returncode == 130
+    else:
+        assert started.returncode == -getattr(signal, signal_name)  # gpurouter still dies of the signal
+    assert time.time() - pid_file.stat().st_mtime < 30  # long before the probe's timeout
+
+
+def test_a_probe_under_a_tiny_open_files_limit_falls_back_with_a_reason_not_an_internal_error(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["echo", "5"]
+        threshold = 10
+        """)  # fmt: skip
+    (box.root / "input.dat").write_text("fresh\n")  # not in the probe cache
+    done = _sh(box, f"ulimit -n 6; '{GPUROUTER}' run --verbose -- true input.dat")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ("gpurouter: cpu (no metric (probe command could not run: Too many open files): "
+                           "fallback cpu), slot cpu.0\n")  # fmt: skip
