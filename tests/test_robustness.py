@@ -405,3 +405,64 @@ def test_a_probe_under_a_tiny_open_files_limit_falls_back_with_a_reason_not_an_i
     assert done.returncode == 0, done.stderr
     assert done.stderr == ("gpurouter: cpu (no metric (probe command could not run: Too many open files): "
                            "fallback cpu), slot cpu.0\n")  # fmt: skip
+
+
+# Items 10 and 11: the probe cache key and the probe command's argument.
+def test_a_rewrite_that_keeps_size_and_mtime_is_probed_again(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["head", "-n1"]
+        threshold = 500
+        """)  # fmt: skip
+    data = box.root / "input.dat"
+    data.write_text("100\n")
+    first = box.run("route", "--json", "--", "true", str(data))
+    before = os.stat(data)
+    with open(data, "r+") as stream:  # same inode, same size; then the mtime is set back (cp -p, touch -r)
+        stream.write("900\n")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = box.run("route", "--json", "--", "true", str(data))
+    import json
+
+    assert [json.loads(done.stdout)["metric"] for done in (first, second)] == [100.0, 900.0]
+    assert [json.loads(done.stdout)["route"] for done in (first, second)] == ["gpu", "cpu"]
+
+
+def test_a_probe_command_gets_an_input_named_like_an_option_as_a_file(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["wc", "-c"]
+        threshold = 100
+        """)  # fmt: skip
+    (box.root / "--files0-from=list").write_text("12345678\n")  # wc would read a file list named `list`
+    done = subprocess.run([GPUROUTER, "route", "--json", "--", "true", "--files0-from=list"], env=box.env,
+                          cwd=box.root, capture_output=True, text=True, timeout=60)  # fmt: skip
+    import json
+
+    decision = json.loads(done.stdout)
+    assert (decision["metric"], decision["route"], decision["via"]) == (9.0, "gpu", "command"), done.stderr
+
+
+# Item 12 (part): relative XDG paths are ignored (the XDG Base Directory spec).
+def test_a_relative_xdg_cache_home_writes_nothing_into_the_jobs_directory(box: Box) -> None:
+    work = box.root / "work"
+    work.mkdir()
+    for _ in range(2):  # the first call memoises the config, the second reads the memo
+        done = subprocess.run([GPUROUTER, "run", "--", "true"], env={**box.env, "XDG_CACHE_HOME": "cache"},
+                              cwd=work, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []
+    assert (Path(box.env["HOME"]) / ".cache" / "gpurouter").is_dir()  # $HOME/.cache instead, as the spec says
+
+
+def test_a_relative_xdg_config_home_is_not_searched_for_a_config(box: Box) -> None:
+    work = box.root / "work"
+    (work / "rel" / "gpurouter").mkdir(parents=True)
+    (work / "rel" / "gpurouter" / "config.toml").write_text("busy_exit_code = 99\n")
+    env = {k: v for k, v in box.env.items() if k != "GPUROUTER_CONFIG"}
+    done = subprocess.run([GPUROUTER, "config"], env={**env, "XDG_CONFIG_HOME": "rel"}, cwd=work,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rel/gpurouter/config.toml" not in done.stdout and "99" not in done.stdout

@@ -226,7 +226,9 @@ def find_config(explicit: str | None = None, environ: Mapping[str, str] | None =
             if not os.path.exists(named):
                 raise ConfigError(named, "", f"no such file (named by {origin})")
             return named
-    xdg = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or "/nonexistent", ".config")
+    from gpurouter._memo import xdg_base
+
+    xdg = xdg_base("XDG_CONFIG_HOME", ".config", env) or "/nonexistent"  # a relative XDG path is ignored
     for candidate in (os.path.join(xdg, "gpurouter", "config.toml"), "/etc/gpurouter/config.toml"):
         if os.path.exists(candidate):
             return candidate

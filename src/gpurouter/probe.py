@@ -197,6 +197,9 @@ def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) ->
     if program is None:
         return None, f"probe command {command[0]!r} not found", False
     # The input is one argv element (never through a shell): '{}' marks its place, else it goes last.
+    # A relative name goes as ./name (issue 12): an input called `--files0-from=list` or `http:x`
+    # is a file, never an option or a URL to the probe command.
+    path = path if os.path.isabs(path) else os.path.join(os.curdir, path)
     argv = [program] + [path if arg == "{}" else arg for arg in command[1:]]
     if "{}" not in command[1:]:
         argv.append(path)
