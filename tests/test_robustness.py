@@ -466,3 +466,49 @@ def test_a_relative_xdg_config_home_is_not_searched_for_a_config(box: Box) -> No
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "rel/gpurouter/config.toml" not in done.stdout and "99" not in done.stdout
+
+
+# Item 12 (part): integers from users, and the journal's words for a short write.
+@pytest.mark.parametrize("command", ["run", "route"])
+@pytest.mark.parametrize("value", ["²", "٣", "1²"])
+def test_slot_counts_must_be_ascii_digits(box: Box, command: str, value: str) -> None:
+    done = box.run(command, "--gpu-slots", value, "--", "true")
+    assert (done.returncode, done.stderr) == (2, f"gpurouter: --gpu-slots must be an integer from 1 to 1024, "
+                                                 f"got {value!r}\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(("digits", "says"), [
+    (400, "profiles.p.threshold: not a finite number"),
+    (4301, "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits"),
+], ids=["400-digits", "4301-digits"])  # fmt: skip
+@pytest.mark.parametrize("command", [["config"], ["run", "--profile", "p", "--", "true"]], ids=["config", "run"])
+def test_a_huge_toml_integer_is_a_config_error_naming_the_file(box: Box, digits: int, says: str,
+                                                               command: list[str]) -> None:  # fmt: skip
+    box.write_config(f'[profiles.p]\nprobe = "size"\nthreshold = {"9" * digits}\n')
+    done = box.run(*command)
+    assert (done.returncode, done.stderr) == (78, f"gpurouter: {box.config}: {says}\n")
+
+
+def test_a_huge_route_vram_is_a_config_error_in_one_short_line(box: Box) -> None:
+    box.write_config(f'[profiles.p.gpu]\nvram_mib = {"9" * 400}\n')
+    done = box.run("config")
+    assert done.returncode == 78 and done.stderr.startswith(f"gpurouter: {box.config}: profiles.p.gpu.vram_mib: must")
+    assert done.stderr.endswith(" characters)\n") and "..." in done.stderr and len(done.stderr) < 500
+
+
+def test_a_journal_write_cut_short_by_the_file_size_limit_says_so_and_leaves_no_torn_line(box: Box) -> None:
+    import resource
+
+    box.lock_dir.mkdir()
+    box.journal.write_text('{"v":1,"event":"padding","pad":"' + "x" * 2000 + '"}\n')
+    limit = box.journal.stat().st_size + 50  # room for part of the next record only
+
+    def cap_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([GPUROUTER, "run", "--", "true"], env=box.env, capture_output=True, text=True,
+                          timeout=60, preexec_fn=cap_file_size)  # fmt: skip
+    assert done.returncode == 0
+    assert done.stderr.startswith(f"gpurouter: warning: journal {box.journal}: short write (50 of ")
+    assert done.stderr.endswith(f" bytes: File too large: the file size limit (ulimit -f) is {limit} bytes)\n")
+    assert box.journal.stat().st_size == limit - 50  # the fragment was cut back

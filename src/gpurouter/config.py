@@ -279,6 +279,8 @@ def _read_toml(path: str, environ: Mapping[str, str] | None) -> dict[str, Any]:
         raise ConfigError(path, "", f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, "", f"not valid TOML: {error}") from None
+    except ValueError as error:  # an integer of more than 4300 digits (Python's int-to-str limit; issue 12)
+        raise ConfigError(path, "", f"not usable TOML: {str(error).split(';')[0]}") from None
     _memo.remember("config", identity, document, environ)
     return document
 
@@ -477,8 +479,9 @@ def _build_route(name: str, table: object, where: str, source: str) -> RouteSpec
         raise ConfigError(source, f"{where}.env", f"must be a table of NAME = \"value\" strings, got {env!r}")
     guard = _build_guard({k: v for k, v in table.items() if k in GUARD_DEFAULTS}, where, source)
     vram = merged["vram_mib"]
-    if vram is not None and vram != "auto" and (isinstance(vram, bool) or not isinstance(vram, int) or vram < 1):
-        raise ConfigError(source, f"{where}.vram_mib", f'must be MiB per device (an integer >= 1) or "auto", got {vram!r}')
+    if vram is not None and vram != "auto" and (isinstance(vram, bool) or not isinstance(vram, int)
+                                                or not 1 <= vram <= 1 << 24):  # fmt: skip  # a 400-digit int (issue 12)
+        raise ConfigError(source, f"{where}.vram_mib", f'must be MiB per device (an integer from 1 to 16777216) or "auto", got {vram!r}')
     gpus = merged["gpus"]
     if gpus is not None and gpus != "auto" and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 64):
         raise ConfigError(source, f"{where}.gpus", f'must be a device count from 1 to 64 or "auto", got {gpus!r}')
@@ -617,7 +620,7 @@ def parse_ionice(text: object) -> tuple[int, int]:
     if isinstance(text, str):
         name, _, level = text.partition(":")
         classes = {"best-effort": 2, "realtime": 1}
-        if name in classes and level.isdigit() and 0 <= int(level) <= 7:
+        if name in classes and level.isascii() and level.isdigit() and 0 <= int(level) <= 7:
             return classes[name], int(level)
     raise ValueError(f'must be "idle", "best-effort:N" or "realtime:N" with N 0-7, got {text!r}')
 
@@ -633,7 +636,7 @@ def parse_cpus(text: object) -> set[int]:
     cpus: set[int] = set()
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
+        if not (low.isascii() and low.isdigit()) or (dash and not (high.isascii() and high.isdigit())):
             raise ValueError(f'must be a CPU list like "0-3,6", got {text!r}')
         first, last = int(low), int(high) if dash else int(low)
         if last < first or last > 4095:
@@ -662,7 +665,7 @@ def parse_hours(text: str) -> tuple[tuple[int, int], ...]:
 
 def _minute_of_day(text: str) -> int:
     hours, colon, minutes = text.strip().partition(":")
-    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+    if not (colon and (hours + minutes).isascii() and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
         raise ValueError(f"{text.strip()!r} is not HH:MM")
     value = int(hours) * 60 + int(minutes)
     if int(minutes) > 59 or value > 24 * 60:

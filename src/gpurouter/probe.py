@@ -158,7 +158,8 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
         for stream in streams:
             cover_art = stream.get("disposition:attached_pic") == "1"  # cover art is not a video stream
             width, height = stream.get("width", ""), stream.get("height", "")
-            if stream.get("codec_type") == "video" and not cover_art and width.isdigit() and height.isdigit():
+            numeric = (width + height).isascii() and width.isdigit() and height.isdigit()
+            if stream.get("codec_type") == "video" and not cover_art and numeric:
                 if int(width) and int(height):
                     return float(int(width) * int(height)), None, True
         return None, f"{path!r} has no video stream", True

@@ -112,7 +112,10 @@ def parse_threshold(text: str | int | float, probe: str | None) -> float:
     if isinstance(text, bool):
         raise ValueError("must be a number or a string like '1h', '500MB' or '1920x1080'")
     if isinstance(text, (int, float)):
-        return parse_number(repr(float(text)))
+        try:
+            return parse_number(repr(float(text)))
+        except OverflowError:  # a 400-digit TOML integer (issue 12)
+            raise ValueError("not a finite number") from None
     stripped = text.strip()
     try:
         return parse_number(stripped)
