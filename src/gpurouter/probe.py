@@ -371,7 +371,7 @@ class _FatalSignal(BaseException):
 
 def _catch_fatal_signals() -> dict[int, object]:
     """Turn SIGTERM and SIGHUP into _FatalSignal while a helper runs (SIGINT is KeyboardInterrupt already)."""
-    import _signal  # type: ignore[import-not-found]  # the C module: `signal` imports enum (~3 ms)
+    import _signal  # the C module: `signal` imports enum (~3 ms)
 
     def on_signal(number: int, frame: object) -> None:
         raise _FatalSignal(number)
@@ -387,7 +387,7 @@ def _catch_fatal_signals() -> dict[int, object]:
 
 
 def _restore_signals(previous: dict[int, object]) -> None:
-    import _signal  # type: ignore[import-not-found]
+    import _signal
 
     for number, handler in previous.items():
         _signal.signal(number, handler)
