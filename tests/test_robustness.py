@@ -344,3 +344,171 @@ def test_tune_apply_refuses_a_config_that_is_a_fifo_without_waiting(tmp_path: Pa
     with pytest.raises(tune.TuneRefused, match="is a FIFO, not a regular file"):
         tune.apply(str(fifo), "whisper", "45m")
     assert fifo.is_fifo()
+
+
+# Item 8: a probe helper dies with gpurouter.
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only unreaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_a_slow_probe_command_dies_with_gpurouter_whatever_signal_ends_it(box: Box, signal_name: str) -> None:
+    import signal
+    import time
+
+    from conftest import wait_for
+
+    pid_file = box.root / "helper.pid"
+    helper = _write_exe(box.root / "slow-probe", f"#!/bin/sh\necho $$ > {pid_file}\nsleep 60\necho 5\n".encode())
+    box.write_config(f"""\
+        probe_timeout = "120s"
+        [profiles.true]
+        probe = "command"
+        probe_command = ["{helper}"]
+        threshold = 10
+        """)  # fmt: skip
+    (box.root / "input.dat").write_text("data\n")
+    if signal_name == "SIGKILL" and not any(os.access(p, os.X_OK) for p in ("/usr/bin/setpriv", "/bin/setpriv")):
+        pytest.skip("a kill -9 reaches the helper through setpriv --pdeathsig (util-linux), not installed")
+    started = box.start("run", "--", "true", str(box.root / "input.dat"))
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), timeout=20)
+    helper_pid = int(pid_file.read_text())
+    sleeper = [int(p) for p in Path(f"/proc/{helper_pid}/task/{helper_pid}/children").read_text().split()]
+    started.send_signal(getattr(signal, signal_name))
+    started.communicate(timeout=20)
+    if signal_name == "SIGKILL":
+        # PR_SET_PDEATHSIG reaches the helper itself; its own children (the sleep) are not ours to
+        # reach once gpurouter is gone without a word: they end with their work or on SIGPIPE.
+        sleeper = []
+    assert wait_for(lambda: not _alive(helper_pid) and not any(_alive(p) for p in sleeper), timeout=5), \
+        f"the probe helper outlived gpurouter ({signal_name})"
+    if signal_name == "SIGINT":
+        assert started.returncode == 130
+    else:
+        assert started.returncode == -getattr(signal, signal_name)  # gpurouter still dies of the signal
+    assert time.time() - pid_file.stat().st_mtime < 30  # long before the probe's timeout
+
+
+def test_a_probe_under_a_tiny_open_files_limit_falls_back_with_a_reason_not_an_internal_error(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["echo", "5"]
+        threshold = 10
+        """)  # fmt: skip
+    (box.root / "input.dat").write_text("fresh\n")  # not in the probe cache
+    done = _sh(box, f"ulimit -n 6; '{GPUROUTER}' run --verbose -- true input.dat")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ("gpurouter: cpu (no metric (probe command could not run: Too many open files): "
+                           "fallback cpu), slot cpu.0\n")  # fmt: skip
+
+
+# Items 10 and 11: the probe cache key and the probe command's argument.
+def test_a_rewrite_that_keeps_size_and_mtime_is_probed_again(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["head", "-n1"]
+        threshold = 500
+        """)  # fmt: skip
+    data = box.root / "input.dat"
+    data.write_text("100\n")
+    first = box.run("route", "--json", "--", "true", str(data))
+    before = os.stat(data)
+    with open(data, "r+") as stream:  # same inode, same size; then the mtime is set back (cp -p, touch -r)
+        stream.write("900\n")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = box.run("route", "--json", "--", "true", str(data))
+    import json
+
+    assert [json.loads(done.stdout)["metric"] for done in (first, second)] == [100.0, 900.0]
+    assert [json.loads(done.stdout)["route"] for done in (first, second)] == ["gpu", "cpu"]
+
+
+def test_a_probe_command_gets_an_input_named_like_an_option_as_a_file(box: Box) -> None:
+    box.write_config("""\
+        [profiles.true]
+        probe = "command"
+        probe_command = ["wc", "-c"]
+        threshold = 100
+        """)  # fmt: skip
+    (box.root / "--files0-from=list").write_text("12345678\n")  # wc would read a file list named `list`
+    done = subprocess.run([GPUROUTER, "route", "--json", "--", "true", "--files0-from=list"], env=box.env,
+                          cwd=box.root, capture_output=True, text=True, timeout=60)  # fmt: skip
+    import json
+
+    decision = json.loads(done.stdout)
+    assert (decision["metric"], decision["route"], decision["via"]) == (9.0, "gpu", "command"), done.stderr
+
+
+# Item 12 (part): relative XDG paths are ignored (the XDG Base Directory spec).
+def test_a_relative_xdg_cache_home_writes_nothing_into_the_jobs_directory(box: Box) -> None:
+    work = box.root / "work"
+    work.mkdir()
+    for _ in range(2):  # the first call memoises the config, the second reads the memo
+        done = subprocess.run([GPUROUTER, "run", "--", "true"], env={**box.env, "XDG_CACHE_HOME": "cache"},
+                              cwd=work, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []
+    assert (Path(box.env["HOME"]) / ".cache" / "gpurouter").is_dir()  # $HOME/.cache instead, as the spec says
+
+
+def test_a_relative_xdg_config_home_is_not_searched_for_a_config(box: Box) -> None:
+    work = box.root / "work"
+    (work / "rel" / "gpurouter").mkdir(parents=True)
+    (work / "rel" / "gpurouter" / "config.toml").write_text("busy_exit_code = 99\n")
+    env = {k: v for k, v in box.env.items() if k != "GPUROUTER_CONFIG"}
+    done = subprocess.run([GPUROUTER, "config"], env={**env, "XDG_CONFIG_HOME": "rel"}, cwd=work,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rel/gpurouter/config.toml" not in done.stdout and "99" not in done.stdout
+
+
+# Item 12 (part): integers from users, and the journal's words for a short write.
+@pytest.mark.parametrize("command", ["run", "route"])
+@pytest.mark.parametrize("value", ["²", "٣", "1²"])
+def test_slot_counts_must_be_ascii_digits(box: Box, command: str, value: str) -> None:
+    done = box.run(command, "--gpu-slots", value, "--", "true")
+    assert (done.returncode, done.stderr) == (2, f"gpurouter: --gpu-slots must be an integer from 1 to 1024, "
+                                                 f"got {value!r}\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(("digits", "says"), [
+    (400, "profiles.p.threshold: not a finite number"),
+    (4301, "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits"),
+], ids=["400-digits", "4301-digits"])  # fmt: skip
+@pytest.mark.parametrize("command", [["config"], ["run", "--profile", "p", "--", "true"]], ids=["config", "run"])
+def test_a_huge_toml_integer_is_a_config_error_naming_the_file(box: Box, digits: int, says: str,
+                                                               command: list[str]) -> None:  # fmt: skip
+    box.write_config(f'[profiles.p]\nprobe = "size"\nthreshold = {"9" * digits}\n')
+    done = box.run(*command)
+    assert (done.returncode, done.stderr) == (78, f"gpurouter: {box.config}: {says}\n")
+
+
+def test_a_huge_route_vram_is_a_config_error_in_one_short_line(box: Box) -> None:
+    box.write_config(f'[profiles.p.gpu]\nvram_mib = {"9" * 400}\n')
+    done = box.run("config")
+    assert done.returncode == 78 and done.stderr.startswith(f"gpurouter: {box.config}: profiles.p.gpu.vram_mib: must")
+    assert done.stderr.endswith(" characters)\n") and "..." in done.stderr and len(done.stderr) < 500
+
+
+def test_a_journal_write_cut_short_by_the_file_size_limit_says_so_and_leaves_no_torn_line(box: Box) -> None:
+    import resource
+
+    box.lock_dir.mkdir()
+    box.journal.write_text('{"v":1,"event":"padding","pad":"' + "x" * 2000 + '"}\n')
+    limit = box.journal.stat().st_size + 50  # room for part of the next record only
+
+    def cap_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([GPUROUTER, "run", "--", "true"], env=box.env, capture_output=True, text=True,
+                          timeout=60, preexec_fn=cap_file_size)  # fmt: skip
+    assert done.returncode == 0
+    assert done.stderr.startswith(f"gpurouter: warning: journal {box.journal}: short write (50 of ")
+    assert done.stderr.endswith(f" bytes: File too large: the file size limit (ulimit -f) is {limit} bytes)\n")
+    assert box.journal.stat().st_size == limit - 50  # the fragment was cut back

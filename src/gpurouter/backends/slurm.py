@@ -398,4 +398,4 @@ def _signal_name(signum: int | None) -> str | None:
 
 
 def _int(text: str | None) -> int | str | None:
-    return int(text) if text is not None and text.isdigit() else text
+    return int(text) if text is not None and text.isascii() and text.isdigit() else text

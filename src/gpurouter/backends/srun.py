@@ -152,7 +152,11 @@ def _memfd_exec_allowed() -> bool:
 
 def _prolog_file() -> str:
     """The prolog as a file in a private cache dir (kernels that refuse to exec memfds)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    import pwd
+
+    from gpurouter.job.memo import xdg_base
+
+    base = xdg_base("XDG_CACHE_HOME", ".cache") or os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache")
     folder = os.path.join(base, "gpurouter")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     path = os.path.join(folder, "slurm-prolog-v1")

@@ -39,7 +39,7 @@ def parallel_sizes(args: Sequence[str]) -> dict[str, int]:
             continue  # a bare word like "tp" is a value, not a flag
         if value is None and position + 1 < len(args):
             value = args[position + 1]
-        if value is not None and value.strip().isdigit() and int(value) >= 1:
+        if value is not None and value.strip().isascii() and value.strip().isdigit() and int(value) >= 1:
             found[axis] = int(value)
     return found
 

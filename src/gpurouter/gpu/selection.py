@@ -87,7 +87,7 @@ def eligible(gpus: Iterable[GpuSnapshot], devices_filter: tuple[int | str, ...] 
     for entry in devices_filter:
         if isinstance(entry, int) and not isinstance(entry, bool):
             indexes.add(entry)
-        elif isinstance(entry, str) and entry.isdigit():
+        elif isinstance(entry, str) and entry.isascii() and entry.isdigit():
             indexes.add(int(entry))
         elif isinstance(entry, str):
             uuids.add(entry)

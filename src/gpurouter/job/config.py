@@ -35,7 +35,9 @@ def find_config(explicit: str | None = None, environ: Mapping[str, str] | None =
             if not _config_exists(named):
                 raise ConfigError(named, "", f"no such file (named by {origin})")
             return named
-    xdg = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or "/nonexistent", ".config")
+    from gpurouter.job.memo import xdg_base
+
+    xdg = xdg_base("XDG_CONFIG_HOME", ".config", env) or "/nonexistent"  # a relative XDG path is ignored
     for candidate in (os.path.join(xdg, "gpurouter", "config.toml"), "/etc/gpurouter/config.toml"):
         if _config_exists(candidate):
             return candidate
@@ -105,6 +107,8 @@ def _read_toml(path: str, environ: Mapping[str, str] | None) -> dict[str, Any]:
         raise ConfigError(path, "", f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, "", f"not valid TOML: {error}") from None
+    except ValueError as error:  # an integer of more than 4300 digits (Python's int-to-str limit; issue 12)
+        raise ConfigError(path, "", f"not usable TOML: {str(error).split(';')[0]}") from None
     memo.remember("config", identity, document, environ)
     return document
 

@@ -77,7 +77,7 @@ def append_record(path: str | None, event: str, **fields: Any) -> bool:
             # would lose both. (Checking the last byte before each write instead is racy:
             # it sees other writers' records half-copied and adds blank lines.)
             _cut_back(fd, written)
-            _warn(f"journal {path}: short write ({written} of {len(line)} bytes; disk full?)")
+            _warn(f"journal {path}: short write ({written} of {len(line)} bytes: {_why_short(fd, path)})")
             return False
     except OSError as error:
         _warn(f"journal {path} not written: {error.strerror or error}")
@@ -95,6 +95,25 @@ def _open_for_append(path: str) -> int:
         # slot is taken: create it shared (1777) like the lock dir, then try once more.
         os.close(fsutil.open_shared_dir(os.path.dirname(os.path.abspath(path))))
         return fsutil.open_shared_file(path, os.O_WRONLY | os.O_APPEND)
+
+
+def _why_short(fd: int, path: str) -> str:
+    """Why a write stopped early, in words (issue 12: "disk full?" was said when `ulimit -f` was the cause).
+
+    A short write reports no errno; the next write would (EFBIG, ENOSPC) but would also add to
+    the file, so the two usual causes are checked instead.
+    """
+    import resource  # a C module, loaded only on this rare path
+
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.fstat(fd).st_size >= limit - 4096:
+            return f"File too large: the file size limit (ulimit -f) is {limit} bytes"
+        if os.fstatvfs(fd).f_bavail == 0:
+            return "No space left on device"
+    except OSError:
+        pass
+    return "the file system took only part of it"
 
 
 def _cut_back(fd: int, written: int) -> None:

@@ -111,7 +111,7 @@ def journal_files(path: str) -> list[str]:
             continue
         rest = name[len(base) :]
         core = rest[:-3] if rest.endswith(".gz") else rest
-        if len(core) >= 2 and core[0] in ".-" and core[1:].isdigit():
+        if len(core) >= 2 and core[0] in ".-" and core[1:].isascii() and core[1:].isdigit():
             full = os.path.join(directory, name)
             try:
                 rotated.append((os.stat(full, follow_symlinks=False).st_mtime, full))

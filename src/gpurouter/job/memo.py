@@ -18,10 +18,24 @@ if TYPE_CHECKING:
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
+def xdg_base(variable: str, under_home: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """`$XDG_...` when it is an absolute path, else `$HOME/<under_home>` (HOME absolute too), else None.
+
+    Why (issue 12): the XDG Base Directory spec says a relative path in these variables is
+    invalid and must be ignored; used as it was, XDG_CACHE_HOME=cache wrote memos into
+    whatever directory the job was started in.
+    """
+    env = os.environ if environ is None else environ
+    base = env.get(variable, "")
+    if os.path.isabs(base):
+        return base
+    home = env.get("HOME", "")
+    return os.path.join(home, under_home) if os.path.isabs(home) else None
+
+
 def memo_dir(environ: Mapping[str, str] | None = None) -> str | None:
     """`$XDG_CACHE_HOME/gpurouter` or `~/.cache/gpurouter`; None without a home."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CACHE_HOME") or (os.path.join(env["HOME"], ".cache") if env.get("HOME") else None)
+    base = xdg_base("XDG_CACHE_HOME", ".cache", environ)
     return os.path.join(base, "gpurouter") if base else None
 
 

@@ -141,7 +141,9 @@ def apply_overrides(profile: Profile, options: Mapping[str, str | bool]) -> Prof
                 raise UsageError(f"--{route}-args: {error}") from None
         count = options.get(f"{route}_slots")
         if isinstance(count, str):
-            if not count.strip().isdigit() or not 1 <= int(count) <= 1024:
+            digits = count.strip()
+            # ASCII only (issue 12): "²".isdigit() is true, and int("²") raises.
+            if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 1024:
                 raise UsageError(f"--{route}-slots must be an integer from 1 to 1024, got {count!r}")
             route_changes["slots"] = int(count)
         if route_changes:

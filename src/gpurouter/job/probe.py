@@ -174,7 +174,8 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
         for stream in streams:
             cover_art = stream.get("disposition:attached_pic") == "1"  # cover art is not a video stream
             width, height = stream.get("width", ""), stream.get("height", "")
-            if stream.get("codec_type") == "video" and not cover_art and width.isdigit() and height.isdigit():
+            numeric = (width + height).isascii() and width.isdigit() and height.isdigit()
+            if stream.get("codec_type") == "video" and not cover_art and numeric:
                 if int(width) and int(height):
                     return float(int(width) * int(height)), None, True
         return None, f"{path!r} has no video stream", True
@@ -213,6 +214,9 @@ def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) ->
     if program is None:
         return None, f"probe command {command[0]!r} not found", False
     # The input is one argv element (never through a shell): '{}' marks its place, else it goes last.
+    # A relative name goes as ./name (issue 12): an input called `--files0-from=list` or `http:x`
+    # is a file, never an option or a URL to the probe command.
+    path = path if os.path.isabs(path) else os.path.join(os.curdir, path)
     argv = [program] + [path if arg == "{}" else arg for arg in command[1:]]
     if "{}" not in command[1:]:
         argv.append(path)
@@ -237,8 +241,10 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
     """Run a helper with a timeout and a cap on what it prints: (stdout, None) or (None, problem).
 
     posix_spawn + poll rather than `subprocess`: its import costs ~10 ms, a tenth of an ffprobe call.
+    The helper dies with gpurouter (issue 12: a SIGTERM or Ctrl-C during a slow probe left it
+    running past probe_timeout): SIGINT, SIGTERM and SIGHUP kill its process group before
+    gpurouter goes, and a kill -9 of gpurouter reaches it through PR_SET_PDEATHSIG (setpriv).
     """
-    import select
     import time
 
     # Why not capture everything: an ffprobe that loops printing garbage fills gigabytes before
@@ -246,25 +252,62 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
     # then overflowed here.
     timeout_s = min(timeout_s, _LONGEST_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
+    opened: list[int] = []
+    previous = _catch_fatal_signals()
     try:
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            # Every descriptor inside the try: under `ulimit -n` a pipe fails with EMFILE (issue 12).
+            out_read, out_write = _pipe(opened)
+            err_read, err_write = _pipe(opened)
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            opened.append(devnull)
             # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's hung ffprobe).
-            pid = os.posix_spawn(argv[0], argv, dict(os.environ), setpgroup=0,
+            pid = os.posix_spawn(*_dying_with_us(argv), dict(os.environ), setpgroup=0,
                                  file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_write, 1),
                                                (os.POSIX_SPAWN_DUP2, err_write, 2)])  # fmt: skip
-        finally:
-            os.close(devnull)
-    except OSError as error:
-        for fd in (out_read, out_write, err_read, err_write):
+        except OSError as error:
+            for fd in opened:
+                os.close(fd)
+            return None, f"{what} could not run: {error.strerror or error}"
+        for fd in (devnull, out_write, err_write):
             os.close(fd)
-        return None, f"{what} could not run: {error.strerror or error}"
-    os.close(out_write)
-    os.close(err_write)
+            opened.remove(fd)
+        try:
+            return _collect(pid, out_read, err_read, opened, deadline, timeout_s, what)
+        finally:
+            for fd in opened:
+                os.close(fd)
+            _reap(pid)  # a no-op when _collect waited for it; else (a signal, an error) it dies now
+    except _FatalSignal as fatal:
+        # The helper is dead (the finally above): now die of the signal, as gpurouter did before.
+        import _signal  # type: ignore[import-not-found]
+
+        _signal.signal(fatal.number, _signal.SIG_DFL)
+        previous.pop(fatal.number, None)
+        os.kill(os.getpid(), fatal.number)
+        raise SystemExit(128 + fatal.number) from None  # not reached: the signal ends the process
+    finally:
+        _restore_signals(previous)
+
+
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    opened += (read_end, write_end)
+    return read_end, write_end
+
+
+def _collect(pid: int, out_read: int, err_read: int, opened: list[int], deadline: float, timeout_s: float,
+             what: str) -> tuple[str | None, str | None]:  # fmt: skip
+    """Read the helper's output until it exits, the deadline passes or it prints too much."""
+    import select
+    import time
+
     chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
-    pidfd = os.pidfd_open(pid)  # readable when the helper exits: no polling for its end either
+    try:
+        pidfd = os.pidfd_open(pid)  # readable when the helper exits: no polling for its end either
+    except OSError as error:
+        return None, f"{what} could not be watched: {error.strerror or error}"
+    opened.append(pidfd)
     poller = select.poll()
     for fd in (*chunks, pidfd):
         poller.register(fd, select.POLLIN)
@@ -284,14 +327,7 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
             total += len(data)
             if total > _MAX_OUTPUT:
                 problem = f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
-    for fd in (*chunks, pidfd):
-        os.close(fd)
     if problem is not None:
-        try:
-            os.killpg(pid, 9)
-        except OSError:
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
         return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
     status = os.waitpid(pid, 0)[1]
     code = os.waitstatus_to_exitcode(status)
@@ -303,6 +339,74 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
         tail = b"".join(chunks[err_read]).decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
         return None, f"{what} failed (exit {code}): {tail[0][:200]}"
     return b"".join(chunks[out_read]).decode("utf-8", "replace"), None
+
+
+def _reap(pid: int) -> None:
+    """Kill the helper's process group unless it has been waited for already, then wait for it."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return
+    except ChildProcessError:
+        return  # _collect waited for it
+    try:
+        os.killpg(pid, 9)
+    except OSError:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+_SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
+
+
+def _dying_with_us(argv: list[str]) -> tuple[str, list[str]]:
+    """(path, argv) that runs `argv` with PR_SET_PDEATHSIG = SIGKILL, via util-linux setpriv when present.
+
+    Why setpriv: posix_spawn cannot call prctl in the child, and fork + ctypes costs more than the
+    ~1 ms of one more exec on a path that already waits ~100 ms for ffprobe. Without setpriv, a
+    kill -9 of gpurouter leaves the helper to finish (or to die of SIGPIPE when it prints).
+    """
+    for setpriv in _SETPRIV_PATHS:
+        if os.access(setpriv, os.X_OK):
+            return setpriv, [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return argv[0], argv
+
+
+class _FatalSignal(BaseException):
+    """A SIGTERM or SIGHUP that arrived while a helper ran: kill it, then die of the signal."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+def _catch_fatal_signals() -> dict[int, object]:
+    """Turn SIGTERM and SIGHUP into _FatalSignal while a helper runs (SIGINT is KeyboardInterrupt already)."""
+    import _signal  # the C module: `signal` imports enum (~3 ms)
+
+    def on_signal(number: int, frame: object) -> None:
+        raise _FatalSignal(number)
+
+    previous: dict[int, object] = {}
+    for number in (_signal.SIGTERM, _signal.SIGHUP):
+        try:
+            if _signal.getsignal(number) == _signal.SIG_DFL:  # a caller's own handler (library use) is kept
+                previous[number] = _signal.signal(number, on_signal)
+        except (OSError, ValueError):  # not the main thread (library use from a thread): leave them
+            pass
+    return previous
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    import _signal
+
+    for number, handler in previous.items():
+        _signal.signal(number, handler)
 
 
 def probe_job(profile: Profile, args: Sequence[str], settings: Settings) -> ProbeResult | None:

@@ -20,8 +20,12 @@ _MAX_ENTRIES = 20000  # past this, a writer now and then drops the oldest half
 
 
 def entry_name(kind: str, info: os.stat_result, command: tuple[str, ...] | None = None) -> str:
-    """'duration-803-1a2b-3e8-17f...' (+ a checksum of the probe command for command probes)."""
-    name = f"{kind}-{info.st_dev:x}-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"
+    """'duration-803-1a2b-3e8-17f...-18a...' (+ a checksum of the probe command for command probes).
+
+    The ctime is in the key (issue 12): `cp -p` or `touch -r` rewrites a file keeping its size
+    and mtime, but no one can set the ctime back.
+    """
+    name = f"{kind}-{info.st_dev:x}-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}-{info.st_ctime_ns:x}"
     if command:
         name += f"-{zlib.crc32(chr(0).join(command).encode('utf-8', 'surrogateescape')):08x}"
     return name

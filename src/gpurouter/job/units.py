@@ -112,7 +112,10 @@ def parse_threshold(text: str | int | float, probe: str | None) -> float:
     if isinstance(text, bool):
         raise ValueError("must be a number or a string like '1h', '500MB' or '1920x1080'")
     if isinstance(text, (int, float)):
-        return parse_number(repr(float(text)))
+        try:
+            return parse_number(repr(float(text)))
+        except OverflowError:  # a 400-digit TOML integer (issue 12)
+            raise ValueError("not a finite number") from None
     stripped = text.strip()
     try:
         return parse_number(stripped)
@@ -217,7 +220,7 @@ def parse_ionice(text: object) -> tuple[int, int]:
     if isinstance(text, str):
         name, _, level = text.partition(":")
         classes = {"best-effort": 2, "realtime": 1}
-        if name in classes and level.isdigit() and 0 <= int(level) <= 7:
+        if name in classes and level.isascii() and level.isdigit() and 0 <= int(level) <= 7:
             return classes[name], int(level)
     raise ValueError(f'must be "idle", "best-effort:N" or "realtime:N" with N 0-7, got {text!r}')
 
@@ -233,7 +236,7 @@ def parse_cpus(text: object) -> set[int]:
     cpus: set[int] = set()
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
+        if not (low.isascii() and low.isdigit()) or (dash and not (high.isascii() and high.isdigit())):
             raise ValueError(f'must be a CPU list like "0-3,6", got {text!r}')
         first, last = int(low), int(high) if dash else int(low)
         if last < first or last > 4095:
@@ -262,7 +265,7 @@ def parse_hours(text: str) -> tuple[tuple[int, int], ...]:
 
 def _minute_of_day(text: str) -> int:
     hours, colon, minutes = text.strip().partition(":")
-    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+    if not (colon and (hours + minutes).isascii() and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
         raise ValueError(f"{text.strip()!r} is not HH:MM")
     value = int(hours) * 60 + int(minutes)
     if int(minutes) > 59 or value > 24 * 60:

@@ -221,8 +221,9 @@ def _build_route(name: RouteName, table: object, where: str, source: str) -> Rou
         raise ConfigError(source, f"{where}.env", f"must be a table of NAME = \"value\" strings, got {env!r}")
     guard = _build_guard({k: v for k, v in table.items() if k in GUARD_DEFAULTS}, where, source)
     vram = merged["vram_mib"]
-    if vram is not None and vram != "auto" and (isinstance(vram, bool) or not isinstance(vram, int) or vram < 1):
-        raise ConfigError(source, f"{where}.vram_mib", f'must be MiB per device (an integer >= 1) or "auto", got {vram!r}')
+    if vram is not None and vram != "auto" and (isinstance(vram, bool) or not isinstance(vram, int)
+                                                or not 1 <= vram <= 1 << 24):  # fmt: skip  # a 400-digit int (issue 12)
+        raise ConfigError(source, f"{where}.vram_mib", f'must be MiB per device (an integer from 1 to 16777216) or "auto", got {vram!r}')
     gpus = merged["gpus"]
     if gpus is not None and gpus != "auto" and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 64):
         raise ConfigError(source, f"{where}.gpus", f'must be a device count from 1 to 64 or "auto", got {gpus!r}')

@@ -84,4 +84,4 @@ def jobs_text(jobs: Sequence[Mapping[str, Any]], settings: Settings | None = Non
 
 
 def _int(text: str | None) -> int | str | None:
-    return int(text) if text is not None and text.isdigit() else text
+    return int(text) if text is not None and text.isascii() and text.isdigit() else text

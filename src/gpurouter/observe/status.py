@@ -113,7 +113,7 @@ def slot_rows(settings: Settings, skipped: dict[str, int] | None = None) -> list
         names = []
     for name in names:  # slot files beyond today's config: per-device pools (gpu0, gpu1...), older configs
         pool, _, suffix = name.rpartition(".")
-        if suffix.isdigit() and is_safe_name(pool):
+        if suffix.isascii() and suffix.isdigit() and is_safe_name(pool):
             pools[pool] = max(pools.get(pool, 0), int(suffix) + 1)
     locks = kernel_flocks()
     starts = _latest_starts(settings, skipped)
