@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 
 def exit_on_signals() -> None:
@@ -97,8 +97,13 @@ def _group_alive(pgid: int) -> bool:
 
 def route_decision(gpurouter: str, run_options: list[str], command: list[str]) -> dict:
     """What `gpurouter route --json OPTIONS -- COMMAND` decides (route, pool, slots, priority, ...)."""
-    out = subprocess.run([gpurouter, "route", "--json", *run_options, "--", *command], capture_output=True,
-                         text=True, check=False, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        [gpurouter, "route", "--json", *run_options, "--", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"gpurouter route failed ({out.returncode}): {out.stderr.strip()}")
     return json.loads(out.stdout)

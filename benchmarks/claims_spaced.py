@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import Children, exit_on_signals, say  # noqa: E402
+from _bench import Children, exit_on_signals, say
 
 # Every variant goes through this one launcher, so that they differ only in the judging.
 LAUNCH = r"""
@@ -70,24 +70,31 @@ DEVICES = """{"devices": [
 def config(work: Path) -> Path:
     path = work / "config.toml"
     profile = 'probe = "duration"\nthreshold = "1h"\nfallback = "gpu"\n'
-    path.write_text(f'lock_dir = "{work}/locks"\njournal = "{work}/locks/journal.jsonl"\n\n'
-                    f"[profiles.bench-plain]\n{profile}\n[profiles.bench-plain.gpu]\nslots = 4\n\n"
-                    f"[profiles.bench-vram]\n{profile}\n[profiles.bench-vram.gpu]\nslots = 4\nvram_mib = 3700\n"
-                    'on_low_vram = "cpu"\n')  # fmt: skip
+    path.write_text(
+        f'lock_dir = "{work}/locks"\njournal = "{work}/locks/journal.jsonl"\n\n'
+        f"[profiles.bench-plain]\n{profile}\n[profiles.bench-plain.gpu]\nslots = 4\n\n"
+        f"[profiles.bench-vram]\n{profile}\n[profiles.bench-vram.gpu]\nslots = 4\nvram_mib = 3700\n"
+        'on_low_vram = "cpu"\n'
+    )
     return path
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=12, help="spaced runs per command")
-    parser.add_argument("--burst", type=int, default=6, help="runs per back-to-back burst (rounds = --runs / 2)")
+    parser.add_argument(
+        "--burst", type=int, default=6, help="runs per back-to-back burst (rounds = --runs / 2)"
+    )
     parser.add_argument("--pause-s", type=float, default=0.5)
     parser.add_argument("--out", help="write the samples and medians here as JSON")
     args = parser.parse_args()
     exit_on_signals()
     children = Children()
-    kinds = {"plain": ("as-built", "bench-plain"), "vram": ("as-built", "bench-vram"),
-             "vram, /proc/locks": ("proc-locks", "bench-vram")}  # fmt: skip
+    kinds = {
+        "plain": ("as-built", "bench-plain"),
+        "vram": ("as-built", "bench-vram"),
+        "vram, /proc/locks": ("proc-locks", "bench-vram"),
+    }
     spaced: dict[str, list[float]] = {name: [] for name in kinds}
     back: dict[str, list[float]] = {name: [] for name in kinds}
     with tempfile.TemporaryDirectory(prefix="gpurouter-claims-bench.") as temp:
@@ -95,20 +102,38 @@ def main() -> int:
         (work / "launch.py").write_text(LAUNCH)
         (work / "devices.json").write_text(DEVICES)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUROUTER_", "CUDA_VISIBLE"))}
-        env.update(GPUROUTER_CONFIG=str(config(work)), GPUROUTER_NVML_FILE=str(work / "devices.json"),
-                   HOME=str(work), XDG_CACHE_HOME=str(work / "cache"), PYTHONPYCACHEPREFIX=str(work / "pycache"))  # fmt: skip
+        env.update(
+            GPUROUTER_CONFIG=str(config(work)),
+            GPUROUTER_NVML_FILE=str(work / "devices.json"),
+            HOME=str(work),
+            XDG_CACHE_HOME=str(work / "cache"),
+            PYTHONPYCACHEPREFIX=str(work / "pycache"),
+        )
         env.pop("PYTHONDONTWRITEBYTECODE", None)
 
         def argv(name: str, *command: str) -> list[str]:
             mode, profile = kinds[name]
-            return [sys.executable, str(work / "launch.py"), mode, "run", "--profile", profile, "--", *(command or ("true",))]
+            return [
+                sys.executable,
+                str(work / "launch.py"),
+                mode,
+                "run",
+                "--profile",
+                profile,
+                "--",
+                *(command or ("true",)),
+            ]
 
         def timed(name: str) -> float:
             began = time.perf_counter()
-            done = subprocess.run(argv(name), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            done = subprocess.run(
+                argv(name), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60
+            )
             elapsed = (time.perf_counter() - began) * 1000
             if done.returncode != 0:
-                raise SystemExit(f"claims_spaced.py: {name} exited {done.returncode}: {done.stderr.decode().strip()}")
+                raise SystemExit(
+                    f"claims_spaced.py: {name} exited {done.returncode}: {done.stderr.decode().strip()}"
+                )
             return elapsed
 
         try:
@@ -119,16 +144,25 @@ def main() -> int:
                     raise SystemExit(f"claims_spaced.py: the holder wrote no claim (exit {holder.poll()})")
                 time.sleep(0.01)
             for name in kinds:  # each must place the job on a device (or not, for plain)
-                check = subprocess.run(argv(name, "sh", "-c", 'echo "${CUDA_VISIBLE_DEVICES-}"'), env=env,
-                                       capture_output=True, text=True, timeout=60)  # fmt: skip
+                check = subprocess.run(
+                    argv(name, "sh", "-c", 'echo "${CUDA_VISIBLE_DEVICES-}"'),
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 if check.returncode != 0 or bool(check.stdout.strip()) != (name != "plain"):
-                    raise SystemExit(f"claims_spaced.py: {name} placed wrongly: {check.stdout!r} {check.stderr!r}")
+                    raise SystemExit(
+                        f"claims_spaced.py: {name} placed wrongly: {check.stdout!r} {check.stderr!r}"
+                    )
                 timed(name)  # warm-up: bytecode, the config memo
             names = list(kinds)
-            say(f"(l) {args.runs} spaced runs ({args.pause_s:g} s apart) and {args.runs // 2} bursts of "
-                f"{args.burst} per command, a claim held by pid {holder.pid}")  # fmt: skip
+            say(
+                f"(l) {args.runs} spaced runs ({args.pause_s:g} s apart) and {args.runs // 2} bursts of "
+                f"{args.burst} per command, a claim held by pid {holder.pid}"
+            )
             for round_ in range(args.runs):
-                order = names[round_ % len(names):] + names[: round_ % len(names)]
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
                     time.sleep(args.pause_s)
                     spaced[name].append(timed(name))
@@ -141,15 +175,27 @@ def main() -> int:
                 raise SystemExit("claims_spaced.py: the holder died during the run")
         finally:
             children.kill_all()
-    medians = {mode: {name: statistics.median(samples[name]) for name in kinds}
-               for mode, samples in (("spaced", spaced), ("back_to_back", back))}  # fmt: skip
+    medians = {
+        mode: {name: statistics.median(samples[name]) for name in kinds}
+        for mode, samples in (("spaced", spaced), ("back_to_back", back))
+    }
     for mode, label in (("spaced", f"{args.pause_s:g} s apart"), ("back_to_back", "back to back")):
         for name in kinds:
             ratio = medians[mode][name] / medians[mode]["plain"]
             print(f"{name:<18} {label:<14} {medians[mode][name]:8.2f} ms  {ratio:.2f}x plain")
     if args.out:
-        Path(args.out).write_text(json.dumps({"pause_s": args.pause_s, "runs": args.runs, "burst": args.burst,
-                                              "medians_ms": medians, "spaced_ms": spaced, "back_to_back_ms": back}))  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "pause_s": args.pause_s,
+                    "runs": args.runs,
+                    "burst": args.burst,
+                    "medians_ms": medians,
+                    "spaced_ms": spaced,
+                    "back_to_back_ms": back,
+                }
+            )
+        )
     return 0
 
 

@@ -84,9 +84,14 @@ def who_imports(python: str, gpurouter: str, options: list[str], command: list[s
     """module -> 'importer.function:line' for one traced (untimed) run."""
     with tempfile.TemporaryDirectory() as scratch:
         log = os.path.join(scratch, "imports.log")
-        done = subprocess.run([python, "-c", TRACER, gpurouter, "run", *options, "--", *command],
-                              env=dict(os.environ, BENCH_IMPORT_LOG=log), capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
+        done = subprocess.run(
+            [python, "-c", TRACER, gpurouter, "run", *options, "--", *command],
+            env=dict(os.environ, BENCH_IMPORT_LOG=log),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if done.returncode != 0 or not os.path.exists(log):
             return {}
         found: dict[str, str] = {}
@@ -148,8 +153,10 @@ def main() -> None:
         for rows in runs[which]:
             for name, own, cumulative, _ in rows:
                 values.setdefault(name, []).append((own, cumulative))
-        return {name: (statistics.median(v[0] for v in pairs), statistics.median(v[1] for v in pairs))
-                for name, pairs in values.items()}  # fmt: skip
+        return {
+            name: (statistics.median(v[0] for v in pairs), statistics.median(v[1] for v in pairs))
+            for name, pairs in values.items()
+        }
 
     base, aware = medians("base"), medians("aware")
     added = {name for name in aware if name not in base}
@@ -175,12 +182,20 @@ def main() -> None:
         "aware_total_us": sum(v[0] for v in aware.values()),
         "added_modules": len(added),
         "added_us": sum(aware[name][1] for name in roots),
-        "proc_locks_read_us": {"paused": statistics.median(paused),
-                               "back_to_back": statistics.median(back_to_back)},
-        "roots": [{"module": name, "importer": parent.get(name) or traced.get(name),
-                   "cumulative_us": aware[name][1],
-                   "heaviest_below": [[d, aware[d][1]] for d in descendants(name)[:4]]} for name in roots],
-    }  # fmt: skip
+        "proc_locks_read_us": {
+            "paused": statistics.median(paused),
+            "back_to_back": statistics.median(back_to_back),
+        },
+        "roots": [
+            {
+                "module": name,
+                "importer": parent.get(name) or traced.get(name),
+                "cumulative_us": aware[name][1],
+                "heaviest_below": [[d, aware[d][1]] for d in descendants(name)[:4]],
+            }
+            for name in roots
+        ],
+    }
     with open(args.out, "w") as handle:
         json.dump(result, handle)
 

@@ -116,16 +116,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpurouter-gpu-bench.") as temp:
         work = Path(temp)
         (work / "launch.py").write_text(LAUNCH)
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("GPUROUTER_", "CUDA_VISIBLE"))}
-        env.update(GPUROUTER_CONFIG=str(config(work)), HOME=str(work), XDG_CACHE_HOME=str(work / "cache"),
-                   PYTHONPYCACHEPREFIX=str(work / "pycache"))  # fmt: skip
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("GPUROUTER_", "CUDA_VISIBLE"))
+        }
+        env.update(
+            GPUROUTER_CONFIG=str(config(work)),
+            HOME=str(work),
+            XDG_CACHE_HOME=str(work / "cache"),
+            PYTHONPYCACHEPREFIX=str(work / "pycache"),
+        )
         py, launch = sys.executable, str(work / "launch.py")
 
         def run(mode: str, profile: str) -> list[str]:
             return [py, launch, mode, "run", "--profile", profile, "--", "true"]
 
-        kinds = {"run plain": run("lean", "bench-plain"), "run vram (lean)": run("lean", "bench-vram"),
-                 "run vram (pynvml)": run("pynvml", "bench-vram")}  # fmt: skip
+        kinds = {
+            "run plain": run("lean", "bench-plain"),
+            "run vram (lean)": run("lean", "bench-vram"),
+            "run vram (pynvml)": run("pynvml", "bench-vram"),
+        }
         samples: dict[str, list[float]] = {name: [] for name in kinds}
         for argv in kinds.values():  # warm-up: bytecode, the config memo, the page cache
             timed(argv, env)
@@ -135,12 +146,22 @@ def main() -> int:
         plain = statistics.median(samples["run plain"])
         for name, values in samples.items():
             median = statistics.median(values)
-            rows.append({"row": name, "median_ms": round(median, 2), "vs": "run plain",
-                         "ratio": round(median / plain, 3)})  # fmt: skip
+            rows.append(
+                {
+                    "row": name,
+                    "median_ms": round(median, 2),
+                    "vs": "run plain",
+                    "ratio": round(median / plain, 3),
+                }
+            )
 
         # A claim held by another job: every device-aware decision then judges it (a flock probe of its slot).
-        holder = subprocess.Popen(run("lean", "bench-vram")[:-1] + ["sleep", "600"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        holder = subprocess.Popen(
+            [*run("lean", "bench-vram")[:-1], "sleep", "600"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(1.0)
             spaced, back = [], []
@@ -152,31 +173,63 @@ def main() -> int:
             holder.kill()
             holder.wait()
         back_ms = statistics.median(back)
-        rows.append({"row": "vram, claim held, back to back", "median_ms": round(back_ms, 2), "vs": "", "ratio": None})
-        rows.append({"row": f"vram, claim held, {args.pause_s:g} s apart", "median_ms": round(statistics.median(spaced), 2),
-                     "vs": "back to back", "ratio": round(statistics.median(spaced) / back_ms, 3)})  # fmt: skip
+        rows.append(
+            {"row": "vram, claim held, back to back", "median_ms": round(back_ms, 2), "vs": "", "ratio": None}
+        )
+        rows.append(
+            {
+                "row": f"vram, claim held, {args.pause_s:g} s apart",
+                "median_ms": round(statistics.median(spaced), 2),
+                "vs": "back to back",
+                "ratio": round(statistics.median(spaced) / back_ms, 3),
+            }
+        )
 
         queries: dict[str, list[float]] = {"lean": [], "pynvml": []}
         source = "?"
         for _ in range(max(3, args.runs // 2)):
             for mode in queries:
-                done = subprocess.run([py, "-c", QUERY, mode], env=env, capture_output=True, text=True, timeout=60, check=True)
+                done = subprocess.run(
+                    [py, "-c", QUERY, mode], env=env, capture_output=True, text=True, timeout=60, check=True
+                )
                 ms, source, _count = done.stdout.split()
                 queries[mode].append(float(ms))
         lean_ms = statistics.median(queries["lean"])
         for mode, values in queries.items():
-            rows.append({"row": f"query {mode}: import + init + query", "median_ms": round(statistics.median(values), 2),
-                         "vs": "query lean", "ratio": round(statistics.median(values) / lean_ms, 3), "source": source})  # fmt: skip
-        done = subprocess.run([py, "-c", SAMPLE, str(max(10, args.runs))], env=env, capture_output=True, text=True,
-                              timeout=120, check=True)  # fmt: skip
+            rows.append(
+                {
+                    "row": f"query {mode}: import + init + query",
+                    "median_ms": round(statistics.median(values), 2),
+                    "vs": "query lean",
+                    "ratio": round(statistics.median(values) / lean_ms, 3),
+                    "source": source,
+                }
+            )
+        done = subprocess.run(
+            [py, "-c", SAMPLE, str(max(10, args.runs))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         sample_ms, counted = done.stdout.split()
-        rows.append({"row": "monitor: one sample (nvidia-ml-py)", "median_ms": round(float(sample_ms), 3),
-                     "vs": "", "ratio": None, "samples": int(counted)})  # fmt: skip
+        rows.append(
+            {
+                "row": "monitor: one sample (nvidia-ml-py)",
+                "median_ms": round(float(sample_ms), 3),
+                "vs": "",
+                "ratio": None,
+                "samples": int(counted),
+            }
+        )
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}x {row['vs']}"
         print(f"{row['row']:<40} {row['median_ms']:>9} ms  {ratio}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"source": source, "runs": args.runs, "rows": rows}, indent=1))
+        Path(args.json_out).write_text(
+            json.dumps({"source": source, "runs": args.runs, "rows": rows}, indent=1)
+        )
     return 0
 
 

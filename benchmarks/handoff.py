@@ -57,7 +57,7 @@ from _bench import (
     route_decision,
     say,
     slot_files,
-    wait_until,  # fmt: skip
+    wait_until,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,9 +131,15 @@ class Round:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def one_handoff(kids: Children, rnd: Round, holder_argv: list[str], waiter_argv: list[str],
-                blocked_in_kernel: bool, hold_s: float) -> float:  # fmt: skip
-    holder = kids.spawn(holder_argv + ["--ready", rnd.ready, "--go", rnd.go, "--t0", rnd.t0])
+def one_handoff(
+    kids: Children,
+    rnd: Round,
+    holder_argv: list[str],
+    waiter_argv: list[str],
+    blocked_in_kernel: bool,
+    hold_s: float,
+) -> float:
+    holder = kids.spawn([*holder_argv, "--ready", rnd.ready, "--go", rnd.go, "--t0", rnd.t0])
     try:
         wait_until(lambda: os.path.exists(rnd.ready) or holder.poll() is not None, 20, "the holder is ready")
         if holder.poll() is not None:
@@ -176,8 +182,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--n-sem", type=int, default=20)
     parser.add_argument("--sem-hold", type=float, default=1.0)
-    parser.add_argument("--tools", default="gpurouter,flock,sem",
-                        help=f"comma-separated, from {','.join(TOOLS)}")  # fmt: skip
+    parser.add_argument(
+        "--tools", default="gpurouter,flock,sem", help=f"comma-separated, from {','.join(TOOLS)}"
+    )
     args = parser.parse_args()
     wanted = ["gpurouter"] + [t for t in dict.fromkeys(args.tools.split(",")) if t and t != "gpurouter"]
     unknown = [t for t in wanted if t not in TOOLS]
@@ -202,12 +209,18 @@ def main() -> None:
     (slot,) = slot_files(args.gpurouter, args.lock_dir, ["--wait", "block"], job)  # default profile: gpu.0
     sem_id = f"bench-handoff-{os.getpid()}"
     tools = {
-        "gpurouter": (holder + ["--lock", slot], [args.gpurouter, "run", "--wait", "block", "--", *job],
-                      True),
-        "flock": (holder + ["--lock", flock_file], [flock, flock_file, *job], True),
-        "sem": ([sem, "--will-cite", "--id", sem_id, "-j1", "--fg"] + holder,
-                [sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job], False),
-    }  # fmt: skip
+        "gpurouter": (
+            [*holder, "--lock", slot],
+            [args.gpurouter, "run", "--wait", "block", "--", *job],
+            True,
+        ),
+        "flock": ([*holder, "--lock", flock_file], [flock, flock_file, *job], True),
+        "sem": (
+            [sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *holder],
+            [sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job],
+            False,
+        ),
+    }
     for name, (profile, expected) in PRIORITY_PROFILES.items():
         if name not in wanted:
             continue
@@ -219,7 +232,7 @@ def main() -> None:
             )
         (priority_slot,) = slot_files(args.gpurouter, args.lock_dir, options, job)
         tools[name] = (
-            holder + ["--lock", priority_slot],
+            [*holder, "--lock", priority_slot],
             [args.gpurouter, "run", *options, "--", *job],
             True,
         )
@@ -251,10 +264,21 @@ def main() -> None:
     say(f"job start-up ({shlex.join(job)}): median {cost:.3f} ms, subtracted")
     net = {name: [value - cost for value in values] for name, values in samples.items()}
     with open(args.out, "w") as handle:
-        json.dump({"raw_ms": samples, "net_ms": net, "job_cost_ms": job_cost, "job_cost_median_ms": cost,
-                   "sem_hold_s": args.sem_hold, "job": shlex.join(job), "tools": wanted,
-                   "job_cost_method": "exec -> clock read" if os.path.basename(job[0]) == "stamp"
-                   else "posix_spawn -> clock read"}, handle)  # fmt: skip
+        json.dump(
+            {
+                "raw_ms": samples,
+                "net_ms": net,
+                "job_cost_ms": job_cost,
+                "job_cost_median_ms": cost,
+                "sem_hold_s": args.sem_hold,
+                "job": shlex.join(job),
+                "tools": wanted,
+                "job_cost_method": "exec -> clock read"
+                if os.path.basename(job[0]) == "stamp"
+                else "posix_spawn -> clock read",
+            },
+            handle,
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,17 @@ def main() -> None:
         f"(slot {slots[0]}, {decision!r})"
     )
     with open(args.out, "w") as handle:
-        json.dump({"samples_us": samples, "median_us": median, "import_us": import_us, "slot": slots[0],
-                   "route": decision.route, "profile": decision.profile}, handle)  # fmt: skip
+        json.dump(
+            {
+                "samples_us": samples,
+                "median_us": median,
+                "import_us": import_us,
+                "slot": slots[0],
+                "route": decision.route,
+                "profile": decision.profile,
+            },
+            handle,
+        )
 
 
 if __name__ == "__main__":

@@ -96,11 +96,15 @@ def main() -> None:
     seconds = f"{args.seconds:g}"
     kids = Children()
     try:
-        peer = kids.spawn([sys.executable, "-I", "-S", "-c", PEER, devices, f"{args.seconds + 2:g}",
-                           f"{args.interval:g}"])  # fmt: skip
+        peer = kids.spawn(
+            [sys.executable, "-I", "-S", "-c", PEER, devices, f"{args.seconds + 2:g}", f"{args.interval:g}"]
+        )
         with open(os.path.join(scratch, "stderr"), "wb") as stderr:
-            monitor = kids.spawn([args.gpurouter, "run", "--profile", args.profile,
-                                  "--", sleep, seconds], env=env, stderr=stderr)  # fmt: skip
+            monitor = kids.spawn(
+                [args.gpurouter, "run", "--profile", args.profile, "--", sleep, seconds],
+                env=env,
+                stderr=stderr,
+            )
         job: list[int] = []
 
         def job_started() -> bool:
@@ -115,14 +119,18 @@ def main() -> None:
         rewrite_with_job(devices, job_pid)
         time.sleep(max(0.0, started + 0.5 - time.monotonic()))
         t_a = time.monotonic()
-        before = {"monitor": (cpu_ns([monitor.pid]), cpu_ticks([monitor.pid])),
-                  "peer": (cpu_ns([peer.pid]), cpu_ticks([peer.pid]))}  # fmt: skip
+        before = {
+            "monitor": (cpu_ns([monitor.pid]), cpu_ticks([monitor.pid])),
+            "peer": (cpu_ns([peer.pid]), cpu_ticks([peer.pid])),
+        }
         say(f"monitored job: gpurouter pid {monitor.pid}, job pid {job_pid}; sampling {args.seconds - 1:g} s")
         time.sleep(max(0.0, started + args.seconds - 0.5 - time.monotonic()))
         if monitor.poll() is not None or peer.poll() is not None:
             raise RuntimeError("gpurouter or the peer sampler ended before the measurement window closed")
-        after = {"monitor": (cpu_ns([monitor.pid]), cpu_ticks([monitor.pid])),
-                 "peer": (cpu_ns([peer.pid]), cpu_ticks([peer.pid]))}  # fmt: skip
+        after = {
+            "monitor": (cpu_ns([monitor.pid]), cpu_ticks([monitor.pid])),
+            "peer": (cpu_ns([peer.pid]), cpu_ticks([peer.pid])),
+        }
         t_b = time.monotonic()
         threads = thread_states(monitor.pid)
         _, status, usage = os.wait4(monitor.pid, 0)
@@ -134,13 +142,20 @@ def main() -> None:
     window = t_b - t_a
     hz = os.sysconf("SC_CLK_TCK")
     result: dict[str, object] = {
-        "window_s": window, "seconds": args.seconds, "interval_s": args.interval, "job_pid": job_pid,
-        "monitor_threads": threads, "monitor_rusage_total_ms": (usage.ru_utime + usage.ru_stime) * 1000.0,
-    }  # fmt: skip
+        "window_s": window,
+        "seconds": args.seconds,
+        "interval_s": args.interval,
+        "job_pid": job_pid,
+        "monitor_threads": threads,
+        "monitor_rusage_total_ms": (usage.ru_utime + usage.ru_stime) * 1000.0,
+    }
     for name in ("monitor", "peer"):
         cpu_ms = (after[name][0] - before[name][0]) / 1e6
-        result[name] = {"cpu_ms": cpu_ms, "cpu_ticks_ms": (after[name][1] - before[name][1]) * 1000.0 / hz,
-                        "percent_of_core": cpu_ms / (window * 1000.0) * 100.0}  # fmt: skip
+        result[name] = {
+            "cpu_ms": cpu_ms,
+            "cpu_ticks_ms": (after[name][1] - before[name][1]) * 1000.0 / hz,
+            "percent_of_core": cpu_ms / (window * 1000.0) * 100.0,
+        }
     record = end_record(args.journal, job_pid)
     if record is None:
         raise SystemExit(f"monitor_cpu.py: no end record for job pid {job_pid} in {args.journal}")

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import percentile  # noqa: E402
+from _bench import percentile
 
 
 def have(directory: str, name: str) -> bool:
@@ -75,8 +75,17 @@ class Table:
         self.rows: list[tuple[str, str, str, str, str, str]] = []
         self.misses: list[str] = []
 
-    def add(self, figure: str, ours: float, peer_name: str, peer: float, fmt, kind: str,
-            target: float | None, floor: float = 0.0) -> None:  # fmt: skip
+    def add(
+        self,
+        figure: str,
+        ours: float,
+        peer_name: str,
+        peer: float,
+        fmt,
+        kind: str,
+        target: float | None,
+        floor: float = 0.0,
+    ) -> None:
         """kind: 'ratio' (PASS if ours/peer <= target), 'abs' (PASS if ours <= target), 'info'.
 
         `floor`: a peer below it is ~0 and makes the ratio meaningless (shown as n/a).
@@ -111,12 +120,29 @@ def rows_a(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
         return
     a, a_n = hyperfine_medians(directory, "a")
     figure = "(a) start-up: `run --route cpu -- /bin/true` vs `python -c pass`"
-    table.add(f"{figure} (median of {a_n['gpurouter']})", a["gpurouter"], "python -c pass", a["python"], ms,
-              "ratio", 1.5)  # fmt: skip
-    table.add("(a) start-up vs the runbook's bash router, no input (no ffprobe)",
-              a["gpurouter"], "bash router", a["bash router"], ms, "info", None)  # fmt: skip
-    notes.append("(a) all medians: " + ", ".join(f"{k} {ms(v)}" for k, v in a.items())
-                 + f"; config memo present after warm-up: {facts['memo_warm']}")  # fmt: skip
+    table.add(
+        f"{figure} (median of {a_n['gpurouter']})",
+        a["gpurouter"],
+        "python -c pass",
+        a["python"],
+        ms,
+        "ratio",
+        1.5,
+    )
+    table.add(
+        "(a) start-up vs the runbook's bash router, no input (no ffprobe)",
+        a["gpurouter"],
+        "bash router",
+        a["bash router"],
+        ms,
+        "info",
+        None,
+    )
+    notes.append(
+        "(a) all medians: "
+        + ", ".join(f"{k} {ms(v)}" for k, v in a.items())
+        + f"; config memo present after warm-up: {facts['memo_warm']}"
+    )
 
 
 def rows_b(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -129,8 +155,15 @@ def rows_b(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
         if not have(directory, name):
             continue
         b, b_n = hyperfine_medians(directory, name)
-        table.add(f"{figure} (median of {b_n['gpurouter']})", b["gpurouter"], "bash router", b["bash router"],
-                  ms, "ratio", target)  # fmt: skip
+        table.add(
+            f"{figure} (median of {b_n['gpurouter']})",
+            b["gpurouter"],
+            "bash router",
+            b["bash router"],
+            ms,
+            "ratio",
+            target,
+        )
 
 
 def rows_handoff(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -144,29 +177,62 @@ def rows_handoff(directory: str, facts: dict, table: Table, notes: list[str]) ->
     p99 = {k: percentile(net[k], 99) for k in tools}
     n_main = len(net["gpurouter"])
     if "flock" in tools:
-        table.add(f"(c) blocking hand-off, median (n={n_main})", med["gpurouter"], "flock(1)", med["flock"],
-                  ms, "ratio", 1.5)  # fmt: skip
-        table.add(f"(c) blocking hand-off, p99 (n={n_main})", p99["gpurouter"], "flock(1)", p99["flock"], ms,
-                  "abs", 10.0)  # fmt: skip
+        table.add(
+            f"(c) blocking hand-off, median (n={n_main})",
+            med["gpurouter"],
+            "flock(1)",
+            med["flock"],
+            ms,
+            "ratio",
+            1.5,
+        )
+        table.add(
+            f"(c) blocking hand-off, p99 (n={n_main})",
+            p99["gpurouter"],
+            "flock(1)",
+            p99["flock"],
+            ms,
+            "abs",
+            10.0,
+        )
     if "sem" in tools:
         n_sem = len(net["sem"])
-        table.add(f"(c) blocking hand-off, median vs sem (sem n={n_sem}, held {h['sem_hold_s']:g} s)",
-                  med["gpurouter"], "sem", med["sem"], ms, "info", None)  # fmt: skip
-        table.add(f"(c) blocking hand-off, p99 vs sem (sem n={n_sem})", p99["gpurouter"], "sem", p99["sem"],
-                  ms, "info", None)  # fmt: skip
+        table.add(
+            f"(c) blocking hand-off, median vs sem (sem n={n_sem}, held {h['sem_hold_s']:g} s)",
+            med["gpurouter"],
+            "sem",
+            med["sem"],
+            ms,
+            "info",
+            None,
+        )
+        table.add(
+            f"(c) blocking hand-off, p99 vs sem (sem n={n_sem})",
+            p99["gpurouter"],
+            "sem",
+            p99["sem"],
+            ms,
+            "info",
+            None,
+        )
     for tool, label in (("gpurouter-batch", "batch"), ("gpurouter-realtime", "realtime")):
         if tool in tools:
             figure = f'(f) policies: hand-off, `priority = "{label}"` waiter'
             n = len(net[tool])
-            table.add(f"{figure}, median (n={n})", med[tool], "plain gpurouter", med["gpurouter"], ms,
-                      "ratio", 2.0)  # fmt: skip
-            table.add(f"{figure}, p99 (n={n})", p99[tool], "plain gpurouter", p99["gpurouter"], ms,
-                      "abs", 10.0)  # fmt: skip
-    notes.append(f"(c/f) hand-off = the job's clock read - the holder's T0 - the job's own start-up "
-                 f"(`{os.path.basename(h['job'])}`, {h['job_cost_method']}, sampled between rounds: "
-                 f"median {h['job_cost_median_ms']:.3f} ms); raw medians "
-                 + ", ".join(f"{k} {ms(statistics.median(raw[k]))}" for k in tools)
-                 + "; max " + ", ".join(f"{k} {ms(max(net[k]))}" for k in tools))  # fmt: skip
+            table.add(
+                f"{figure}, median (n={n})", med[tool], "plain gpurouter", med["gpurouter"], ms, "ratio", 2.0
+            )
+            table.add(
+                f"{figure}, p99 (n={n})", p99[tool], "plain gpurouter", p99["gpurouter"], ms, "abs", 10.0
+            )
+    notes.append(
+        f"(c/f) hand-off = the job's clock read - the holder's T0 - the job's own start-up "
+        f"(`{os.path.basename(h['job'])}`, {h['job_cost_method']}, sampled between rounds: "
+        f"median {h['job_cost_median_ms']:.3f} ms); raw medians "
+        + ", ".join(f"{k} {ms(statistics.median(raw[k]))}" for k in tools)
+        + "; max "
+        + ", ".join(f"{k} {ms(max(net[k]))}" for k in tools)
+    )
 
 
 def rows_waiters(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -179,30 +245,93 @@ def rows_waiters(directory: str, facts: dict, table: Table, notes: list[str]) ->
     rss = {name: info["rss_kib"] for name, info in waiters.items()}
     floor = 0.05  # ms: below this a peer's CPU time is noise, not a base for a ratio
     if "gpurouter-1" in waiters:
-        table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 1 slot (flock in main thread)",
-                  cpu["gpurouter-1"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
-        table.add(f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 2 slots both held (threads)",
-                  cpu["gpurouter-2"], "flock(1)", cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
-        table.add(f"(d) CPU over {seconds:g} s, 1 slot, vs a polling waiter",
-                  cpu["gpurouter-1"], "sem", cpu["sem"], ms, "info", None, floor)  # fmt: skip
-        table.add("(e) RSS (VmRSS) of a blocked waiter, 1 slot", rss["gpurouter-1"], "flock(1)", rss["flock"],
-                  mib, "abs", 15 * 1024)  # fmt: skip
-        table.add("(e) RSS of a blocked waiter, 2 slots (threads)", rss["gpurouter-2"], "flock(1)",
-                  rss["flock"], mib, "abs", 15 * 1024)  # fmt: skip
-        table.add("(e) RSS of a blocked waiter, 1 slot, vs sem (perl; whole process tree)",
-                  rss["gpurouter-1"], "sem", waiters["sem"]["rss_tree_kib"], mib, "info", None)  # fmt: skip
+        table.add(
+            f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 1 slot (flock in main thread)",
+            cpu["gpurouter-1"],
+            "flock(1)",
+            cpu["flock"],
+            ms,
+            "abs",
+            10.0,
+            floor,
+        )
+        table.add(
+            f"(d) CPU burnt by a blocked waiter over {seconds:g} s, 2 slots both held (threads)",
+            cpu["gpurouter-2"],
+            "flock(1)",
+            cpu["flock"],
+            ms,
+            "abs",
+            10.0,
+            floor,
+        )
+        table.add(
+            f"(d) CPU over {seconds:g} s, 1 slot, vs a polling waiter",
+            cpu["gpurouter-1"],
+            "sem",
+            cpu["sem"],
+            ms,
+            "info",
+            None,
+            floor,
+        )
+        table.add(
+            "(e) RSS (VmRSS) of a blocked waiter, 1 slot",
+            rss["gpurouter-1"],
+            "flock(1)",
+            rss["flock"],
+            mib,
+            "abs",
+            15 * 1024,
+        )
+        table.add(
+            "(e) RSS of a blocked waiter, 2 slots (threads)",
+            rss["gpurouter-2"],
+            "flock(1)",
+            rss["flock"],
+            mib,
+            "abs",
+            15 * 1024,
+        )
+        table.add(
+            "(e) RSS of a blocked waiter, 1 slot, vs sem (perl; whole process tree)",
+            rss["gpurouter-1"],
+            "sem",
+            waiters["sem"]["rss_tree_kib"],
+            mib,
+            "info",
+            None,
+        )
     if "batch-slot" in waiters:
         figure = f"(f) policies: CPU burnt by a blocked `batch` waiter over {seconds:g} s"
-        table.add(f"{figure}, asleep on the slot", cpu["batch-slot"], "flock(1)", cpu["flock"], ms, "abs",
-                  10.0, floor)  # fmt: skip
-        table.add(f"{figure}, asleep at the gate (a realtime job waits)", cpu["batch-gate"], "flock(1)",
-                  cpu["flock"], ms, "abs", 10.0, floor)  # fmt: skip
+        table.add(
+            f"{figure}, asleep on the slot",
+            cpu["batch-slot"],
+            "flock(1)",
+            cpu["flock"],
+            ms,
+            "abs",
+            10.0,
+            floor,
+        )
+        table.add(
+            f"{figure}, asleep at the gate (a realtime job waits)",
+            cpu["batch-gate"],
+            "flock(1)",
+            cpu["flock"],
+            ms,
+            "abs",
+            10.0,
+            floor,
+        )
     for name, info in waiters.items():
         waits_on = ", ".join(info.get("waits_on", [])) or "-"
-        notes.append(f"(d/e/f) {name}: cpu {info['cpu_ms']:.3f} ms (schedstat) / {info['cpu_ticks_ms']:.0f} "
-                     f"ms (utime+stime ticks), RSS {mib(info['rss_kib'])} (tree of {info['processes']}: "
-                     f"{mib(info['rss_tree_kib'])}), flock waits in /proc/locks: {info['blocked_in_flock']} "
-                     f"on {waits_on}, threads {' '.join(info['threads'])}")  # fmt: skip
+        notes.append(
+            f"(d/e/f) {name}: cpu {info['cpu_ms']:.3f} ms (schedstat) / {info['cpu_ticks_ms']:.0f} "
+            f"ms (utime+stime ticks), RSS {mib(info['rss_kib'])} (tree of {info['processes']}: "
+            f"{mib(info['rss_tree_kib'])}), flock waits in /proc/locks: {info['blocked_in_flock']} "
+            f"on {waits_on}, threads {' '.join(info['threads'])}"
+        )
 
 
 def rows_gpu(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -210,9 +339,16 @@ def rows_gpu(directory: str, facts: dict, table: Table, notes: list[str]) -> Non
     if not have(directory, "g"):
         return
     g, g_n = hyperfine_medians(directory, "g")
-    table.add(f"(g) GPU awareness: `run -- /bin/true`, `vram_mib = 3700` + 4-GPU device file vs the same "
-              f"profile without vram_mib (median of {g_n['vram']})", g["vram"], "plain threshold", g["plain"],
-              ms, "ratio", 1.2)  # fmt: skip
+    table.add(
+        f"(g) GPU awareness: `run -- /bin/true`, `vram_mib = 3700` + 4-GPU device file vs the same "
+        f"profile without vram_mib (median of {g_n['vram']})",
+        g["vram"],
+        "plain threshold",
+        g["plain"],
+        ms,
+        "ratio",
+        1.2,
+    )
     added = g["vram"] - g["plain"]
     note = f"(g) the NVML-aware decision adds {ms(added)} (vram {ms(g['vram'])}, plain {ms(g['plain'])})"
     if have(directory, "gpu_imports.json"):
@@ -224,20 +360,28 @@ def rows_gpu(directory: str, facts: dict, table: Table, notes: list[str]) -> Non
             if importer.startswith("encodings.search_function"):
                 where = "a codec lookup: .encode/.decode('ascii')"
             below = ", ".join(f"{name} {us / 1000:.1f}" for name, us in root["heaviest_below"][:3])
-            parts.append(f"{root['module']} {root['cumulative_us'] / 1000:.1f} ms ({where}"
-                         + (f"; below it: {below} ms" if below else "") + ")")  # fmt: skip
+            parts.append(
+                f"{root['module']} {root['cumulative_us'] / 1000:.1f} ms ({where}"
+                + (f"; below it: {below} ms" if below else "")
+                + ")"
+            )
         rest = max(0.0, added - imports["added_us"] / 1000)
-        note += (f"; of which imports ~{imports['added_us'] / 1000:.1f} ms (-X importtime, median of "
-                 f"{imports['runs']}; {imports['added_modules']} modules the plain run does not load: "
-                 + "; ".join(parts) + f"), the rest ~{rest:.1f} ms placement work (device file read, "
-                 "claim probes, decide lock, device slot, claim)")  # fmt: skip
+        note += (
+            f"; of which imports ~{imports['added_us'] / 1000:.1f} ms (-X importtime, median of "
+            f"{imports['runs']}; {imports['added_modules']} modules the plain run does not load: "
+            + "; ".join(parts)
+            + f"), the rest ~{rest:.1f} ms placement work (device file read, "
+            "claim probes, decide lock, device slot, claim)"
+        )
         locks = imports.get("proc_locks_read_us")
         if locks:
-            note += (f"; the first read of /proc/locks in a process (how claims were judged before issue 16, "
-                     f"row (l)) takes {locks['paused'] / 1000:.1f} ms after a 0.3 s pause, "
-                     f"{locks['back_to_back'] / 1000:.1f} ms back to back (median of 5 each; the kernel "
-                     "waits for an RCU grace period unless one just passed: hyperfine's back-to-back runs "
-                     "see the cheaper case)")  # fmt: skip
+            note += (
+                f"; the first read of /proc/locks in a process (how claims were judged before issue 16, "
+                f"row (l)) takes {locks['paused'] / 1000:.1f} ms after a 0.3 s pause, "
+                f"{locks['back_to_back'] / 1000:.1f} ms back to back (median of 5 each; the kernel "
+                "waits for an RCU grace period unless one just passed: hyperfine's back-to-back runs "
+                "see the cheaper case)"
+            )
     notes.append(note)
 
 
@@ -248,17 +392,33 @@ def rows_claims(directory: str, facts: dict, table: Table, notes: list[str]) -> 
     k = load(directory, "claims_spaced.json")
     spaced, back = k["medians_ms"]["spaced"], k["medians_ms"]["back_to_back"]
     n = len(k["spaced_ms"]["vram"])
-    table.add(f"(l) device-mode `run -- true`, a claim held, runs {k['pause_s']:g} s apart (as jobs arrive; "
-              f"median of {n}) vs the same profile without vram_mib", spaced["vram"], "plain", spaced["plain"], ms,
-              "ratio", 1.2)  # fmt: skip
-    table.add("(l) the same, claims judged from /proc/locks as before issue 16", spaced["vram, /proc/locks"],
-              "plain", spaced["plain"], ms, "info", None)  # fmt: skip
-    notes.append(f"(l) back to back (bursts of {k['burst']}, first dropped; n={len(k['back_to_back_ms']['vram'])}): "
-                 f"vram {ms(back['vram'])}, vram judged from /proc/locks {ms(back['vram, /proc/locks'])}, plain "
-                 f"{ms(back['plain'])}; spaced, the /proc/locks judging adds "
-                 f"{ms(spaced['vram, /proc/locks'] - spaced['vram'])} (the RCU grace period of the first read "
-                 "in a process), back to back "
-                 f"{ms(back['vram, /proc/locks'] - back['vram'])}")  # fmt: skip
+    table.add(
+        f"(l) device-mode `run -- true`, a claim held, runs {k['pause_s']:g} s apart (as jobs arrive; "
+        f"median of {n}) vs the same profile without vram_mib",
+        spaced["vram"],
+        "plain",
+        spaced["plain"],
+        ms,
+        "ratio",
+        1.2,
+    )
+    table.add(
+        "(l) the same, claims judged from /proc/locks as before issue 16",
+        spaced["vram, /proc/locks"],
+        "plain",
+        spaced["plain"],
+        ms,
+        "info",
+        None,
+    )
+    notes.append(
+        f"(l) back to back (bursts of {k['burst']}, first dropped; n={len(k['back_to_back_ms']['vram'])}): "
+        f"vram {ms(back['vram'])}, vram judged from /proc/locks {ms(back['vram, /proc/locks'])}, plain "
+        f"{ms(back['plain'])}; spaced, the /proc/locks judging adds "
+        f"{ms(spaced['vram, /proc/locks'] - spaced['vram'])} (the RCU grace period of the first read "
+        "in a process), back to back "
+        f"{ms(back['vram, /proc/locks'] - back['vram'])}"
+    )
 
 
 def rows_monitor(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -267,18 +427,27 @@ def rows_monitor(directory: str, facts: dict, table: Table, notes: list[str]) ->
         return
     mon = load(directory, "monitor.json")
     ours, peer, record = mon["monitor"], mon["peer"], mon["end_record"]
-    table.add(f"(h) See and tune: monitor mode, CPU of the monitoring gpurouter per job-second (`sleep "
-              f"{mon['seconds']:g}`, {mon['interval_s']:g} s sampling, device file; % of one core)",
-              ours["percent_of_core"], "bare Python sampler", peer["percent_of_core"], pct, "abs", 1.0,
-              0.0001)  # fmt: skip
+    table.add(
+        f"(h) See and tune: monitor mode, CPU of the monitoring gpurouter per job-second (`sleep "
+        f"{mon['seconds']:g}`, {mon['interval_s']:g} s sampling, device file; % of one core)",
+        ours["percent_of_core"],
+        "bare Python sampler",
+        peer["percent_of_core"],
+        pct,
+        "abs",
+        1.0,
+        0.0001,
+    )
     per_sample_us = ours["cpu_ms"] * 1000 / max(1.0, mon["window_s"] / mon["interval_s"])
-    notes.append(f"(h) over {mon['window_s']:.2f} s of the job: monitor {ours['cpu_ms']:.2f} ms "
-                 f"(schedstat) / {ours['cpu_ticks_ms']:.0f} ms (ticks), ~{per_sample_us:.0f} µs per sample; "
-                 f"peer {peer['cpu_ms']:.2f} ms / {peer['cpu_ticks_ms']:.0f} ms; the whole monitored run "
-                 f"(start-up, placement, samples, end record; wait4 rusage) "
-                 f"{mon['monitor_rusage_total_ms']:.0f} ms CPU; end record: samples {record['samples']}, "
-                 f"peak_vram_mib {record['peak_vram_mib']} (3000 expected), gpus {record['gpus']}; "
-                 f"monitor threads {' '.join(mon['monitor_threads'])}")  # fmt: skip
+    notes.append(
+        f"(h) over {mon['window_s']:.2f} s of the job: monitor {ours['cpu_ms']:.2f} ms "
+        f"(schedstat) / {ours['cpu_ticks_ms']:.0f} ms (ticks), ~{per_sample_us:.0f} µs per sample; "
+        f"peer {peer['cpu_ms']:.2f} ms / {peer['cpu_ticks_ms']:.0f} ms; the whole monitored run "
+        f"(start-up, placement, samples, end record; wait4 rusage) "
+        f"{mon['monitor_rusage_total_ms']:.0f} ms CPU; end record: samples {record['samples']}, "
+        f"peak_vram_mib {record['peak_vram_mib']} (3000 expected), gpus {record['gpus']}; "
+        f"monitor threads {' '.join(mon['monitor_threads'])}"
+    )
 
 
 def rows_library(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -286,22 +455,45 @@ def rows_library(directory: str, facts: dict, table: Table, notes: list[str]) ->
     if not have(directory, "lib"):
         return
     lib, lib_n = hyperfine_medians(directory, "lib")
-    table.add(f"(i) library: `python -c 'import gpurouter'` vs `python -c pass` (median of "
-              f"{lib_n['import gpurouter']})", lib["import gpurouter"], "python -c pass", lib["python"], ms,
-              "ratio", 1.1)  # fmt: skip
-    table.add("(i) library: `import gpurouter` vs the CLI's `run --route cpu -- /bin/true`",
-              lib["import gpurouter"], "CLI run", lib["gpurouter"], ms, "info", None)  # fmt: skip
+    table.add(
+        f"(i) library: `python -c 'import gpurouter'` vs `python -c pass` (median of "
+        f"{lib_n['import gpurouter']})",
+        lib["import gpurouter"],
+        "python -c pass",
+        lib["python"],
+        ms,
+        "ratio",
+        1.1,
+    )
+    table.add(
+        "(i) library: `import gpurouter` vs the CLI's `run --route cpu -- /bin/true`",
+        lib["import gpurouter"],
+        "CLI run",
+        lib["gpurouter"],
+        ms,
+        "info",
+        None,
+    )
     if not have(directory, "lib_roundtrip.json"):
         return
     trip = load(directory, "lib_roundtrip.json")
     samples = trip["samples_us"]
-    table.add(f"(i) library: `decide` + `slot` round trip in one process (median of {len(samples)}) vs "
-              "the CLI's per-job overhead (a)", trip["median_us"] / 1000, "CLI run", lib["gpurouter"], dur,
-              "ratio", 0.1)  # fmt: skip
-    notes.append(f"(i) round trip: p99 {percentile(samples, 99):.0f} µs, max {max(samples):.0f} µs (slot "
-                 f"{trip['slot']}, route {trip['route']}, profile {trip['profile']}; journals start + end); "
-                 f"in-process `import gpurouter` + api {trip['import_us'] / 1000:.1f} ms; CLI run minus "
-                 f"`python -c pass`: {ms(lib['gpurouter'] - lib['python'])}")  # fmt: skip
+    table.add(
+        f"(i) library: `decide` + `slot` round trip in one process (median of {len(samples)}) vs "
+        "the CLI's per-job overhead (a)",
+        trip["median_us"] / 1000,
+        "CLI run",
+        lib["gpurouter"],
+        dur,
+        "ratio",
+        0.1,
+    )
+    notes.append(
+        f"(i) round trip: p99 {percentile(samples, 99):.0f} µs, max {max(samples):.0f} µs (slot "
+        f"{trip['slot']}, route {trip['route']}, profile {trip['profile']}; journals start + end); "
+        f"in-process `import gpurouter` + api {trip['import_us'] / 1000:.1f} ms; CLI run minus "
+        f"`python -c pass`: {ms(lib['gpurouter'] - lib['python'])}"
+    )
 
 
 def rows_workloads(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
@@ -309,19 +501,38 @@ def rows_workloads(directory: str, facts: dict, table: Table, notes: list[str]) 
     if not have(directory, "j"):
         return
     j, j_n = hyperfine_medians(directory, "j")
-    table.add(f"(j) no_input = pass: `-version` untouched vs `-i 2 s WAV` probed + slot + journal (median of "
-              f"{j_n['pass']})", j["pass"], "run", j["run"], ms, "ratio", 1.0)  # fmt: skip
+    table.add(
+        f"(j) no_input = pass: `-version` untouched vs `-i 2 s WAV` probed + slot + journal (median of "
+        f"{j_n['pass']})",
+        j["pass"],
+        "run",
+        j["run"],
+        ms,
+        "ratio",
+        1.0,
+    )
 
 
 def main() -> None:
     directory = sys.argv[1]
     facts = load(directory, "facts.json")
     table = Table()
-    notes = [f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / "
-             f"{facts['load_after']} after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; "
-             f"{facts['flock']}; groups: {', '.join(facts.get('groups', []))}"]  # fmt: skip
-    for rows in (rows_a, rows_b, rows_handoff, rows_waiters, rows_gpu, rows_claims, rows_monitor, rows_library,
-                 rows_workloads):
+    notes = [
+        f"box: {facts['nproc']} CPUs, load average {facts['load_before']} before / "
+        f"{facts['load_after']} after; {facts['python']}; {facts['hyperfine']}; {facts['parallel']}; "
+        f"{facts['flock']}; groups: {', '.join(facts.get('groups', []))}"
+    ]
+    for rows in (
+        rows_a,
+        rows_b,
+        rows_handoff,
+        rows_waiters,
+        rows_gpu,
+        rows_claims,
+        rows_monitor,
+        rows_library,
+        rows_workloads,
+    ):
         rows(directory, facts, table, notes)
     print(table.render())
     print()

@@ -45,32 +45,67 @@ def write_journal(path: Path, lines: int, seed: int = 7, start: float = START, d
             profile = PROFILES[n % len(PROFILES)]
             minutes = rng.uniform(1, 120)
             route = "gpu" if minutes < 60 else "cpu"
-            base = {"v": 1, "ts": journal.timestamp(now), "event": "start", "profile": profile, "route": route,
-                    "metric": round(minutes * 60, 3), "reason": f"duration {minutes:.0f}m < threshold 1h",
-                    "pid": 100000 + n % 50000, "argv": [profile, "--model", "large-v3", f"/srv/media/in-{n}.wav"],
-                    "pool": route, "kind": "duration", "via": "wav header", "input": f"/srv/media/in-{n}.wav",
-                    "uid": 1000, "priority": None}  # fmt: skip
+            base = {
+                "v": 1,
+                "ts": journal.timestamp(now),
+                "event": "start",
+                "profile": profile,
+                "route": route,
+                "metric": round(minutes * 60, 3),
+                "reason": f"duration {minutes:.0f}m < threshold 1h",
+                "pid": 100000 + n % 50000,
+                "argv": [profile, "--model", "large-v3", f"/srv/media/in-{n}.wav"],
+                "pool": route,
+                "kind": "duration",
+                "via": "wav header",
+                "input": f"/srv/media/in-{n}.wav",
+                "uid": 1000,
+                "priority": None,
+            }
             roll = rng.random()
             if roll < 0.55:
-                base.update(slot=f"{route}.0", waited_s=round(rng.expovariate(0.2), 3), escaped=False,
-                            no_slot_because=None)  # fmt: skip
+                base.update(
+                    slot=f"{route}.0",
+                    waited_s=round(rng.expovariate(0.2), 3),
+                    escaped=False,
+                    no_slot_because=None,
+                )
             elif roll < 0.80:
                 base.update(event="busy", waited_s=0.0)
             elif roll < 0.88:
                 base.update(event="wait", wait="30m")
             elif roll < 0.97:
                 peak = int(500 + 40 * minutes + rng.gauss(0, 50)) if route == "gpu" else None
-                base.update(event="end", run_id=f"{n:012x}", exit_status=0, signal=None,
-                            duration_s=round(minutes * 6, 3), peak_vram_mib=peak, samples=12,
-                            devices={"0": {"utilization_percent": {"min": 0, "max": 97, "mean": 61.2},
-                                           "memory_used_mib": {"min": 900, "max": 4000, "mean": 3000.5},
-                                           "temperature_c": {"min": 40, "max": 71, "mean": 63.0},
-                                           "power_w": {"min": 30.5, "max": 140.0, "mean": 110.25}}})  # fmt: skip
+                base.update(
+                    event="end",
+                    run_id=f"{n:012x}",
+                    exit_status=0,
+                    signal=None,
+                    duration_s=round(minutes * 6, 3),
+                    peak_vram_mib=peak,
+                    samples=12,
+                    devices={
+                        "0": {
+                            "utilization_percent": {"min": 0, "max": 97, "mean": 61.2},
+                            "memory_used_mib": {"min": 900, "max": 4000, "mean": 3000.5},
+                            "temperature_c": {"min": 40, "max": 71, "mean": 63.0},
+                            "power_w": {"min": 30.5, "max": 140.0, "mean": 110.25},
+                        }
+                    },
+                )
             elif roll < 0.985:
                 base.update(event="escape", waited_s=600.0)
             elif roll < 0.995:
-                base.update(event="evict", victim="ollama", ok=rng.random() < 0.9, problem=None, device=0,
-                            free_mib_before=1200, free_mib_after=9800, asked_by=profile)  # fmt: skip
+                base.update(
+                    event="evict",
+                    victim="ollama",
+                    ok=rng.random() < 0.9,
+                    problem=None,
+                    device=0,
+                    free_mib_before=1200,
+                    free_mib_after=9800,
+                    asked_by=profile,
+                )
             else:
                 base.update(event="oom", run_id=f"{n:012x}", pattern="CUDA out of memory", exit_status=1)
             chunk.append(journal.encode(base))
@@ -115,8 +150,10 @@ def main() -> int:
             summary = stats.summarise(settings, journals=[str(path)])
             best = min(best, time.perf_counter() - began)
         assert summary["lines"] == args.lines, summary["lines"]
-        print(f"summarise (all records): {best:.2f} s, {args.lines / best:,.0f} lines/s "
-              f"(best of {args.repeat}; {summary['records']} records)")  # fmt: skip
+        print(
+            f"summarise (all records): {best:.2f} s, {args.lines / best:,.0f} lines/s "
+            f"(best of {args.repeat}; {summary['records']} records)"
+        )
         began = time.perf_counter()
         recent = stats.summarise(settings, since_s=86400, now=now, journals=[str(path)])
         took = time.perf_counter() - began

@@ -37,9 +37,22 @@ import shutil
 import sys
 import time
 
-from _bench import (Children, blocked_waits, cpu_ns, cpu_ticks, ensure_lock_dir, exit_on_signals,
-                    route_decision, rss_kib, say, slot_files, thread_states, tree, wait_until,
-                    waited_files)  # fmt: skip
+from _bench import (
+    Children,
+    blocked_waits,
+    cpu_ns,
+    cpu_ticks,
+    ensure_lock_dir,
+    exit_on_signals,
+    route_decision,
+    rss_kib,
+    say,
+    slot_files,
+    thread_states,
+    tree,
+    wait_until,
+    waited_files,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOLDER = os.path.join(HERE, "holder.py")
@@ -83,11 +96,11 @@ def main() -> None:
     waiters: dict[str, tuple[list[str], int]] = {}  # argv, how many flock() calls it sleeps in
     for name in wanted:
         if name == "flock":
-            holders[name] = holder + ["--lock", flock_file]
+            holders[name] = [*holder, "--lock", flock_file]
             waiters[name] = ([flock, flock_file, *job], 1)
             continue
         if name == "sem":
-            holders[name] = [sem, "--will-cite", "--id", sem_id, "-j1", "--fg"] + holder
+            holders[name] = [sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *holder]
             waiters[name] = ([sem, "--will-cite", "--id", sem_id, "-j1", "--fg", *job], 0)
             continue
         options, count = profiles[name]
@@ -102,7 +115,7 @@ def main() -> None:
                 )
         if name == "batch-gate":  # the slot stays free; a stand-in realtime waiter holds the gate shared
             gate = os.path.join(args.lock_dir, f"{decision['pool']}.{REALTIME_WAITING}")
-            holders[name] = holder + ["--lock-shared", gate]
+            holders[name] = [*holder, "--lock-shared", gate]
         else:
             holders[name] = holder + [arg for path in paths for arg in ("--lock", path)]
         waiters[name] = ([args.gpurouter, "run", *options, "--", *job], count)
@@ -111,7 +124,7 @@ def main() -> None:
     try:
         for name, argv in holders.items():
             ready = os.path.join(scratch, f"{name}.ready")
-            proc = kids.spawn(argv + ["--ready", ready])
+            proc = kids.spawn([*argv, "--ready", ready])
             up = lambda: os.path.exists(ready) or proc.poll() is not None  # noqa: E731
             wait_until(up, 20, f"the {name} holder is up")
             if proc.poll() is not None:

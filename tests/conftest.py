@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -37,10 +37,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "wav2": make_media(root / "short.wav", *sine, "sine=frequency=440:duration=2"),
         "wav8": make_media(root / "long.wav", *sine, "sine=frequency=440:duration=8"),
         "ogg2": make_media(root / "short.ogg", *sine, "sine=frequency=440:duration=2", "-c:a", "libvorbis"),
-        "mp4_small": make_media(root / "small.mp4", *sine, "testsrc=size=320x240:rate=25:duration=1",
-                                "-pix_fmt", "yuv420p"),
-        "mp4_hd": make_media(root / "hd.mp4", *sine, "testsrc=size=1920x1080:rate=25:duration=1",
-                             "-pix_fmt", "yuv420p"),
+        "mp4_small": make_media(
+            root / "small.mp4", *sine, "testsrc=size=320x240:rate=25:duration=1", "-pix_fmt", "yuv420p"
+        ),
+        "mp4_hd": make_media(
+            root / "hd.mp4", *sine, "testsrc=size=1920x1080:rate=25:duration=1", "-pix_fmt", "yuv420p"
+        ),
         "text": _write(root / "notes.txt", "not media at all\n"),
     }
 
@@ -78,16 +80,29 @@ class Box:
         header = f'lock_dir = "{self.lock_dir}"\njournal = "{self.journal}"\n'
         self.config.write_text(header + textwrap.dedent(body))
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
         """Run the installed gpurouter launcher and wait for it."""
-        return subprocess.run([GPUROUTER, *args], env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(
+            [GPUROUTER, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )  # type: ignore[call-overload]
 
     def start(self, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
         """Start the launcher without waiting (killed and reaped when the test ends)."""
-        process = subprocess.Popen([GPUROUTER, *args], env={**self.env, **(env or {})}, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+        process = subprocess.Popen(
+            [GPUROUTER, *args],
+            env={**self.env, **(env or {})},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **kwargs,
+        )  # type: ignore[call-overload]
         self.started.append(process)
         return process
 

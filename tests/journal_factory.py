@@ -14,14 +14,33 @@ from gpurouter.job import config, journal
 T0 = 1_790_000_000.0  # a fixed moment (2026-09-21), so every test is reproducible
 
 
-def record(event: str, profile: str, route: str = "gpu", at: float = T0, metric: float | None = 60.0,
-           pool: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def record(
+    event: str,
+    profile: str,
+    route: str = "gpu",
+    at: float = T0,
+    metric: float | None = 60.0,
+    pool: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """One record laid out as runner.acquire lays it out (v, ts, event, profile, route, metric...)."""
-    base: dict[str, Any] = {"v": 1, "ts": journal.timestamp(at), "event": event, "profile": profile, "route": route,
-                            "metric": metric, "reason": f"duration {metric}s", "pid": 4242,
-                            "argv": [profile, "--device", "cuda" if route == "gpu" else "cpu", "in.wav"],
-                            "pool": pool or route, "kind": "duration", "via": "wav header", "input": "in.wav",
-                            "uid": os.getuid(), "priority": None}  # fmt: skip
+    base: dict[str, Any] = {
+        "v": 1,
+        "ts": journal.timestamp(at),
+        "event": event,
+        "profile": profile,
+        "route": route,
+        "metric": metric,
+        "reason": f"duration {metric}s",
+        "pid": 4242,
+        "argv": [profile, "--device", "cuda" if route == "gpu" else "cpu", "in.wav"],
+        "pool": pool or route,
+        "kind": "duration",
+        "via": "wav header",
+        "input": "in.wav",
+        "uid": os.getuid(),
+        "priority": None,
+    }
     if event == "start":
         base.update(slot=f"{pool or route}.0", waited_s=0.0, escaped=False, no_slot_because=None)
     elif event == "busy":
@@ -30,19 +49,47 @@ def record(event: str, profile: str, route: str = "gpu", at: float = T0, metric:
     return base
 
 
-def monitored_run(profile: str, minutes: float, peak_mib: int | None, at: float = T0, route: str = "gpu",
-                  run_id: str = "00aa11bb22cc", exit_status: int = 0, **extra: Any) -> list[dict[str, Any]]:  # fmt: skip
+def monitored_run(
+    profile: str,
+    minutes: float,
+    peak_mib: int | None,
+    at: float = T0,
+    route: str = "gpu",
+    run_id: str = "00aa11bb22cc",
+    exit_status: int = 0,
+    **extra: Any,
+) -> list[dict[str, Any]]:
     """The start and end records of one monitored run (metric in seconds), laid out as the
     monitor writes them: the start's fields (and `extra`, e.g. retry_of), then the figures."""
     metric = minutes * 60
     start = record("start", profile, route, at, metric, run_id=run_id, monitored=True, **extra)
-    end = record("end", profile, route, at + minutes * 6, metric, run_id=run_id, monitored=True, **extra,
-                 slot=f"{route}.0", waited_s=0.0, escaped=False, job_pid=4243, exit_status=exit_status, signal=None,
-                 duration_s=round(minutes * 6, 3), peak_vram_mib=peak_mib, samples=12,
-                 devices={"0": {"utilization_percent": {"min": 3, "max": 97, "mean": 61.2},
-                                "memory_used_mib": {"min": 900, "max": (peak_mib or 0) + 900, "mean": 2000.5},
-                                "temperature_c": {"min": 40, "max": 71, "mean": 63.0},
-                                "power_w": {"min": 30.5, "max": 140.0, "mean": 110.25}}})  # fmt: skip
+    end = record(
+        "end",
+        profile,
+        route,
+        at + minutes * 6,
+        metric,
+        run_id=run_id,
+        monitored=True,
+        **extra,
+        slot=f"{route}.0",
+        waited_s=0.0,
+        escaped=False,
+        job_pid=4243,
+        exit_status=exit_status,
+        signal=None,
+        duration_s=round(minutes * 6, 3),
+        peak_vram_mib=peak_mib,
+        samples=12,
+        devices={
+            "0": {
+                "utilization_percent": {"min": 3, "max": 97, "mean": 61.2},
+                "memory_used_mib": {"min": 900, "max": (peak_mib or 0) + 900, "mean": 2000.5},
+                "temperature_c": {"min": 40, "max": 71, "mean": 63.0},
+                "power_w": {"min": 30.5, "max": 140.0, "mean": 110.25},
+            }
+        },
+    )
     return [start, end]
 
 
@@ -62,8 +109,10 @@ def settings_for(tmp_path: Path, body: str = "", journal_path: Path | None = Non
     lock_dir = tmp_path / "locks"
     lock_dir.mkdir(exist_ok=True)
     path = tmp_path / "config.toml"
-    path.write_text(f'lock_dir = "{lock_dir}"\njournal = "{journal_path or lock_dir / "journal.jsonl"}"\n'
-                    + textwrap.dedent(body))  # fmt: skip
+    path.write_text(
+        f'lock_dir = "{lock_dir}"\njournal = "{journal_path or lock_dir / "journal.jsonl"}"\n'
+        + textwrap.dedent(body)
+    )
     return config.load(str(path), environ={"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
 
 

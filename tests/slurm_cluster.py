@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_UP = ROOT / "scripts" / "slurm-up"
@@ -53,8 +53,13 @@ def gpurouter_command(gpurouter: str, *args: str) -> list[str]:
 
 def squeue(name_prefix: str) -> list[dict[str, str]]:
     """Jobs in Slurm's queue whose name starts with `name_prefix` (every state squeue shows)."""
-    done = subprocess.run(["squeue", "--noheader", "--all", "--format=%i|%T|%j|%b|%N"], capture_output=True,
-                          text=True, timeout=30, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["squeue", "--noheader", "--all", "--format=%i|%T|%j|%b|%N"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     jobs = []
     for line in done.stdout.splitlines():
         job_id, state, name, gres, nodes = (line.split("|") + [""] * 5)[:5]
@@ -82,7 +87,9 @@ def cancel_leftovers(name_prefix: str) -> None:
 
 def free_gpus_node() -> tuple[str, int]:
     """(node name, GPUs allocated right now) of the single node."""
-    done = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, timeout=30, check=True)
+    done = subprocess.run(
+        ["scontrol", "show", "node", "-o"], capture_output=True, text=True, timeout=30, check=True
+    )
     fields = dict(part.split("=", 1) for part in done.stdout.split() if "=" in part)
     used = 0
     for item in fields.get("AllocTRES", "").split(","):

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,9 @@ def set_use(path: Path, index: int, pid: int, mib: int) -> None:
             old = 0
             if processes is not None:
                 old = sum(p["used_mib"] for p in processes if p["pid"] == pid)
-                device["processes"] = [p for p in processes if p["pid"] != pid] + ([{"pid": pid, "used_mib": mib}] if mib else [])
+                device["processes"] = [p for p in processes if p["pid"] != pid] + (
+                    [{"pid": pid, "used_mib": mib}] if mib else []
+                )
             else:
                 old = _unlisted.get((index, pid), 0)
                 _unlisted[(index, pid)] = mib
@@ -68,7 +69,14 @@ _unlisted: dict[tuple[int, int], int] = {}  # what this stand-in holds where the
 
 class Service(http.server.ThreadingHTTPServer):
     def __init__(self, kind: str, devices: Path, index: int, mib: int, log: Path, delay_s: float) -> None:
-        self.kind, self.devices, self.index, self.mib, self.log, self.delay_s = kind, devices, index, mib, log, delay_s
+        self.kind, self.devices, self.index, self.mib, self.log, self.delay_s = (
+            kind,
+            devices,
+            index,
+            mib,
+            log,
+            delay_s,
+        )
         self.runner: subprocess.Popen[bytes] | None = None
         self.loaded = False
         self.state_lock = threading.Lock()
@@ -117,23 +125,46 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(self.server.log, "a") as stream:
             stream.write(f"{self.command} {self.path} {body}\n")
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._log("")
         service = self.server
         if service.kind == "ollama" and self.path == "/api/ps":
-            models = [{"name": "llama3:latest", "model": "llama3:latest", "size": service.mib << 20,
-                       "size_vram": service.mib << 20, "expires_at": "2026-12-07T10:00:00Z"}] if service.loaded else []
+            models = (
+                [
+                    {
+                        "name": "llama3:latest",
+                        "model": "llama3:latest",
+                        "size": service.mib << 20,
+                        "size_vram": service.mib << 20,
+                        "expires_at": "2026-12-07T10:00:00Z",
+                    }
+                ]
+                if service.loaded
+                else []
+            )
             self._answer({"models": models})
         elif service.kind == "comfyui" and self.path == "/system_stats":
             held = (service.mib if service.loaded else 0) << 20
-            self._answer({"system": {"os": "posix", "comfyui_version": "0.3.40"},
-                          "devices": [{"name": "cuda:0 NVIDIA RTX A4000", "type": "cuda", "index": service.index,
-                                       "vram_total": 16376 << 20, "vram_free": (16376 << 20) - held,
-                                       "torch_vram_total": held, "torch_vram_free": 0}]})
+            self._answer(
+                {
+                    "system": {"os": "posix", "comfyui_version": "0.3.40"},
+                    "devices": [
+                        {
+                            "name": "cuda:0 NVIDIA RTX A4000",
+                            "type": "cuda",
+                            "index": service.index,
+                            "vram_total": 16376 << 20,
+                            "vram_free": (16376 << 20) - held,
+                            "torch_vram_total": held,
+                            "torch_vram_free": 0,
+                        }
+                    ],
+                }
+            )
         else:
             self.send_error(404)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
         self._log(body)
         service = self.server
@@ -161,7 +192,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    kind, devices, index, mib, log = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+    kind, devices, index, mib, log = (
+        sys.argv[1],
+        Path(sys.argv[2]),
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        Path(sys.argv[5]),
+    )
     delay_s = float(sys.argv[6]) if len(sys.argv) > 6 else 0.3
     service = Service(kind, devices, index, mib, log, delay_s)
     print(service.server_address[1], flush=True)

@@ -29,11 +29,30 @@ MAY_IMPORT = {
     "backends": {"backends", "job", "gpu", "errors"},
     "observe": {"observe", "job", "gpu", "backends", "errors"},
 }
-ONLY_IN = {"click": {"cli.py"}, "pynvml": {"gpu/nvml.py"}, "tomlkit": {"observe/tune.py"},
-           "PIL": {"observe/drawing.py"}, "gpurouter.cli": {"__main__.py"}}  # fmt: skip
+ONLY_IN = {
+    "click": {"cli.py"},
+    "pynvml": {"gpu/nvml.py"},
+    "tomlkit": {"observe/tune.py"},
+    "PIL": {"observe/drawing.py"},
+    "gpurouter.cli": {"__main__.py"},
+}
 # Never loaded by `run` or the interception form: each costs milliseconds on every job.
-HEAVY = ("click", "psutil", "pynvml", "filelock", "ffmpeg", "re", "typing", "dataclasses", "enum", "json",
-         "tomllib", "subprocess", "shlex", "threading")  # fmt: skip
+HEAVY = (
+    "click",
+    "psutil",
+    "pynvml",
+    "filelock",
+    "ffmpeg",
+    "re",
+    "typing",
+    "dataclasses",
+    "enum",
+    "json",
+    "tomllib",
+    "subprocess",
+    "shlex",
+    "threading",
+)
 
 
 def rel(path: Path) -> str:
@@ -121,7 +140,11 @@ def test_there_is_no_import_cycle() -> None:
         for imported, _ in imports(path):
             while imported and imported not in known:
                 imported = imported.rpartition(".")[0]
-            if imported and imported != name and imported not in ("gpurouter", *(f"gpurouter.{x}" for x in LAYERS)):
+            if (
+                imported
+                and imported != name
+                and imported not in ("gpurouter", *(f"gpurouter.{x}" for x in LAYERS))
+            ):
                 targets.add(imported)
         graph[name] = targets
 
@@ -148,17 +171,24 @@ def test_no_module_is_over_500_lines() -> None:
 
 
 def _modules_loaded_by(args: list[str], tmp_path: Path) -> set[str]:
-    code = ("import sys, os\n"
-            "loaded = set()\n"
-            "real_execve = os.execve\n"
-            "def report(*a):\n"
-            "    print(' '.join(sorted(sys.modules)), flush=True); os._exit(0)\n"
-            "os.execve = report\n"
-            f"sys.argv = {args!r}\n"
-            "from gpurouter.__main__ import main\n"
-            "sys.exit(main())\n")  # fmt: skip
-    env = {"GPUROUTER_CONFIG": "", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
-           "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)}  # fmt: skip
+    code = (
+        "import sys, os\n"
+        "loaded = set()\n"
+        "real_execve = os.execve\n"
+        "def report(*a):\n"
+        "    print(' '.join(sorted(sys.modules)), flush=True); os._exit(0)\n"
+        "os.execve = report\n"
+        f"sys.argv = {args!r}\n"
+        "from gpurouter.__main__ import main\n"
+        "sys.exit(main())\n"
+    )
+    env = {
+        "GPUROUTER_CONFIG": "",
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+    }
     config = tmp_path / "config.toml"
     config.write_text(f'lock_dir = "{tmp_path}/locks"\njournal = "{tmp_path}/locks/j.jsonl"\n')
     env["GPUROUTER_CONFIG"] = str(config)
@@ -172,7 +202,12 @@ def test_run_loads_no_heavy_module(tmp_path: Path) -> None:
     loaded = _modules_loaded_by(["gpurouter", "run", "--route", "cpu", "--", "/bin/true"], tmp_path)
     assert "gpurouter.job.runner" in loaded
     assert sorted(set(HEAVY) & loaded) == []
-    assert sorted(m for m in loaded if m.startswith(("gpurouter.gpu.", "gpurouter.observe.", "gpurouter.backends."))) == []
+    assert (
+        sorted(
+            m for m in loaded if m.startswith(("gpurouter.gpu.", "gpurouter.observe.", "gpurouter.backends."))
+        )
+        == []
+    )
 
 
 def test_the_interception_form_loads_no_heavy_module(tmp_path: Path) -> None:

@@ -13,12 +13,21 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import Box, wait_for
 
 # One A4000 with 6000 MiB free: room for one 3700 MiB job (+ the 256 MiB cushion), not two.
-DEVICES = {"devices": [{"index": 0, "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-                        "memory_total_mib": 16376, "memory_used_mib": 16376 - 6000, "processes": []}]}  # fmt: skip
+DEVICES = {
+    "devices": [
+        {
+            "index": 0,
+            "uuid": "GPU-00000000-0000-0000-0000-000000000000",
+            "name": "NVIDIA RTX A4000",
+            "memory_total_mib": 16376,
+            "memory_used_mib": 16376 - 6000,
+            "processes": [],
+        }
+    ]
+}
 
 # Profiles, all on the one device pool gpu0 (2 slots):
 #   sh         (picked by the basename) vram_mib 3700, busy when it does not fit: placed and judged
@@ -144,8 +153,13 @@ with gpurouter.slot(first) as held:
 def test_a_process_placing_a_second_job_counts_the_claim_of_the_slot_it_holds(gpu_box: Box) -> None:
     """The probe opens a second open file description of our own slot file: flock conflicts
     across descriptions in one process too, so our own live claim counts (no double-spend)."""
-    done = subprocess.run([sys.executable, "-c", LIBRARY_HOLDER, str(gpu_box.config)], env=gpu_box.env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_HOLDER, str(gpu_box.config)],
+        env=gpu_box.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "held GPU-00000000-0000-0000-0000-000000000000"
@@ -156,8 +170,21 @@ def test_a_process_placing_a_second_job_counts_the_claim_of_the_slot_it_holds(gp
 def test_a_device_mode_decision_judges_a_live_claim_without_opening_proc_locks(gpu_box: Box) -> None:
     holder = hold(gpu_box)
     trace = gpu_box.root / "trace"
-    argv = ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace),
-            shutil.which("gpurouter", path=gpu_box.env["PATH"]) or "gpurouter", "run", "--", "sh", "-c", "true"]  # fmt: skip
+    argv = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=open,openat,openat2",
+        "-o",
+        str(trace),
+        shutil.which("gpurouter", path=gpu_box.env["PATH"]) or "gpurouter",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "true",
+    ]
     done = subprocess.run(argv, env=gpu_box.env, capture_output=True, text=True, timeout=60)
     if done.returncode != 75 and "ptrace" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
@@ -179,8 +206,11 @@ def test_a_tool_judges_claims_from_proc_locks_while_a_placement_holds_the_decide
         print("locked", flush=True)
         time.sleep(30)
     """)
-    decide = subprocess.Popen([sys.executable, "-c", locker, str(gpu_box.lock_dir / "gpu.decide")],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    decide = subprocess.Popen(
+        [sys.executable, "-c", locker, str(gpu_box.lock_dir / "gpu.decide")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert decide.stdout is not None and decide.stdout.readline() == "locked\n"
         done = gpu_box.run("gpus", "--json", timeout=10)

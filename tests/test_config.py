@@ -6,34 +6,62 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import Box
-from gpurouter.job import config
+
 from gpurouter.errors import ConfigError
+from gpurouter.job import config
 
 
-@pytest.mark.parametrize(("body", "key", "problem"), [
-    ("colour = 1", "colour", "unknown key"),
-    ("busy_exit_code = 'x'", "busy_exit_code", "must be an integer"),
-    ("[profiles.w]\nprobe = 'loudness'\nthreshold = '1h'", "profiles.w.probe", "must be one of"),
-    ("[profiles.w]\nprobe = 'duration'\nthreshold = 'soon'", "profiles.w.threshold", "is not a duration threshold"),
-    ("[profiles.w]\nprobe = 'duration'\nthreshold = '500MB'", "profiles.w.threshold", "unknown duration unit"),
-    ("[profiles.w]\nprobe = 'duration'", "profiles.w.threshold", "is required"),
-    ("[profiles.w]\nthreshold = '1h'", "profiles.w.threshold", "has no effect without a probe"),
-    ("[profiles.w]\nwait = 'forever'", "profiles.w.wait", 'must be "fail", "block" or a duration'),
-    ("[profiles.w]\nwait = '10 parsecs'", "profiles.w.wait", "unknown duration unit"),
-    ("[profiles.w.gpu]\nslots = 0", "profiles.w.gpu.slots", "must be an integer from 1 to 1024"),
-    ("[profiles.w.cpu]\nargs = '--device cpu'", "profiles.w.cpu.args", "must be a list of strings"),
-    ("[profiles.w.gpu]\npool = '../etc'", "profiles.w.gpu.pool", "must be a name"),
-    ("[profiles.w]\nfallback = 'maybe'", "profiles.w.fallback", "must be one of"),
-    ("[profiles.w]\ninput = 'middle'", "profiles.w.input", 'must be "last", "first"'),
-    ("[profiles.w]\nprobe = 'command'\nthreshold = 3", "profiles.w.probe_command", "needs probe_command"),
-    ("probe_timeout = '-1s'", "probe_timeout", "must not be negative"),
-], ids=["unknown-key", "wrong-type", "unknown-probe", "threshold-unparsable", "threshold-wrong-unit",
-        "threshold-missing", "threshold-without-probe", "bad-wait", "bad-wait-unit", "slots-below-1",
-        "args-not-a-list", "unsafe-pool", "bad-fallback", "bad-input", "command-without-command",
-        "negative-timeout"])  # fmt: skip
-def test_a_bad_config_exits_78_naming_file_key_and_problem(box: Box, body: str, key: str, problem: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "key", "problem"),
+    [
+        ("colour = 1", "colour", "unknown key"),
+        ("busy_exit_code = 'x'", "busy_exit_code", "must be an integer"),
+        ("[profiles.w]\nprobe = 'loudness'\nthreshold = '1h'", "profiles.w.probe", "must be one of"),
+        (
+            "[profiles.w]\nprobe = 'duration'\nthreshold = 'soon'",
+            "profiles.w.threshold",
+            "is not a duration threshold",
+        ),
+        (
+            "[profiles.w]\nprobe = 'duration'\nthreshold = '500MB'",
+            "profiles.w.threshold",
+            "unknown duration unit",
+        ),
+        ("[profiles.w]\nprobe = 'duration'", "profiles.w.threshold", "is required"),
+        ("[profiles.w]\nthreshold = '1h'", "profiles.w.threshold", "has no effect without a probe"),
+        ("[profiles.w]\nwait = 'forever'", "profiles.w.wait", 'must be "fail", "block" or a duration'),
+        ("[profiles.w]\nwait = '10 parsecs'", "profiles.w.wait", "unknown duration unit"),
+        ("[profiles.w.gpu]\nslots = 0", "profiles.w.gpu.slots", "must be an integer from 1 to 1024"),
+        ("[profiles.w.cpu]\nargs = '--device cpu'", "profiles.w.cpu.args", "must be a list of strings"),
+        ("[profiles.w.gpu]\npool = '../etc'", "profiles.w.gpu.pool", "must be a name"),
+        ("[profiles.w]\nfallback = 'maybe'", "profiles.w.fallback", "must be one of"),
+        ("[profiles.w]\ninput = 'middle'", "profiles.w.input", 'must be "last", "first"'),
+        ("[profiles.w]\nprobe = 'command'\nthreshold = 3", "profiles.w.probe_command", "needs probe_command"),
+        ("probe_timeout = '-1s'", "probe_timeout", "must not be negative"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "unknown-probe",
+        "threshold-unparsable",
+        "threshold-wrong-unit",
+        "threshold-missing",
+        "threshold-without-probe",
+        "bad-wait",
+        "bad-wait-unit",
+        "slots-below-1",
+        "args-not-a-list",
+        "unsafe-pool",
+        "bad-fallback",
+        "bad-input",
+        "command-without-command",
+        "negative-timeout",
+    ],
+)
+def test_a_bad_config_exits_78_naming_file_key_and_problem(
+    box: Box, body: str, key: str, problem: str
+) -> None:
     box.write_config(body + "\n")
     done = box.run("run", "--", "true")
     assert done.returncode == 78
@@ -65,19 +93,33 @@ def test_the_search_order_is_option_env_xdg_then_etc(tmp_path: Path) -> None:
     assert config.find_config(str(named), {}) == str(named)
     assert config.find_config(None, env) == str(named)
     assert config.find_config(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == str(xdg)
-    assert config.find_config(None, {"HOME": str(tmp_path / "nohome")}) in (None, "/etc/gpurouter/config.toml")
+    assert config.find_config(None, {"HOME": str(tmp_path / "nohome")}) in (
+        None,
+        "/etc/gpurouter/config.toml",
+    )
 
 
 def test_with_no_file_at_all_everything_works_on_the_built_in_defaults(tmp_path: Path) -> None:
-    settings = config.load(None, {"HOME": str(tmp_path)}) if not Path("/etc/gpurouter/config.toml").exists() else None
+    settings = (
+        config.load(None, {"HOME": str(tmp_path)})
+        if not Path("/etc/gpurouter/config.toml").exists()
+        else None
+    )
     if settings is None:
         pytest.skip("/etc/gpurouter/config.toml exists on this machine")
     profile = settings.profile("anything")
-    assert (settings.lock_dir, profile.probe, profile.wait_s, profile.gpu.slots) == ("/tmp/gpurouter", None, 0.0, 1)
+    assert (settings.lock_dir, profile.probe, profile.wait_s, profile.gpu.slots) == (
+        "/tmp/gpurouter",
+        None,
+        0.0,
+        1,
+    )
 
 
 def test_config_json_shows_each_value_and_where_it_came_from(box: Box) -> None:
-    box.write_config("[profiles.whisper]\nprobe = 'duration'\nthreshold = '1h'\n[profiles.whisper.gpu]\nslots = 2\n")
+    box.write_config(
+        "[profiles.whisper]\nprobe = 'duration'\nthreshold = '1h'\n[profiles.whisper.gpu]\nslots = 2\n"
+    )
     done = box.run("config", "--json")
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
@@ -87,7 +129,7 @@ def test_config_json_shows_each_value_and_where_it_came_from(box: Box) -> None:
     assert document["sources"]["profiles.whisper.cpu.slots"] == "built-in"
     assert document["sources"]["busy_exit_code"] == "built-in"
     text = box.run("config").stdout
-    assert f"profiles.whisper.threshold = \"1h\"    # {box.config}" in text
+    assert f'profiles.whisper.threshold = "1h"    # {box.config}' in text
 
 
 def test_an_edited_config_is_picked_up_at_once_despite_the_memo(box: Box) -> None:

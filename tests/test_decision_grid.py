@@ -46,8 +46,14 @@ def profile_for(hours: str | None, outside_hours: str, no_gpu: str | None, fallb
     return settings.profiles["job"]
 
 
-def expected(metric_id: str, forced: str | None, window_id: str, no_gpu: str | None, gpu_problem: str | None,
-             fallback: str) -> tuple[str, str]:  # fmt: skip
+def expected(
+    metric_id: str,
+    forced: str | None,
+    window_id: str,
+    no_gpu: str | None,
+    gpu_problem: str | None,
+    fallback: str,
+) -> tuple[str, str]:
     """(route, action) by the documented rules."""
     if forced is not None:
         return forced, route.RUN
@@ -59,7 +65,7 @@ def expected(metric_id: str, forced: str | None, window_id: str, no_gpu: str | N
         chosen = "cpu" if metric_id == "long-input" else "gpu"
     if chosen == "cpu":
         return "cpu", route.RUN
-    hours, outside_hours, _ = WINDOWS[window_id]
+    _hours, outside_hours, _ = WINDOWS[window_id]
     if window_id.startswith("outside"):
         if outside_hours == "cpu":
             return "cpu", route.RUN
@@ -79,21 +85,34 @@ GRID = list(itertools.product(METRICS, FORCED, WINDOWS, NO_GPU, GPU_STATES, FALL
     GRID,
     ids=[f"{m}-forced:{f}-{w}-no_gpu:{n}-{g}-fallback:{b}" for m, f, w, n, g, b in GRID],
 )
-def test_the_route_follows_the_rules_in_their_order(metric_id: str, forced: str | None, window_id: str,
-                                                     no_gpu: str | None, gpu_state: str, fallback: str) -> None:  # fmt: skip
+def test_the_route_follows_the_rules_in_their_order(
+    metric_id: str, forced: str | None, window_id: str, no_gpu: str | None, gpu_state: str, fallback: str
+) -> None:
     hours, outside_hours, minute = WINDOWS[window_id]
     profile = profile_for(hours, outside_hours, no_gpu, fallback, probed=metric_id != "no-probe")
     gpu_problem = GPU_STATES[gpu_state]
-    chosen = route.choose_route(profile, METRICS[metric_id], forced, "--route" if forced else None,
-                                minute_of_day=minute, gpu_problem=gpu_problem)  # fmt: skip
-    assert (chosen.name, chosen.action) == expected(metric_id, forced, window_id, no_gpu, gpu_problem, fallback)
+    chosen = route.choose_route(
+        profile,
+        METRICS[metric_id],
+        forced,
+        "--route" if forced else None,
+        minute_of_day=minute,
+        gpu_problem=gpu_problem,
+    )
+    assert (chosen.name, chosen.action) == expected(
+        metric_id, forced, window_id, no_gpu, gpu_problem, fallback
+    )
     assert chosen.spec is profile.route(chosen.name)
     assert chosen.reason  # every outcome says why
 
 
 @pytest.mark.parametrize(
     ("metric", "reason"),
-    [(2.0, "duration 2s < threshold 5s"), (5.0, "duration 5s >= threshold 5s"), (8.0, "duration 8s >= threshold 5s")],
+    [
+        (2.0, "duration 2s < threshold 5s"),
+        (5.0, "duration 5s >= threshold 5s"),
+        (8.0, "duration 8s >= threshold 5s"),
+    ],
     ids=["below", "at-the-threshold-is-cpu", "above"],
 )
 def test_the_reason_names_the_metric_and_the_threshold(metric: float, reason: str) -> None:
@@ -107,8 +126,14 @@ def test_the_reason_names_the_metric_and_the_threshold(metric: float, reason: st
     [("append", ["job", "in.wav", "--device", "cuda"]), ("prepend", ["job", "--device", "cuda", "in.wav"])],
 )
 def test_route_args_land_where_the_profile_says(position: str, argv: list[str]) -> None:
-    settings = validate({"lock_dir": "/tmp/grid", "profiles": {"job": {"gpu": {
-        "args": ["--device", "cuda"], "args_position": position}}}}, "grid.toml", None)  # fmt: skip
+    settings = validate(
+        {
+            "lock_dir": "/tmp/grid",
+            "profiles": {"job": {"gpu": {"args": ["--device", "cuda"], "args_position": position}}},
+        },
+        "grid.toml",
+        None,
+    )
     assert route.job_argv(["job", "in.wav"], settings.profiles["job"].gpu) == argv
 
 
@@ -116,8 +141,14 @@ def _decide(environ: dict[str, str], table: dict[str, object] | None = None, for
     from gpurouter.job import decision
 
     settings = validate({"lock_dir": "/tmp/grid", "profiles": {"job": table or {}}}, "grid.toml", None)
-    return decision.decide(settings, settings.profiles["job"], ["job", "x"], "/bin/true",
-                           decision.forced_route(forced, environ), environ)  # fmt: skip
+    return decision.decide(
+        settings,
+        settings.profiles["job"],
+        ["job", "x"],
+        "/bin/true",
+        decision.forced_route(forced, environ),
+        environ,
+    )
 
 
 @pytest.mark.parametrize(
@@ -131,7 +162,9 @@ def _decide(environ: dict[str, str], table: dict[str, object] | None = None, for
     ],
     ids=["free", "skip-lock", "skip-lock-off", "held-by-a-parent", "a-pool-named-alike-is-another-pool"],
 )
-def test_decide_takes_no_slot_only_when_told_or_already_held(environ: dict[str, str], no_slot_because: str | None) -> None:
+def test_decide_takes_no_slot_only_when_told_or_already_held(
+    environ: dict[str, str], no_slot_because: str | None
+) -> None:
     assert _decide(environ).no_slot_because == no_slot_because
 
 

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import Box, wait_for
-from standins import update_devices
 from test_gpus import Devices, FakeService, comm, device
 
 HOLDER = ["sh", "-c", "exec sleep 30"]
@@ -30,14 +29,21 @@ class Standin:
 
     def __init__(self, kind: str, devices: Path, index: int, mib: int, log: Path, delay_s: float) -> None:
         self.kind, self.log = kind, log
-        self.process = subprocess.Popen([sys.executable, str(STANDINS), kind, str(devices), str(index), str(mib),
-                                         str(log), str(delay_s)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, str(STANDINS), kind, str(devices), str(index), str(mib), str(log), str(delay_s)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         self.url = f"http://127.0.0.1:{self.process.stdout.readline().strip()}"
 
     def client_uses_it(self) -> None:
         """A client loads the model behind gpurouter's back (a chat, a prompt)."""
-        path, body = ("/api/generate", {"model": "llama3", "prompt": "hi"}) if self.kind == "ollama" else ("/prompt", {"prompt": {}})
+        path, body = (
+            ("/api/generate", {"model": "llama3", "prompt": "hi"})
+            if self.kind == "ollama"
+            else ("/prompt", {"prompt": {}})
+        )
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         with urllib.request.urlopen(request, timeout=5) as answer:
             answer.read()
@@ -48,7 +54,11 @@ class Standin:
 
     def unloads(self) -> int:
         if self.kind == "ollama":
-            return sum('"keep_alive": 0' in line for line in self.log.read_text().splitlines()) if self.log.exists() else 0
+            return (
+                sum('"keep_alive": 0' in line for line in self.log.read_text().splitlines())
+                if self.log.exists()
+                else 0
+            )
         return self.calls("POST /free")
 
     def stop(self) -> None:
@@ -72,8 +82,11 @@ def standin(box: Box) -> Iterator[Callable[..., Standin]]:
 
 
 def used(box: Box, index: int = 0) -> int:
-    return int(next(d for d in json.loads((box.root / "devices.json").read_text())["devices"]
-                    if d["index"] == index)["memory_used_mib"])  # fmt: skip
+    return int(
+        next(
+            d for d in json.loads((box.root / "devices.json").read_text())["devices"] if d["index"] == index
+        )["memory_used_mib"]
+    )
 
 
 def evicts(box: Box) -> list[dict[str, Any]]:
@@ -117,7 +130,8 @@ def test_a_job_finding_every_gpu_slot_held_waits_for_a_slot_and_never_takes_the_
     service = FakeService(gpus, 8000)
     try:
         gpus.write(device(0, used=1200))  # 15176 free: two 5000 MiB claims leave 5176 < 5000 + 256
-        box.write_config(f"""
+        box.write_config(
+            f"""
             [profiles.sh]
             wait = "{{wait}}"
             [profiles.sh.gpu]
@@ -131,7 +145,8 @@ def test_a_job_finding_every_gpu_slot_held_waits_for_a_slot_and_never_takes_the_
             lazy = false
             unload = {{ http = "POST {service.url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
             timeout = "2s"
-        """.replace("{wait}", "fail"))
+        """.replace("{wait}", "fail")
+        )
         holders = [box.start("run", "--", *HOLDER) for _ in range(2)]
         assert wait_for(lambda: all(comm(h.pid) == "sleep" for h in holders))
         done = box.run("run", "--", "sh", "-c", 'echo "$0"')
@@ -159,7 +174,9 @@ def test_the_natural_ollama_config_is_evicted_whenever_its_clients_have_loaded_i
 ) -> None:
     gpus.write(device(0, used=4000))
     ollama = standin("ollama")
-    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url))  # vram_mib and unload only
+    box.write_config(
+        JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url)
+    )  # vram_mib and unload only
     for round_ in range(2):
         ollama.client_uses_it()
         assert used(box) == 12000  # 4376 free: no room for 5000 + 256
@@ -189,8 +206,11 @@ def test_the_status_answer_decides_when_the_driver_lists_no_processes(
 ) -> None:
     gpus.write(device(0, used=4000, processes=None))
     ollama = standin("ollama")
-    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url)
-                     + f'status = {{ http = "GET {ollama.url}/api/ps" }}\n')  # fmt: skip
+    box.write_config(
+        JOB_PROFILE.format(wait="fail")
+        + OLLAMA.format(url=ollama.url)
+        + f'status = {{ http = "GET {ollama.url}/api/ps" }}\n'
+    )
     ollama.client_uses_it()
     done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
     assert done.stdout.startswith("gpu:GPU-"), done.stderr
@@ -204,18 +224,25 @@ def test_a_victim_is_only_chosen_where_unloading_it_makes_room(
     gpus.write(device(0, used=7000), device(1, used=11200))
     ollama = standin("ollama", index=1, mib=4000)  # the least recently used, but GPU 1 stays short without it
     comfy = standin("comfyui", index=0, mib=6000)
-    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url).replace("8000", "4000") + f"""
+    box.write_config(
+        JOB_PROFILE.format(wait="fail")
+        + OLLAMA.format(url=ollama.url).replace("8000", "4000")
+        + f"""
         [residents.comfyui]
         vram_mib = 6000
         unload = {{ http = "POST {comfy.url}/free", body = '{{"unload_models": true, "free_memory": true}}' }}
         process = "*standins.py comfyui*"
         timeout = "5s"
-    """)  # fmt: skip
+    """
+    )
     ollama.client_uses_it()
     comfy.client_uses_it()  # GPU 0: 16376 - 13300 = 3076 free; GPU 1: 1176 free (+ 4000 < 5256)
     box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
-    (box.lock_dir / "residents.state").write_text(json.dumps({"ollama": {"loaded": True, "last_used": 1.0},
-                                                              "comfyui": {"loaded": True, "last_used": 2.0}}))  # fmt: skip
+    (box.lock_dir / "residents.state").write_text(
+        json.dumps(
+            {"ollama": {"loaded": True, "last_used": 1.0}, "comfyui": {"loaded": True, "last_used": 2.0}}
+        )
+    )
     done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
     assert done.stdout == "gpu:GPU-00000000-0000-0000-0000-000000000000\n", done.stderr
     assert ollama.unloads() == 0 and comfy.unloads() == 1
@@ -249,7 +276,9 @@ echo "done on cpu"
 """
 
 
-def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(box: Box, tmp_path: Path) -> None:
+def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
+    box: Box, tmp_path: Path
+) -> None:
     job = box.bin / "oomjob"
     job.write_text(OOM_JOB)
     job.chmod(0o755)
@@ -268,8 +297,9 @@ def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
         args = ["--cpu"]
         slots = 1
     """)
-    holder = box.start("run", "--profile", "oomjob", "--route", "cpu", "--", *HOLDER,
-                       start_new_session=True)  # monitored: its child holds the slot too
+    holder = box.start(
+        "run", "--profile", "oomjob", "--route", "cpu", "--", *HOLDER, start_new_session=True
+    )  # monitored: its child holds the slot too
     assert wait_for(lambda: len(starts(box)) == 1)
     first = box.run("run", "--", "oomjob", str(talk))
     assert first.returncode == 75  # the CPU re-run follows wait = "fail": the CPU slot is busy
@@ -291,7 +321,9 @@ def test_an_input_that_ran_out_of_gpu_memory_goes_to_the_cpu_when_it_comes_back(
     assert json.loads(fresh.stdout)["route"] == "gpu"  # another input is not tainted
 
 
-def test_stats_and_prometheus_tell_evictions_failed_unloads_and_attempts_with_no_victim_apart(tmp_path: Path) -> None:
+def test_stats_and_prometheus_tell_evictions_failed_unloads_and_attempts_with_no_victim_apart(
+    tmp_path: Path,
+) -> None:
     from journal_factory import T0, record, settings_for, write
 
     from gpurouter.observe import prometheus, stats
@@ -299,9 +331,19 @@ def test_stats_and_prometheus_tell_evictions_failed_unloads_and_attempts_with_no
     records = [
         record("evict", "sh", at=T0, victim="ollama", ok=True, outcome="evicted"),
         record("evict", "sh", at=T0 + 1, victim="ollama", ok=False, outcome="failed", problem="HTTP 500"),
-        record("evict", "sh", at=T0 + 2, victim=None, ok=False, outcome="no_victim", problem="no eviction makes room"),
+        record(
+            "evict",
+            "sh",
+            at=T0 + 2,
+            victim=None,
+            ok=False,
+            outcome="no_victim",
+            problem="no eviction makes room",
+        ),
         record("evict", "sh", at=T0 + 3, victim=None, ok=True, outcome="in_flight", problem=None),
-        record("evict", "sh", at=T0 + 4, victim=None, ok=False, problem="no resident may be evicted"),  # an old record
+        record(
+            "evict", "sh", at=T0 + 4, victim=None, ok=False, problem="no resident may be evicted"
+        ),  # an old record
     ]
     summary = stats.summarise(settings_for(tmp_path, "", write(tmp_path / "journal.jsonl", records)))
     assert summary["evictions"] == {"ollama": {"ok": 1, "failed": 1}}
@@ -318,7 +360,9 @@ def test_gpus_shows_each_residents_measured_state_mib_and_source(
     gpus.write(device(0, used=1000))
     ollama = standin("ollama")
     comfy = standin("comfyui", mib=6000)
-    box.write_config(OLLAMA.format(url=ollama.url) + f"""
+    box.write_config(
+        OLLAMA.format(url=ollama.url)
+        + f"""
         [residents.comfyui]
         vram_mib = 6000
         unload = {{ http = "POST {comfy.url}/free" }}
@@ -327,12 +371,21 @@ def test_gpus_shows_each_residents_measured_state_mib_and_source(
         [residents.whisper-server]
         vram_mib = 2000
         lazy = false
-    """)
+    """
+    )
     ollama.client_uses_it()
     comfy.client_uses_it()
     view = {r["name"]: r for r in json.loads(box.run("gpus", "--json").stdout)["residents"]}
-    assert (view["ollama"]["state"], view["ollama"]["measured_mib"], view["ollama"]["source"]) == ("loaded", 8000, "nvml")
-    assert (view["comfyui"]["state"], view["comfyui"]["measured_mib"], view["comfyui"]["source"]) == ("loaded", 6000, "status")
+    assert (view["ollama"]["state"], view["ollama"]["measured_mib"], view["ollama"]["source"]) == (
+        "loaded",
+        8000,
+        "nvml",
+    )
+    assert (view["comfyui"]["state"], view["comfyui"]["measured_mib"], view["comfyui"]["source"]) == (
+        "loaded",
+        6000,
+        "status",
+    )
     assert (view["whisper-server"]["state"], view["whisper-server"]["source"]) == ("loaded", "belief")
     text = box.run("gpus").stdout
     assert "resident ollama: 8000 MiB, loaded (8000 MiB by nvml)" in text
@@ -341,7 +394,9 @@ def test_gpus_shows_each_residents_measured_state_mib_and_source(
 
 def test_low_vram_reasons_never_show_negative_free_memory(box: Box, gpus: Devices) -> None:
     gpus.write(device(0, used=16376 - 6000))
-    box.write_config(JOB_PROFILE.format(wait="fail").replace("evict", "busy").replace("vram_mib = 5000", "vram_mib = 3000"))
+    box.write_config(
+        JOB_PROFILE.format(wait="fail").replace("evict", "busy").replace("vram_mib = 5000", "vram_mib = 3000")
+    )
     holders = [box.start("run", "--", *HOLDER) for _ in range(1)]
     assert wait_for(lambda: comm(holders[0].pid) == "sleep")
     gpus.write(device(0, used=16376 - 2000))  # someone else took memory too: promised 3000 > 2000 free
@@ -350,7 +405,9 @@ def test_low_vram_reasons_never_show_negative_free_memory(box: Box, gpus: Device
     assert "GPU 0 0 MiB free (3000 promised)" in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(), reason="needs root and unshare(1)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(), reason="needs root and unshare(1)"
+)
 @pytest.mark.parametrize("mount_proc", [True, False], ids=["own-proc", "host-proc"])
 def test_in_a_pid_namespace_residents_fall_back_to_status_and_gpus_says_so(
     box: Box, gpus: Devices, standin: Callable[..., Standin], mount_proc: bool
@@ -362,14 +419,17 @@ def test_in_a_pid_namespace_residents_fall_back_to_status_and_gpus_says_so(
     box.write_config(OLLAMA.format(url=ollama.url) + f'status = {{ http = "GET {ollama.url}/api/ps" }}\n')
     ollama.client_uses_it()
     unshare = ["unshare", "--pid", "--fork", *(["--mount-proc"] if mount_proc else [])]
-    done = subprocess.run([*unshare, GPUROUTER, "gpus", "--json"], env=box.env, capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+    done = subprocess.run(
+        [*unshare, GPUROUTER, "gpus", "--json"], env=box.env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     view = json.loads(done.stdout)
     assert "PID namespace" in view["pid_namespace"] or "a PID namespace?" in view["pid_namespace"]
     (row,) = view["residents"]
     assert (row["state"], row["measured_mib"], row["source"]) == ("loaded", 8000, "status")
-    text = subprocess.run([*unshare, GPUROUTER, "gpus"], env=box.env, capture_output=True, text=True, timeout=30)
+    text = subprocess.run(
+        [*unshare, GPUROUTER, "gpus"], env=box.env, capture_output=True, text=True, timeout=30
+    )
     assert "claims count in full, residents from status or belief" in text.stdout
     host = json.loads(box.run("gpus", "--json").stdout)
     assert host["pid_namespace"] is None and host["residents"][0]["source"] == "nvml"

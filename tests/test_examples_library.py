@@ -25,10 +25,16 @@ def post(url: str) -> tuple[int, dict[str, object]]:
         return error.code, json.loads(error.read())
 
 
-def test_the_web_service_routes_each_request_and_shares_slots_with_the_cli(box: Box, media: dict[str, Path]) -> None:
+def test_the_web_service_routes_each_request_and_shares_slots_with_the_cli(
+    box: Box, media: dict[str, Path]
+) -> None:
     box.write_config(WHISPER_PROFILE)
-    service = subprocess.Popen([sys.executable, str(EXAMPLES / "web_service.py"), "--port", "0", "--wait", "0"],
-                               env=box.env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    service = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "web_service.py"), "--port", "0", "--wait", "0"],
+        env=box.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert service.stdout is not None
         url = service.stdout.readline().split()[-1]
@@ -36,8 +42,10 @@ def test_the_web_service_routes_each_request_and_shares_slots_with_the_cli(box: 
         assert status == 200 and body["route"] == "gpu" and body["slot"] == ["gpu.0"]
         assert "--device cuda" in str(body["result"])
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(post(f"{url}/transcribe?file={media['wav2']}")[0]))
-                   for _ in range(3)]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda: results.append(post(f"{url}/transcribe?file={media['wav2']}")[0]))
+            for _ in range(3)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -27,24 +27,47 @@ def test_gpu_check_without_a_gpu_exits_3_with_one_line_saying_so() -> None:
 
 def test_gpu_check_prints_one_table_of_the_suite_and_the_benchmark_rows(tmp_path: Path) -> None:
     env = {**os.environ, "GPU_CHECK_ANYWAY": "1", "GPU_CHECK_RUNS": "2", "TMPDIR": str(tmp_path)}
-    done = subprocess.run([str(ROOT / "scripts" / "gpu-check")], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "gpu-check")], capture_output=True, text=True, timeout=300, env=env
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("gpu-check on ") and lines[1].split()[:3] == ["check", "outcome", "time"]
-    tests = [line.split()[0] for line in lines if line.startswith(("gpurouter_gpus", "a_", "the_", "six_", "real_",
-                                                                   "nvml_"))]  # fmt: skip
+    tests = [
+        line.split()[0]
+        for line in lines
+        if line.startswith(("gpurouter_gpus", "a_", "the_", "six_", "real_", "nvml_"))
+    ]
     assert len(tests) >= 8
-    for row in ("bench: run plain", "bench: run vram (lean)", "bench: run vram (pynvml)", "bench: query lean",
-                "bench: monitor: one sample"):  # fmt: skip
+    for row in (
+        "bench: run plain",
+        "bench: run vram (lean)",
+        "bench: run vram (pynvml)",
+        "bench: query lean",
+        "bench: monitor: one sample",
+    ):
         assert any(line.startswith(row) for line in lines), row
     assert list(tmp_path.iterdir()) == []  # its work dir is gone
 
 
 def test_the_gpu_benchmark_writes_every_row_with_a_ratio_against_its_peer(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_real.py"), "--runs", "2", "--pause-s", "0.05",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_real.py"),
+            "--runs",
+            "2",
+            "--pause-s",
+            "0.05",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import Box
+
 from gpurouter.job.settings import DEFAULT_OOM_PATTERNS
 
 HOG = Path(__file__).resolve().parent.parent / "examples" / "bin" / "gpu-hog"
@@ -55,14 +55,22 @@ def fake_cuda(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no C compiler for the stand-in libcuda.so.1")
     folder = tmp_path_factory.mktemp("fake-cuda")
     (folder / "fake.c").write_text(FAKE_LIBCUDA)
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(folder / "fake.c")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(folder / "fake.c")],
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
 def hog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HOG), *args], capture_output=True, text=True, timeout=30,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(HOG), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,13 +79,20 @@ def hog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         pytest.param([], "gpu-hog: --mib is required", id="nothing"),
         pytest.param(["--mib"], "gpu-hog: --mib needs a value", id="no-value"),
         pytest.param(["--mib", "lots"], "gpu-hog: --mib: not a number: 'lots'", id="not-a-number"),
-        pytest.param(["--mib", "-3"], "gpu-hog: --mib: expected a finite number >= 0, got '-3'", id="negative"),
-        pytest.param(["--mib=1", "--hold-s", "inf"], "gpu-hog: --hold-s: expected a finite number >= 0, got 'inf'",
-                     id="infinite-hold"),
-        pytest.param(["--mib", "1", "--chunk-mib", "0"], "gpu-hog: --chunk-mib: expected a number > 0", id="zero-chunk"),
+        pytest.param(
+            ["--mib", "-3"], "gpu-hog: --mib: expected a finite number >= 0, got '-3'", id="negative"
+        ),
+        pytest.param(
+            ["--mib=1", "--hold-s", "inf"],
+            "gpu-hog: --hold-s: expected a finite number >= 0, got 'inf'",
+            id="infinite-hold",
+        ),
+        pytest.param(
+            ["--mib", "1", "--chunk-mib", "0"], "gpu-hog: --chunk-mib: expected a number > 0", id="zero-chunk"
+        ),
         pytest.param(["--mib", "1", "--fast"], "gpu-hog: unknown argument '--fast'", id="unknown"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_exit_2_with_one_line_and_the_usage(args: list[str], message: str) -> None:
     done = hog(*args)
 
@@ -103,11 +118,16 @@ def test_the_cpu_route_allocates_nothing_and_needs_no_driver() -> None:
 
 
 def test_the_hog_allocates_in_chunks_and_prints_the_device_and_its_uuid(fake_cuda: Path) -> None:
-    done = hog("--mib", "300", "--chunk-mib", "128", "--ramp-s", "0.2", env={"LD_LIBRARY_PATH": str(fake_cuda)})
+    done = hog(
+        "--mib", "300", "--chunk-mib", "128", "--ramp-s", "0.2", env={"LD_LIBRARY_PATH": str(fake_cuda)}
+    )
 
     assert (done.returncode, done.stderr) == (0, "")
-    assert re.fullmatch(r'gpu-hog: holding 300 MiB on device 0 "Fake GPU" '
-                        r"GPU-00112233-4455-6677-8899-aabbccddeeff pid \d+ for 0 s\n", done.stdout)  # fmt: skip
+    assert re.fullmatch(
+        r'gpu-hog: holding 300 MiB on device 0 "Fake GPU" '
+        r"GPU-00112233-4455-6677-8899-aabbccddeeff pid \d+ for 0 s\n",
+        done.stdout,
+    )
 
 
 def test_asking_more_than_the_device_has_exits_5_with_the_cuda_error_name_gpurouter_matches(
@@ -116,20 +136,29 @@ def test_asking_more_than_the_device_has_exits_5_with_the_cuda_error_name_gpurou
     done = hog("--mib", "1500", "--chunk-mib", "256", env={"LD_LIBRARY_PATH": str(fake_cuda)})
 
     assert (done.returncode, done.stdout) == (5, "")
-    assert done.stderr == ("gpu-hog: cuMemAlloc_v2 failed after 768 of 1500 MiB: "
-                           "CUDA_ERROR_OUT_OF_MEMORY (out of memory)\n")  # fmt: skip
+    assert done.stderr == (
+        "gpu-hog: cuMemAlloc_v2 failed after 768 of 1500 MiB: CUDA_ERROR_OUT_OF_MEMORY (out of memory)\n"
+    )
     assert [p for p in DEFAULT_OOM_PATTERNS if p in done.stderr] == ["CUDA_ERROR_OUT_OF_MEMORY"]
 
 
 @pytest.mark.parametrize(
     ("args", "env", "line"),
     [
-        pytest.param(["--mib", "1"], {"FAKE_CUDA_MIB": "0"},
-                     "gpu-hog: cuInit failed: CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)", id="no-device"),
-        pytest.param(["--mib", "1", "--device", "3"], {},
-                     "gpu-hog: cuDeviceGet failed: CUDA_ERROR_INVALID_DEVICE (invalid device ordinal)", id="bad-ordinal"),
+        pytest.param(
+            ["--mib", "1"],
+            {"FAKE_CUDA_MIB": "0"},
+            "gpu-hog: cuInit failed: CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)",
+            id="no-device",
+        ),
+        pytest.param(
+            ["--mib", "1", "--device", "3"],
+            {},
+            "gpu-hog: cuDeviceGet failed: CUDA_ERROR_INVALID_DEVICE (invalid device ordinal)",
+            id="bad-ordinal",
+        ),
     ],
-)  # fmt: skip
+)
 def test_other_cuda_errors_exit_4_with_the_call_and_the_error_name(
     fake_cuda: Path, args: list[str], env: dict[str, str], line: str
 ) -> None:
@@ -138,7 +167,9 @@ def test_other_cuda_errors_exit_4_with_the_call_and_the_error_name(
     assert (done.returncode, done.stdout, done.stderr) == (4, "", line + "\n")
 
 
-def test_a_monitored_hog_that_runs_out_of_gpu_memory_runs_again_on_the_cpu_route(box: Box, fake_cuda: Path) -> None:
+def test_a_monitored_hog_that_runs_out_of_gpu_memory_runs_again_on_the_cpu_route(
+    box: Box, fake_cuda: Path
+) -> None:
     shutil.copy(HOG, box.bin / "gpu-hog")
     box.write_config("""
         [profiles.gpu-hog]

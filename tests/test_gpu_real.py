@@ -18,15 +18,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import Box, wait_for
-from gpurouter.job import kernel
+
 from gpurouter.gpu.nvml import GpuSnapshot, query_gpus
+from gpurouter.job import kernel
 
 HOG = Path(__file__).resolve().parent.parent / "examples" / "bin" / "gpu-hog"
 CONTEXT_MIB = 1024  # what a CUDA context may take beyond its allocations (~500 MiB seen on H100s)
@@ -79,15 +78,24 @@ class Hogs:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[str]] = []
 
-    def start(self, mib: int, hold_s: float, uuid: str | None = None, *extra: str) -> tuple[subprocess.Popen[str], re.Match[str]]:  # fmt: skip
+    def start(
+        self, mib: int, hold_s: float, uuid: str | None = None, *extra: str
+    ) -> tuple[subprocess.Popen[str], re.Match[str]]:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": uuid or gpu0().uuid or "0"}
-        process = subprocess.Popen([sys.executable, str(HOG), "--mib", str(mib), "--hold-s", str(hold_s), *extra],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, str(HOG), "--mib", str(mib), "--hold-s", str(hold_s), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.started.append(process)
         assert process.stdout is not None
         line = process.stdout.readline()  # printed once everything is allocated
         found = HOLDING.match(line)
-        assert found, f"gpu-hog did not allocate {mib} MiB: {line!r} {process.stderr.read() if process.poll() is not None else ''}"  # type: ignore[union-attr]  # fmt: skip
+        assert found, (
+            f"gpu-hog did not allocate {mib} MiB: {line!r} {process.stderr.read() if process.poll() is not None else ''}"
+        )  # type: ignore[union-attr]
         return process, found
 
     def close(self) -> None:
@@ -113,16 +121,28 @@ def gpu_box(box: Box) -> Box:
 def test_gpurouter_gpus_lists_the_devices_nvidia_smi_lists(gpu_box: Box) -> None:
     if shutil.which("nvidia-smi") is None:
         pytest.skip("nvidia-smi is not on PATH")
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,memory.used",
-                          "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    smi = subprocess.run(
+        [
+            "nvidia-smi",
+            "--query-gpu=index,uuid,name,memory.total,memory.used",
+            "--format=csv,noheader,nounits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     done = gpu_box.run("gpus", "--json")
     assert done.returncode == 0, done.stderr
     ours = json.loads(done.stdout)["devices"]
     theirs = [[field.strip() for field in line.split(",")] for line in smi.stdout.strip().splitlines()]
     report(f"nvidia-smi: {theirs}")
-    report(f"gpurouter gpus: {[(d['index'], d['uuid'], d['name'], d['memory_total_mib'], d['memory_used_mib']) for d in ours]}")
+    report(
+        f"gpurouter gpus: {[(d['index'], d['uuid'], d['name'], d['memory_total_mib'], d['memory_used_mib']) for d in ours]}"
+    )
     assert [(d["index"], d["uuid"], d["name"], d["memory_total_mib"]) for d in ours] == [
-        (int(i), uuid, name, int(total)) for i, uuid, name, total, _ in theirs]  # fmt: skip
+        (int(i), uuid, name, int(total)) for i, uuid, name, total, _ in theirs
+    ]
     for device, (_, _, _, _, used) in zip(ours, theirs):  # read moments apart: allow a little drift
         assert abs(device["memory_used_mib"] - int(used)) <= 256, (device, used)
     assert all(d["temperature_c"] is not None for d in ours)  # the full (nvidia-ml-py) path for the view
@@ -132,7 +152,9 @@ def test_the_lean_and_the_nvidia_ml_py_paths_read_the_same_devices() -> None:
     lean, full = query_gpus({}), query_gpus({}, full=True)
     assert (lean.source, full.source) == ("nvml", "nvml")
     same = ("index", "uuid", "name", "memory_total_mib")
-    assert [[getattr(g, f) for f in same] for g in lean.gpus] == [[getattr(g, f) for f in same] for g in full.gpus]
+    assert [[getattr(g, f) for f in same] for g in lean.gpus] == [
+        [getattr(g, f) for f in same] for g in full.gpus
+    ]
     for a, b in zip(lean.gpus, full.gpus):
         assert abs((a.memory_used_mib or 0) - (b.memory_used_mib or 0)) <= 256
         assert (a.processes is None) == (b.processes is None)
@@ -143,8 +165,13 @@ def test_the_hog_sees_exactly_the_device_named_by_uuid_in_cuda_visible_devices(h
     for gpu in gpus():
         _, found = hogs.start(64, 0, gpu.uuid)
         assert (found.group(4), found.group(3)) == (gpu.uuid, gpu.name)
-    alone = subprocess.run([sys.executable, str(HOG), "--mib", "64", "--device", "1"], capture_output=True, text=True,
-                           timeout=60, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu0().uuid or ""})  # fmt: skip
+    alone = subprocess.run(
+        [sys.executable, str(HOG), "--mib", "64", "--device", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu0().uuid or ""},
+    )
     assert alone.returncode == 4 and "CUDA_ERROR_INVALID_DEVICE" in alone.stderr, alone.stderr
 
 
@@ -202,11 +229,17 @@ def test_six_racing_callers_with_real_allocations_never_run_out_of_gpu_memory(gp
         args = ["--cpu"]
         slots = 6
     """)
-    jobs = [gpu_box.start("run", "--", "gpu-hog", "--mib", str(need - CONTEXT_MIB), "--ramp-s", "2", "--hold-s", "4")
-            for _ in range(6)]  # fmt: skip
+    jobs = [
+        gpu_box.start(
+            "run", "--", "gpu-hog", "--mib", str(need - CONTEXT_MIB), "--ramp-s", "2", "--hold-s", "4"
+        )
+        for _ in range(6)
+    ]
     outcomes = [(job.wait(timeout=180), *job.communicate()) for job in jobs]
     routes = [r["route"] for r in gpu_box.records() if r["event"] == "start"]
-    report(f"six racers, {need} MiB each of {free} free: routes {sorted(routes)}, exits {[o[0] for o in outcomes]}")
+    report(
+        f"six racers, {need} MiB each of {free} free: routes {sorted(routes)}, exits {[o[0] for o in outcomes]}"
+    )
     assert [o for o in outcomes if o[0] != 0 or "OUT_OF_MEMORY" in o[2]] == []
     assert 1 <= routes.count("gpu") <= 3, routes  # 3 x 30 % fit; the claims keep the 4th off while NVML lags
 
@@ -220,13 +253,17 @@ def test_a_monitored_hogs_peak_vram_is_within_a_few_percent_of_its_allocation(gp
     """)
     # Run it under sh: the peak is the job's process tree, not one pid.
     script = f"gpu-hog --mib {mib} --ramp-s 1 --hold-s 2; true"
-    done = gpu_box.run("run", "--", "sh", "-c", script, env={"CUDA_VISIBLE_DEVICES": gpu0().uuid or "0"}, timeout=120)
+    done = gpu_box.run(
+        "run", "--", "sh", "-c", script, env={"CUDA_VISIBLE_DEVICES": gpu0().uuid or "0"}, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     end = gpu_box.records()[-1]
     report(f"monitored hog of {mib} MiB: peak_vram_mib {end['peak_vram_mib']} in {end['samples']} samples")
     if end["peak_vram_mib"] is None:
-        pytest.skip(f"NVML listed no process of the job's tree (pid namespace? samples {end['samples']}): "
-                    f"{[g.processes for g in gpus()]}")  # fmt: skip
+        pytest.skip(
+            f"NVML listed no process of the job's tree (pid namespace? samples {end['samples']}): "
+            f"{[g.processes for g in gpus()]}"
+        )
     peak = int(end["peak_vram_mib"])  # type: ignore[call-overload]
     assert mib <= peak <= mib + max(mib // 20, CONTEXT_MIB), (mib, peak)
 
@@ -242,8 +279,15 @@ def test_a_real_cuda_oom_runs_again_on_the_cpu_route(gpu_box: Box) -> None:
         args = ["--cpu"]
     """)
     too_much = total_mib() + 4096
-    done = gpu_box.run("run", "--", "gpu-hog", "--mib", str(too_much), env={"CUDA_VISIBLE_DEVICES": gpu0().uuid or "0"},
-                       timeout=180)  # fmt: skip
+    done = gpu_box.run(
+        "run",
+        "--",
+        "gpu-hog",
+        "--mib",
+        str(too_much),
+        env={"CUDA_VISIBLE_DEVICES": gpu0().uuid or "0"},
+        timeout=180,
+    )
     oom_line = next((line for line in done.stderr.splitlines() if "gpu-hog:" in line), "")
     report(f"OOM of {too_much} MiB: {oom_line}")
     assert done.returncode == 0, done.stderr

@@ -8,21 +8,28 @@ import http.server
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import Box, wait_for
 
 LONG_JOB = ["sh", "-c", "exec sleep 30"]
 
 
-def device(index: int, used: int, total: int = 16376, util: int = 0,
-           processes: list[dict[str, int]] | None = []) -> dict[str, Any]:  # noqa: B006 - never mutated
-    return {"index": index, "uuid": f"GPU-{index:08d}-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-            "memory_total_mib": total, "memory_used_mib": used, "utilization_percent": util,
-            "processes": processes}  # fmt: skip
+def device(
+    index: int, used: int, total: int = 16376, util: int = 0, processes: list[dict[str, int]] | None = []
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "uuid": f"GPU-{index:08d}-0000-0000-0000-000000000000",
+        "name": "NVIDIA RTX A4000",
+        "memory_total_mib": total,
+        "memory_used_mib": used,
+        "utilization_percent": util,
+        "processes": processes,
+    }
 
 
 class Devices:
@@ -92,7 +99,9 @@ def test_a_device_with_enough_free_vram_gets_the_job_and_its_uuid(box: Box, gpus
 
 
 @pytest.mark.parametrize(("policy", "code", "out"), [("cpu", 0, "cpu-route\n"), ("busy", 75, "")])
-def test_too_little_free_vram_applies_on_low_vram(box: Box, gpus: Devices, policy: str, code: int, out: str) -> None:
+def test_too_little_free_vram_applies_on_low_vram(
+    box: Box, gpus: Devices, policy: str, code: int, out: str
+) -> None:
     gpus.write(device(0, used=16376 - 3700))  # 3700 free, but the cushion (256) does not fit
     box.write_config(VRAM_PROFILE.format(policy=policy))
     done = box.run("run", "--", "sh", "-c", 'echo "$0"')
@@ -101,8 +110,12 @@ def test_too_little_free_vram_applies_on_low_vram(box: Box, gpus: Devices, polic
 
 
 def test_the_best_scoring_device_of_four_is_picked(box: Box, gpus: Devices) -> None:
-    gpus.write(device(0, used=9000, util=90), device(1, used=2000, util=10), device(2, used=2000, util=80),
-               device(3, used=15000))  # fmt: skip
+    gpus.write(
+        device(0, used=9000, util=90),
+        device(1, used=2000, util=10),
+        device(2, used=2000, util=80),
+        device(3, used=15000),
+    )
     box.write_config(VRAM_PROFILE.format(policy="busy"))
     job = box.start("run", "--", *LONG_JOB)
     assert wait_for(lambda: comm(job.pid) == "sleep")
@@ -114,7 +127,9 @@ def test_two_callers_never_spend_the_same_free_mib(box: Box, gpus: Devices) -> N
     box.write_config(VRAM_PROFILE.format(policy="busy"))
     first = box.start("run", "--", *LONG_JOB)
     assert wait_for(lambda: comm(first.pid) == "sleep")
-    second = box.run("run", "--", "sh", "-c", "true")  # NVML still shows 6000 free: the first has not allocated yet
+    second = box.run(
+        "run", "--", "sh", "-c", "true"
+    )  # NVML still shows 6000 free: the first has not allocated yet
     assert second.returncode == 75 and "3700 promised" in second.stderr
     first.kill()
     first.wait()
@@ -152,11 +167,20 @@ vram_mib = 4000
 """
 
 
-@pytest.mark.parametrize(("args", "count"), [
-    (["--tensor-parallel-size", "2"], 2), (["--tp", "2", "--pp", "2"], 4), (["--tensor-parallel-size=4"], 4),
-    (["--tp_size=2", "--dp", "2"], 4), ([], 1),
-], ids=["tp-2", "tp2-pp2", "tp-equals-4", "tp2-dp2", "no-flags-1"])  # fmt: skip
-def test_gpus_auto_reads_the_world_size_from_the_jobs_flags(box: Box, gpus: Devices, args: list[str], count: int) -> None:
+@pytest.mark.parametrize(
+    ("args", "count"),
+    [
+        (["--tensor-parallel-size", "2"], 2),
+        (["--tp", "2", "--pp", "2"], 4),
+        (["--tensor-parallel-size=4"], 4),
+        (["--tp_size=2", "--dp", "2"], 4),
+        ([], 1),
+    ],
+    ids=["tp-2", "tp2-pp2", "tp-equals-4", "tp2-dp2", "no-flags-1"],
+)
+def test_gpus_auto_reads_the_world_size_from_the_jobs_flags(
+    box: Box, gpus: Devices, args: list[str], count: int
+) -> None:
     gpus.write(*(device(i, used=1000) for i in range(4)))
     box.write_config(MULTI_PROFILE.format(wait="fail"))
     done = box.run("run", "--profile", "vllm", "--", "sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES"', "sh", *args)
@@ -174,7 +198,9 @@ def test_an_impossible_8_gpu_job_is_refused_at_once(box: Box, gpus: Devices) -> 
     assert time.monotonic() - began < 5
 
 
-def test_two_3_gpu_jobs_on_a_4_gpu_box_run_one_after_the_other_never_half_started(box: Box, gpus: Devices) -> None:
+def test_two_3_gpu_jobs_on_a_4_gpu_box_run_one_after_the_other_never_half_started(
+    box: Box, gpus: Devices
+) -> None:
     gpus.write(*(device(i, used=1000) for i in range(4)))
     box.write_config(MULTI_PROFILE.format(wait="block"))
     first = box.start("run", "--profile", "vllm", "--", "sh", "-c", "sleep 1", "sh", "--tp", "3")
@@ -183,7 +209,9 @@ def test_two_3_gpu_jobs_on_a_4_gpu_box_run_one_after_the_other_never_half_starte
     assert wait_for(lambda: any(r["event"] == "wait" for r in box.records()))
     status = box.run("status", "--json").stdout
     held = [json.loads(line) for line in status.splitlines()]
-    assert sum(1 for row in held if row["holder"] and row["pool"].startswith("gpu")) == 3  # the waiter holds none
+    assert (
+        sum(1 for row in held if row["holder"] and row["pool"].startswith("gpu")) == 3
+    )  # the waiter holds none
     assert first.wait(timeout=20) == 0 and second.wait(timeout=20) == 0
     starts = [r for r in box.records() if r["event"] == "start"]
     assert [len(r["gpus"]) for r in starts] == [3, 3]
@@ -206,7 +234,7 @@ class FakeService(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: FakeService
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
         self.server.calls.append(("POST", self.path, body))
         time.sleep(self.server.delay_s)
@@ -240,13 +268,13 @@ def resident_config(services: dict[str, FakeService], extra: str = "") -> str:
 
         [residents.ollama]
         vram_mib = 8000
-        unload = {{ http = "POST {services['ollama'].url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
+        unload = {{ http = "POST {services["ollama"].url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
         lazy = false
         timeout = "3s"
 
         [residents.comfyui]
         vram_mib = 6000
-        unload = {{ http = "POST {services['comfyui'].url}/free", body = '{{"unload_models": true}}' }}
+        unload = {{ http = "POST {services["comfyui"].url}/free", body = '{{"unload_models": true}}' }}
         timeout = "3s"
 
         [residents.whisper-server]
@@ -263,15 +291,20 @@ def test_the_least_recently_used_resident_is_evicted_and_the_job_gets_the_gpu(
     box.write_config(resident_config(services))
     state = box.lock_dir / "residents.state"
     box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
-    state.write_text(json.dumps({"ollama": {"loaded": True, "last_used": 200.0},
-                                 "comfyui": {"loaded": True, "last_used": 100.0}}))  # fmt: skip
+    state.write_text(
+        json.dumps(
+            {"ollama": {"loaded": True, "last_used": 200.0}, "comfyui": {"loaded": True, "last_used": 100.0}}
+        )
+    )
     done = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
     assert done.returncode == 0, done.stderr
     assert [c[1] for c in services["comfyui"].calls] == ["/free"] and services["ollama"].calls == []
     evict = next(r for r in box.records() if r["event"] == "evict")
     assert (evict["victim"], evict["ok"]) == ("comfyui", True)
     assert evict["free_mib_after"] > evict["free_mib_before"]
-    assert done.stdout.startswith("gpu:GPU-")  # 376 + 6000 freed >= 5000 + 256 cushion: one eviction was enough
+    assert done.stdout.startswith(
+        "gpu:GPU-"
+    )  # 376 + 6000 freed >= 5000 + 256 cushion: one eviction was enough
     assert json.loads(state.read_text())["comfyui"]["loaded"] is False
 
 
@@ -279,11 +312,18 @@ def test_coexisting_and_managed_residents_are_never_evicted(
     box: Box, gpus: Devices, services: dict[str, FakeService]
 ) -> None:
     gpus.write(device(0, used=16000, processes=None))
-    box.write_config(resident_config(services).replace('timeout = "3s"\n\n        [residents.comfyui]',
-                                                       'timeout = "3s"\n        coexist = ["sh"]\n\n        [residents.comfyui]'))  # fmt: skip
+    box.write_config(
+        resident_config(services).replace(
+            'timeout = "3s"\n\n        [residents.comfyui]',
+            'timeout = "3s"\n        coexist = ["sh"]\n\n        [residents.comfyui]',
+        )
+    )
     box.lock_dir.mkdir(mode=0o1777, exist_ok=True)
-    (box.lock_dir / "residents.state").write_text(json.dumps({"ollama": {"loaded": True, "last_used": 1.0},
-                                                              "comfyui": {"loaded": True, "last_used": 9.0}}))  # fmt: skip
+    (box.lock_dir / "residents.state").write_text(
+        json.dumps(
+            {"ollama": {"loaded": True, "last_used": 1.0}, "comfyui": {"loaded": True, "last_used": 9.0}}
+        )
+    )
     done = box.run("run", "--", "sh", "-c", 'echo "$0"')
     assert services["ollama"].calls == []  # coexists with the job's profile
     victims = [r["victim"] for r in box.records() if r["event"] == "evict"]
@@ -294,7 +334,9 @@ def test_coexisting_and_managed_residents_are_never_evicted(
 
 @pytest.mark.parametrize("failure", ["http-500", "timeout"])
 def test_an_unload_that_fails_or_hangs_falls_back_cleanly(box: Box, gpus: Devices, failure: str) -> None:
-    bad = FakeService(gpus, 8000, status=500) if failure == "http-500" else FakeService(gpus, 8000, delay_s=10)
+    bad = (
+        FakeService(gpus, 8000, status=500) if failure == "http-500" else FakeService(gpus, 8000, delay_s=10)
+    )
     try:
         gpus.write(device(0, used=16000, processes=None))
         box.write_config(f"""
@@ -319,7 +361,9 @@ def test_an_unload_that_fails_or_hangs_falls_back_cleanly(box: Box, gpus: Device
         bad.server_close()
 
 
-def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: Devices, services: dict[str, FakeService]) -> None:
+def test_the_state_file_survives_kill_9_of_callers_mid_eviction(
+    box: Box, gpus: Devices, services: dict[str, FakeService]
+) -> None:
     import signal
 
     gpus.write(device(0, used=16000, processes=None))
@@ -330,8 +374,8 @@ def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: 
         job.send_signal(signal.SIGKILL)
         job.wait()
         gpus.write(device(0, used=16000, processes=None))
-    from gpurouter.job import config
     from gpurouter.gpu.residents import read_state
+    from gpurouter.job import config
 
     settings = config.load(str(box.config))
     state_file = box.lock_dir / "residents.state"
@@ -340,21 +384,30 @@ def test_the_state_file_survives_kill_9_of_callers_mid_eviction(box: Box, gpus: 
     assert set(read_state(settings)) == {"ollama", "comfyui", "whisper-server"}
 
 
-def test_gpus_command_shows_devices_scores_and_residents(box: Box, gpus: Devices, services: dict[str, FakeService]) -> None:
-    gpus.write(device(0, used=1200, util=5, processes=None), device(1, used=8000, util=50, processes=None))  # belief decides
+def test_gpus_command_shows_devices_scores_and_residents(
+    box: Box, gpus: Devices, services: dict[str, FakeService]
+) -> None:
+    gpus.write(
+        device(0, used=1200, util=5, processes=None), device(1, used=8000, util=50, processes=None)
+    )  # belief decides
     box.write_config(resident_config(services))
     view = json.loads(box.run("gpus", "--json").stdout)
     assert [d["index"] for d in view["devices"]] == [0, 1]
     assert view["devices"][0]["score"] > view["devices"][1]["score"]
-    assert {r["name"]: r["loaded"] for r in view["residents"]} == {"ollama": True, "comfyui": False,
-                                                                    "whisper-server": True}  # comfyui is lazy
+    assert {r["name"]: r["loaded"] for r in view["residents"]} == {
+        "ollama": True,
+        "comfyui": False,
+        "whisper-server": True,
+    }  # comfyui is lazy
     text = box.run("gpus").stdout
     assert "resident ollama" in text and "[1] NVIDIA RTX A4000" in text
 
 
 def test_config_check_works_the_budget_with_the_boxs_figures(box: Box, gpus: Devices) -> None:
     gpus.write(device(0, used=0, total=8192))
-    box.write_config("[profiles.w.gpu]\nvram_mib = 3700\nslots = 3\n[profiles.w.cpu]\nram_mib = 1000\nslots = 2\n")
+    box.write_config(
+        "[profiles.w.gpu]\nvram_mib = 3700\nslots = 3\n[profiles.w.cpu]\nram_mib = 1000\nslots = 2\n"
+    )
     done = box.run("config", "--check")
     assert done.returncode == 1
     assert "lower gpu.slots of pool gpu to 2" in done.stdout

@@ -8,15 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpurouter.gpu.selection import eligible, fits, pick, score
 from gpurouter.gpu.nvml import GpuSnapshot
+from gpurouter.gpu.selection import eligible, fits, pick, score
 
 
-def gpu(index: int, free: int | None, total: int | None = 16000, util: float | None = 0,
-        uuid: str | None = None) -> GpuSnapshot:  # fmt: skip
+def gpu(
+    index: int, free: int | None, total: int | None = 16000, util: float | None = 0, uuid: str | None = None
+) -> GpuSnapshot:
     used = None if free is None or total is None else total - free
-    return GpuSnapshot(index=index, uuid=uuid or f"GPU-{index}", name="test", memory_total_mib=total,
-                       memory_used_mib=used, memory_free_mib=free, utilization_percent=util)  # fmt: skip
+    return GpuSnapshot(
+        index=index,
+        uuid=uuid or f"GPU-{index}",
+        name="test",
+        memory_total_mib=total,
+        memory_used_mib=used,
+        memory_free_mib=free,
+        utilization_percent=util,
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,8 +71,12 @@ def test_fits_when_free_minus_promised_covers_need_plus_cushion(
     assert fits(gpu(0, free), need, cushion, promised) is expected
 
 
-FOUR = [gpu(0, 2000, util=0, uuid="GPU-a"), gpu(1, 12000, util=30, uuid="GPU-b"),
-        gpu(2, 14000, util=95, uuid="GPU-c"), gpu(3, 12000, util=40, uuid="GPU-d")]  # fmt: skip
+FOUR = [
+    gpu(0, 2000, util=0, uuid="GPU-a"),
+    gpu(1, 12000, util=30, uuid="GPU-b"),
+    gpu(2, 14000, util=95, uuid="GPU-c"),
+    gpu(3, 12000, util=40, uuid="GPU-d"),
+]
 
 
 @pytest.mark.parametrize(
@@ -199,7 +211,7 @@ snapshots = st.lists(
         index=st.integers(0, 7),
         free=st.none() | st.integers(0, 24000),
         util=st.none() | st.integers(0, 100),
-    ),  # fmt: skip
+    ),
     max_size=8,
     unique_by=lambda g: g.index,
 )

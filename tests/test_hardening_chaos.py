@@ -20,11 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import GPUROUTER, Box, wait_for
+from test_hardening_support import (
+    alive,
+    assert_no_traceback,
+    journal_lines,
+    record_figures,
+    slot_lock_holders,
+)
+
 from gpurouter.job import probe_cache
-from test_hardening_support import (alive, assert_no_traceback, journal_lines, record_figures,
-                                    slot_lock_holders)  # fmt: skip
 
 RANDOM_KILLS = int(os.environ.get("GPUROUTER_CHAOS_KILLS", "30"))
 HOLD_JOB = """#!/bin/sh
@@ -110,15 +115,19 @@ def test_kill_9_at_random_moments_never_leaves_a_slot_held(box: Box, media: dict
     """Random kills over the whole life of a run: start-up, config memo, probe, cache write, lock, exec, job."""
     install_job(box)
     ffprobe = slow_ffprobe(box, 0.08)
-    profile = (f'ffprobe = "{ffprobe}"\n[profiles.holdjob]\nprobe = "duration"\nthreshold = "1h"\n'
-               "[profiles.holdjob.gpu]\nslots = 2\n")  # fmt: skip
+    profile = (
+        f'ffprobe = "{ffprobe}"\n[profiles.holdjob]\nprobe = "duration"\nthreshold = "1h"\n'
+        "[profiles.holdjob.gpu]\nslots = 2\n"
+    )
     rng = random.Random(1)
     phases = {"before the probe": 0, "while probing": 0, "between lock and exec": 0, "in the job": 0}
     for round_ in range(RANDOM_KILLS):
         box.write_config(profile)  # a fresh mtime: the config memo is written again on this run
         clip = box.root / f"clip{round_}.ogg"
         shutil.copy(media["ogg2"], clip)  # a new input identity: no cache hit, a real probe each time
-        process = box.start("run", "--", "holdjob", str(clip), env={"JOB_SLEEP": "0.4"}, start_new_session=True)
+        process = box.start(
+            "run", "--", "holdjob", str(clip), env={"JOB_SLEEP": "0.4"}, start_new_session=True
+        )
         time.sleep(rng.uniform(0.0, 0.3))
         kill_now(process)
         try:
@@ -130,8 +139,15 @@ def test_kill_9_at_random_moments_never_leaves_a_slot_held(box: Box, media: dict
         ran = any(line[1] == str(process.pid) for line in box.job_lines())
         started = any(r["event"] == "start" and r["pid"] == process.pid for r in journal_lines(box.journal))
         probed = (box.root / f"probing.{process.pid}").exists()
-        phase = ("in the job" if ran else "between lock and exec" if started else "while probing" if probed
-                 else "before the probe")  # fmt: skip
+        phase = (
+            "in the job"
+            if ran
+            else "between lock and exec"
+            if started
+            else "while probing"
+            if probed
+            else "before the probe"
+        )
         phases[phase] += 1
     state = assert_state_readable(box)
     # The cache still serves: a known clip is not probed again.
@@ -142,7 +158,9 @@ def test_kill_9_at_random_moments_never_leaves_a_slot_held(box: Box, media: dict
     record_figures("chaos", kills=RANDOM_KILLS, kind="random moments of a run", phases=phases, **state)
 
 
-def test_kill_9_while_probing_leaves_no_slot_and_the_orphaned_probe_holds_none(box: Box, media: dict[str, Path]) -> None:
+def test_kill_9_while_probing_leaves_no_slot_and_the_orphaned_probe_holds_none(
+    box: Box, media: dict[str, Path]
+) -> None:
     install_job(box)
     ffprobe = slow_ffprobe(box, 30)
     box.write_config(f'ffprobe = "{ffprobe}"\n[profiles.holdjob]\nprobe = "duration"\nthreshold = "1h"\n')
@@ -186,7 +204,9 @@ def stalled_stderr() -> tuple[int, int]:
     return read_end, write_end
 
 
-@pytest.mark.parametrize(("slots", "wait"), [(1, "fail"), (3, "fail"), (1, "block"), (3, "block"), (3, "10s")])
+@pytest.mark.parametrize(
+    ("slots", "wait"), [(1, "fail"), (3, "fail"), (1, "block"), (3, "block"), (3, "10s")]
+)
 def test_kill_9_between_lock_and_exec_releases_the_slot(box: Box, slots: int, wait: str) -> None:
     """--verbose says the decision on stderr after the slot is taken and `start` journalled, before
     exec: with stderr stalled, gpurouter sits between lock and exec until killed."""
@@ -198,12 +218,17 @@ def test_kill_9_between_lock_and_exec_releases_the_slot(box: Box, slots: int, wa
         assert wait_for(lambda: len(slot_lock_holders(box.lock_dir)) == slots)
     read_end, write_end = stalled_stderr()
     try:
-        victim = subprocess.Popen([GPUROUTER, "run", "--verbose", "--wait", wait, "--", "holdjob", "victim"],
-                                  env={**box.env, "JOB_SLEEP": "30"}, stdout=subprocess.DEVNULL,
-                                  stderr=write_end)  # fmt: skip
+        victim = subprocess.Popen(
+            [GPUROUTER, "run", "--verbose", "--wait", wait, "--", "holdjob", "victim"],
+            env={**box.env, "JOB_SLEEP": "30"},
+            stdout=subprocess.DEVNULL,
+            stderr=write_end,
+        )
         if holders:
             # It journals `wait`, then stalls saying so: let that line through, refill once it sleeps.
-            waiting = lambda: any(r["event"] == "wait" and r["pid"] == victim.pid for r in journal_lines(box.journal))  # noqa: E731
+            waiting = lambda: any(
+                r["event"] == "wait" and r["pid"] == victim.pid for r in journal_lines(box.journal)
+            )
             assert wait_for(waiting, timeout=20)
             os.set_blocking(read_end, False)
             asleep = lambda: any(victim.pid in e["waiting"] for e in slot_lock_holders(box.lock_dir).values())  # noqa: E731
@@ -211,7 +236,9 @@ def test_kill_9_between_lock_and_exec_releases_the_slot(box: Box, slots: int, wa
             _refill(write_end)
             for holder in holders:
                 kill_now(holder)
-        held_by_victim = lambda: any(victim.pid in e["held"] for e in slot_lock_holders(box.lock_dir).values())  # noqa: E731
+        held_by_victim = lambda: any(
+            victim.pid in e["held"] for e in slot_lock_holders(box.lock_dir).values()
+        )
         assert wait_for(held_by_victim, timeout=20), "the victim never took a slot"
         time.sleep(0.1)
         assert victim.poll() is None
@@ -228,7 +255,9 @@ def test_kill_9_between_lock_and_exec_releases_the_slot(box: Box, slots: int, wa
                 kill_now(holder)
     assert not slot_lock_holders(box.lock_dir)
     assert_next_job_gets_a_slot_at_once(box)
-    record_figures("chaos", kills=1 + len(holders), kind=f"between lock and exec ({slots} slot(s), wait {wait})")
+    record_figures(
+        "chaos", kills=1 + len(holders), kind=f"between lock and exec ({slots} slot(s), wait {wait})"
+    )
 
 
 def _drain(fd: int) -> bool:
@@ -285,5 +314,9 @@ def test_kill_9_of_waiters_and_of_the_holding_job(box: Box, slots: int) -> None:
     assert_next_job_gets_a_slot_at_once(box)
     handoff_ms = (first_start - killed_at) * 1000
     assert handoff_ms < 2000
-    record_figures("chaos", kills=len(doomed) + len(holders), kind=f"waiters and holding jobs ({slots} slot(s))",
-                   handoff_ms=round(handoff_ms, 1))  # fmt: skip
+    record_figures(
+        "chaos",
+        kills=len(doomed) + len(holders),
+        kind=f"waiters and holding jobs ({slots} slot(s))",
+        handoff_ms=round(handoff_ms, 1),
+    )

@@ -21,15 +21,15 @@ import subprocess
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import EXAMPLE_JOB, GPUROUTER, ROOT, Box, wait_for
+from test_hardening_support import assert_one_line_error, journal_lines, record_figures, slot_lock_holders
+
 from gpurouter.job import probe_cache
-from test_hardening_support import (assert_one_line_error, journal_lines, record_figures,
-                                    slot_lock_holders)  # fmt: skip
 
 USER_COMMENT = "gpurouter hardening test"
 # Per session (two sessions at once must not delete each other's users); stale ones are reaped.
@@ -83,32 +83,59 @@ class SharedBox:
         self.started: list[subprocess.Popen[str]] = []
 
     def write_config(self, body: str) -> None:
-        self.config.write_text(f'lock_dir = "{self.lock_dir}"\njournal = "{self.journal}"\n' + textwrap.dedent(body))
+        self.config.write_text(
+            f'lock_dir = "{self.lock_dir}"\njournal = "{self.journal}"\n' + textwrap.dedent(body)
+        )
         self.config.chmod(0o644)
 
     def env(self, user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent",
-                "XDG_CACHE_HOME": str(self.tmp / f"cache-{user.name}"), "GPUROUTER_CONFIG": str(self.config),
-                "JOB_LOG": str(self.job_log), "LANG": "C.UTF-8", **(extra or {})}  # fmt: skip
+        return {
+            "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "XDG_CACHE_HOME": str(self.tmp / f"cache-{user.name}"),
+            "GPUROUTER_CONFIG": str(self.config),
+            "JOB_LOG": str(self.job_log),
+            "LANG": "C.UTF-8",
+            **(extra or {}),
+        }
 
     def _as(self, user: User) -> dict[str, Any]:
         return {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": str(self.root)}
 
-    def run(self, user: User, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        return subprocess.run([self.users.launcher, *args], env=self.env(user, env), capture_output=True, text=True,
-                              timeout=timeout, **self._as(user))  # fmt: skip
+    def run(
+        self, user: User, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.users.launcher, *args],
+            env=self.env(user, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **self._as(user),
+        )
 
     def start(self, user: User, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        process = subprocess.Popen([self.users.launcher, *args], env=self.env(user, env), text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, **self._as(user))  # fmt: skip
+        process = subprocess.Popen(
+            [self.users.launcher, *args],
+            env=self.env(user, env),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **self._as(user),
+        )
         self.started.append(process)
         return process
 
     def shell(self, user: User, command: str) -> subprocess.CompletedProcess[str]:
         """Run a shell command as `user` (what a hostile user can do by hand)."""
-        return subprocess.run(["/bin/sh", "-c", command], env=self.env(user), capture_output=True, text=True,
-                              timeout=30, **self._as(user))  # fmt: skip
+        return subprocess.run(
+            ["/bin/sh", "-c", command],
+            env=self.env(user),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            **self._as(user),
+        )
 
     def close(self) -> None:
         for process in self.started:
@@ -122,8 +149,20 @@ def _make_user(name: str) -> bool:
         pwd.getpwnam(name)
         return False  # left by an interrupted run of this very pid: reuse it
     except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
-                        "--comment", USER_COMMENT, name], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                "useradd",
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                USER_COMMENT,
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
         return True
 
 
@@ -140,16 +179,28 @@ def _reap_stale_users() -> None:
     """Users left by sessions that were killed before their clean-up."""
     for entry in pwd.getpwall():
         owner = entry.pw_name[4:-1]
-        if entry.pw_gecos == USER_COMMENT and entry.pw_name.startswith("gprh") and owner.isdigit() \
-                and not os.path.exists(f"/proc/{owner}"):  # fmt: skip
+        if (
+            entry.pw_gecos == USER_COMMENT
+            and entry.pw_name.startswith("gprh")
+            and owner.isdigit()
+            and not os.path.exists(f"/proc/{owner}")
+        ):
             _delete_user(entry.pw_name)
 
 
 def _launcher_for(user: User, area: Path) -> str:
     """The installed launcher if `user` can run it, else a copy running the same sources."""
     try:
-        probe = subprocess.run([GPUROUTER, "--version"], capture_output=True, text=True, user=user.uid,
-                               group=user.gid, extra_groups=[], cwd="/", timeout=30)  # fmt: skip
+        probe = subprocess.run(
+            [GPUROUTER, "--version"],
+            capture_output=True,
+            text=True,
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            cwd="/",
+            timeout=30,
+        )
         if probe.returncode == 0:
             return GPUROUTER
         why = probe.stderr.strip()
@@ -160,16 +211,27 @@ def _launcher_for(user: User, area: Path) -> str:
         if not python or not os.access(python, os.X_OK):
             continue
         launcher = area / "gpurouter"
-        launcher.write_text(f"#!{python} -sE\nimport sys\nsys.path.insert(0, {str(src)!r})\n"
-                            "from gpurouter.__main__ import main\nsys.exit(main())\n")  # fmt: skip
+        launcher.write_text(
+            f"#!{python} -sE\nimport sys\nsys.path.insert(0, {str(src)!r})\n"
+            "from gpurouter.__main__ import main\nsys.exit(main())\n"
+        )
         launcher.chmod(0o755)
-        check = subprocess.run([str(launcher), "run", "--", "true"], capture_output=True, text=True, user=user.uid,
-                               group=user.gid, extra_groups=[], cwd="/", timeout=30,
-                               env={"GPUROUTER_SKIP_LOCK": "1", "GPUROUTER_CONFIG": "/dev/null/none",
-                                    "PATH": "/usr/bin:/bin"})  # fmt: skip
+        check = subprocess.run(
+            [str(launcher), "run", "--", "true"],
+            capture_output=True,
+            text=True,
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            cwd="/",
+            timeout=30,
+            env={"GPUROUTER_SKIP_LOCK": "1", "GPUROUTER_CONFIG": "/dev/null/none", "PATH": "/usr/bin:/bin"},
+        )
         if "/dev/null/none" in check.stderr:  # it ran our code (and refused the missing config)
             return str(launcher)
-    pytest.skip(f"user {user.name} can run neither {GPUROUTER} nor the sources with a system python3 >= 3.11: {why}")
+    pytest.skip(
+        f"user {user.name} can run neither {GPUROUTER} nor the sources with a system python3 >= 3.11: {why}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -211,7 +273,11 @@ def test_user_b_takes_a_slot_whose_file_user_a_created(shared: SharedBox) -> Non
     assert second.stderr == ""
     starts = [r for r in journal_lines(shared.journal) if r["event"] == "start"]
     assert [(r["uid"], r["slot"]) for r in starts] == [(a.uid, "gpu.0"), (b.uid, "gpu.0")]
-    launcher = "installed launcher" if shared.users.launcher == GPUROUTER else "the same sources via a system python3"
+    launcher = (
+        "installed launcher"
+        if shared.users.launcher == GPUROUTER
+        else "the same sources via a system python3"
+    )
     record_figures("users", users=2, kind="B takes a slot whose file A created", launcher=launcher)
 
 
@@ -224,8 +290,15 @@ def test_user_b_cannot_break_user_a_slot_nor_fail_user_a_job(shared: SharedBox) 
     assert_one_line_error(refused.stderr, "no free slot")
     slot = shared.lock_dir / "gpu.0"
     # B cannot remove, replace or re-own A's slot file (sticky lock dir), so no second gpu.0 can exist.
-    for attack in (f"rm -f {slot}", f"mv {slot} {slot}.x", f"chmod 600 {slot}", f"ln -sf /etc/passwd {slot}",
-                   f"chown {b.uid} {slot}", f"rm -rf {shared.lock_dir}", f"mv {shared.lock_dir} {shared.tmp}/x"):  # fmt: skip
+    for attack in (
+        f"rm -f {slot}",
+        f"mv {slot} {slot}.x",
+        f"chmod 600 {slot}",
+        f"ln -sf /etc/passwd {slot}",
+        f"chown {b.uid} {slot}",
+        f"rm -rf {shared.lock_dir}",
+        f"mv {shared.lock_dir} {shared.tmp}/x",
+    ):
         done = shared.shell(b, attack)
         assert done.returncode != 0, f"user B could: {attack}"
     assert stat.S_ISREG(slot.lstat().st_mode) and slot.stat().st_uid == a.uid
@@ -239,7 +312,9 @@ def test_user_b_cannot_break_user_a_slot_nor_fail_user_a_job(shared: SharedBox) 
     record_figures("users", users=2, kind="B cannot break A's slot or fail A's job", attacks=7)
 
 
-def test_names_planted_by_user_b_neither_hang_nor_write_for_user_a(shared: SharedBox, media: dict[str, Path]) -> None:
+def test_names_planted_by_user_b_neither_hang_nor_write_for_user_a(
+    shared: SharedBox, media: dict[str, Path]
+) -> None:
     a, b = shared.users.a, shared.users.b
     clip = shared.root / "clip.ogg"
     shutil.copy(media["ogg2"], clip)
@@ -256,11 +331,13 @@ def test_names_planted_by_user_b_neither_hang_nor_write_for_user_a(shared: Share
     os.chown(private, a.uid, a.gid)
     private.chmod(0o600)
     b_dir = shared.tmp / "b-dir"
-    plant = (f"mkdir -p {shared.lock_dir} && chmod 1777 {shared.lock_dir} && mkdir -m 777 {b_dir} && "
-             f"touch {shared.journal} && chmod 600 {shared.journal} && "  # a journal A cannot write
-             f"ln -s {private} {shared.lock_dir}/gpu.1 && "  # A's second slot: a symlink to A's file
-             f"mkfifo {shared.lock_dir}/cpu.0 && "  # A's cpu slot: a FIFO
-             f"ln -s {b_dir} {shared.lock_dir}/probe-cache.{a.uid}")  # A's probe cache: B's directory
+    plant = (
+        f"mkdir -p {shared.lock_dir} && chmod 1777 {shared.lock_dir} && mkdir -m 777 {b_dir} && "
+        f"touch {shared.journal} && chmod 600 {shared.journal} && "  # a journal A cannot write
+        f"ln -s {private} {shared.lock_dir}/gpu.1 && "  # A's second slot: a symlink to A's file
+        f"mkfifo {shared.lock_dir}/cpu.0 && "  # A's cpu slot: a FIFO
+        f"ln -s {b_dir} {shared.lock_dir}/probe-cache.{a.uid}"
+    )  # A's probe cache: B's directory
     done = shared.shell(b, plant)
     assert done.returncode == 0, done.stderr
     ok = shared.run(a, "run", "--", "transcribe", str(clip), timeout=20)
@@ -271,14 +348,22 @@ def test_names_planted_by_user_b_neither_hang_nor_write_for_user_a(shared: Share
     assert wait_for(lambda: "gpu.0" in slot_lock_holders(shared.lock_dir), timeout=20)
     second = shared.run(a, "run", "--", "transcribe", str(clip), timeout=20)
     assert second.returncode in (75, 125)  # gpu.1 is unusable: busy, or a clear error naming it
-    assert_one_line_error(_without_journal_warning(second.stderr), "gpu.1" if second.returncode == 125 else "no free slot")
-    cpu = shared.run(a, "run", "--route", "cpu", "--", "transcribe", str(clip), timeout=20)  # the FIFO: no hang
+    assert_one_line_error(
+        _without_journal_warning(second.stderr), "gpu.1" if second.returncode == 125 else "no free slot"
+    )
+    cpu = shared.run(
+        a, "run", "--route", "cpu", "--", "transcribe", str(clip), timeout=20
+    )  # the FIFO: no hang
     assert cpu.returncode in (75, 125)
-    assert_one_line_error(_without_journal_warning(cpu.stderr), "cpu.0" if cpu.returncode == 125 else "no free slot")
+    assert_one_line_error(
+        _without_journal_warning(cpu.stderr), "cpu.0" if cpu.returncode == 125 else "no free slot"
+    )
     assert private.read_text() == "precious\n"
     holder.kill()
     holder.communicate()
-    record_figures("users", users=2, kind="names planted by B for A: journal, slot symlink, slot FIFO, probe cache")
+    record_figures(
+        "users", users=2, kind="names planted by B for A: journal, slot symlink, slot FIFO, probe cache"
+    )
 
 
 def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedBox) -> None:
@@ -288,9 +373,19 @@ def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedB
 
     a, b = shared.users.a, shared.users.b
     info = shared.config.stat()
-    identity = (str(shared.config), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    forged = {"lock_dir": str(shared.lock_dir), "journal": str(shared.journal),
-              "profiles": {"transcribe": {"gpu": {"args": ["--forged-by-b"]}}}}  # fmt: skip
+    identity = (
+        str(shared.config),
+        info.st_dev,
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+    forged = {
+        "lock_dir": str(shared.lock_dir),
+        "journal": str(shared.journal),
+        "profiles": {"transcribe": {"gpu": {"args": ["--forged-by-b"]}}},
+    }
     memo_dir = Path(shared.env(a)["XDG_CACHE_HOME"]) / "gpurouter"
     memo_dir.mkdir(parents=True)
     from gpurouter.job import memo
@@ -385,7 +480,9 @@ def _memo_file_name(box: Box) -> str:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("target", TARGETS)
-def test_a_planted_name_neither_hangs_nor_writes_a_victim(box: Box, media: dict[str, Path], target: str, kind: str) -> None:
+def test_a_planted_name_neither_hangs_nor_writes_a_victim(
+    box: Box, media: dict[str, Path], target: str, kind: str
+) -> None:
     if os.geteuid() != 0 and kind in ("char-device",):
         pytest.skip("needs root")
     victims = box.root / "victims"
@@ -403,9 +500,14 @@ def test_a_planted_name_neither_hangs_nor_writes_a_victim(box: Box, media: dict[
     memo_dir = Path(box.env["XDG_CACHE_HOME"]) / "gpurouter"
     if target == "cache-entry":
         cache.mkdir(mode=0o700)
-    path = {"slot": box.lock_dir / "gpu.0", "journal": box.journal, "cache-dir": cache,
-            "cache-entry": cache / probe_cache.entry_name("duration", clip.stat()),
-            "memo": memo_dir / _memo_file_name(box), "memo-dir": memo_dir}[target]  # fmt: skip
+    path = {
+        "slot": box.lock_dir / "gpu.0",
+        "journal": box.journal,
+        "cache-dir": cache,
+        "cache-entry": cache / probe_cache.entry_name("duration", clip.stat()),
+        "memo": memo_dir / _memo_file_name(box),
+        "memo-dir": memo_dir,
+    }[target]
     plant(path, kind, victim, victim_dir)
     began = time.monotonic()
     done = box.run("run", "--", "transcribe", str(clip), timeout=15)
@@ -413,11 +515,21 @@ def test_a_planted_name_neither_hangs_nor_writes_a_victim(box: Box, media: dict[
     assert took < 10
     assert "Traceback" not in done.stderr
     after = victim.stat()
-    assert victim.read_text() == "precious\n" and (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert victim.read_text() == "precious\n" and (after.st_size, after.st_mtime_ns) == (
+        before.st_size,
+        before.st_mtime_ns,
+    )
     if target == "slot":
         assert done.returncode == 125, done.stderr
-        words = {"symlink": "symbolic link", "dangling-symlink": "symbolic link", "hardlink": "hard link",
-                 "fifo": "FIFO", "directory": "directory", "char-device": "character device", "socket": "socket"}  # fmt: skip
+        words = {
+            "symlink": "symbolic link",
+            "dangling-symlink": "symbolic link",
+            "hardlink": "hard link",
+            "fifo": "FIFO",
+            "directory": "directory",
+            "char-device": "character device",
+            "socket": "socket",
+        }
         assert_one_line_error(done.stderr, "gpu.0", words[kind])
         assert box.job_lines() == []
         return
@@ -456,9 +568,14 @@ def test_a_planted_gpu_state_name_neither_hangs_nor_writes_a_victim(box: Box, na
     box.lock_dir.mkdir(mode=0o1777)
     box.lock_dir.chmod(0o1777)
     plant(box.lock_dir / name, kind, victim, victim_dir)
-    done = box.run("run", "--", "transcribe", "x", env={"GPUROUTER_NVML_FILE": str(box.root / "nvml.json")}, timeout=15)
+    done = box.run(
+        "run", "--", "transcribe", "x", env={"GPUROUTER_NVML_FILE": str(box.root / "nvml.json")}, timeout=15
+    )
     after = victim.stat()
-    assert victim.read_text() == "precious\n" and (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert victim.read_text() == "precious\n" and (after.st_size, after.st_mtime_ns) == (
+        before.st_size,
+        before.st_mtime_ns,
+    )
     assert os.listdir(victim_dir) == []
     assert done.returncode in (0, 125), done.stderr
     assert "Traceback" not in done.stderr
@@ -479,7 +596,9 @@ def test_a_missing_lock_dir_is_created_shared(box: Box) -> None:
     assert stat.S_IMODE(box.lock_dir.stat().st_mode) == 0o1777
 
 
-@pytest.mark.parametrize("case", ["parent-missing", "parent-is-a-file", "is-a-file", "is-a-symlink", "no-sticky-bit", "is-a-fifo"])
+@pytest.mark.parametrize(
+    "case", ["parent-missing", "parent-is-a-file", "is-a-file", "is-a-symlink", "no-sticky-bit", "is-a-fifo"]
+)
 def test_an_unusable_lock_dir_is_one_clear_line_and_exit_125(box: Box, case: str) -> None:
     lock_dir = box.root / "locks"
     if case == "parent-missing":  # a typo in the configuration: only the last component is created
@@ -510,14 +629,17 @@ class Mount:
 
     def __init__(self, where: Path, options: str) -> None:
         where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                              text=True)  # fmt: skip
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         self.where = where
 
     def remount(self, options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(self.where)], check=True, capture_output=True)
+        subprocess.run(
+            ["mount", "-o", f"remount,{options}", str(self.where)], check=True, capture_output=True
+        )
 
     def close(self) -> None:
         subprocess.run(["umount", "-l", str(self.where)], capture_output=True)
@@ -552,7 +674,9 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_for_the_journal_warns_runs_the_job_and_loses_no_later_record(box: Box, tmpfs: Any) -> None:
+def test_a_full_disk_for_the_journal_warns_runs_the_job_and_loses_no_later_record(
+    box: Box, tmpfs: Any
+) -> None:
     mount = tmpfs("size=16k,mode=1777")
     lock_dir = mount.where / "locks"
     box.config.write_text(f'lock_dir = "{lock_dir}"\njournal = "{lock_dir}/journal.jsonl"\n')
@@ -573,8 +697,12 @@ def test_a_full_disk_for_the_journal_warns_runs_the_job_and_loses_no_later_recor
     argv = [r["argv"][1] for r in records]
     assert argv[:9] == [f"before{i}" for i in range(9)] and argv[-3:] == [f"after{i}" for i in range(3)]
     ran = [line[3] for line in box.job_lines() if line[0] == "start"]
-    assert ran == [f"before{i}" for i in range(9)] + [f"full{i}" for i in range(4)] + [f"after{i}" for i in range(3)]
-    record_figures("hostile", full_disk=1, kind="journal on a full tmpfs", jobs=len(ran), journal_warnings=warned)
+    assert ran == [f"before{i}" for i in range(9)] + [f"full{i}" for i in range(4)] + [
+        f"after{i}" for i in range(3)
+    ]
+    record_figures(
+        "hostile", full_disk=1, kind="journal on a full tmpfs", jobs=len(ran), journal_warnings=warned
+    )
 
 
 def test_no_inode_left_for_a_slot_file_is_exit_125_in_one_line(box: Box, tmpfs: Any) -> None:

@@ -18,12 +18,14 @@ import random
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from conftest import GPUROUTER, Box
-from gpurouter.observe.status import kernel_flocks
 from test_runners import overlap
+
+from gpurouter.observe.status import kernel_flocks
 
 FIGURES_VAR = "GPUROUTER_FIGURES"
 JOURNAL_KEYS = ("ts", "event", "profile", "route", "metric", "reason", "pid", "argv")
@@ -59,7 +61,9 @@ def assert_no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     for line in stderr.splitlines():
         if line.strip():
-            assert line.startswith(("gpurouter: ", "transcribe[")), f"stray stderr line {line!r} in {stderr!r}"
+            assert line.startswith(("gpurouter: ", "transcribe[")), (
+                f"stray stderr line {line!r} in {stderr!r}"
+            )
 
 
 def journal_lines(path: Path) -> list[dict[str, Any]]:
@@ -114,8 +118,17 @@ class Storm:
     storm), and a refused attempt is started again after `retry_delay` seconds (random).
     """
 
-    def __init__(self, box: Box, ids: Iterable[str], *, in_flight: int, job_sleep: float,
-                 retry_delay: tuple[float, float] = (0.005, 0.05), seed: int = 0, timeout: float = 120) -> None:  # fmt: skip
+    def __init__(
+        self,
+        box: Box,
+        ids: Iterable[str],
+        *,
+        in_flight: int,
+        job_sleep: float,
+        retry_delay: tuple[float, float] = (0.005, 0.05),
+        seed: int = 0,
+        timeout: float = 120,
+    ) -> None:
         self.box, self.ids, self.in_flight = box, list(ids), in_flight
         self.env = {**box.env, "JOB_SLEEP": f"{job_sleep:g}"}
         self.retry_delay, self.random, self.timeout = retry_delay, random.Random(seed), timeout
@@ -129,15 +142,21 @@ class Storm:
         try:
             while pending or running:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"storm did not finish in {self.timeout}s: {len(pending)} pending, "
-                                         f"{len(running)} running")  # fmt: skip
+                    raise AssertionError(
+                        f"storm did not finish in {self.timeout}s: {len(pending)} pending, "
+                        f"{len(running)} running"
+                    )
                 now = time.monotonic()
                 ready = [item for item in pending if item[0] <= now]
                 for item in ready[: max(0, self.in_flight - len(running))]:
                     pending.remove(item)
                     running[item[1]] = subprocess.Popen(
-                        [GPUROUTER, "run", "--", "transcribe", item[1]], env=self.env,
-                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                        [GPUROUTER, "run", "--", "transcribe", item[1]],
+                        env=self.env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    )
                 for job, process in list(running.items()):
                     if process.poll() is None:
                         continue
@@ -158,7 +177,9 @@ class Storm:
         return exits
 
 
-def check_storm(box: Box, ids: list[str], exits: dict[str, list[int]], slots: int, pool: str = "gpu") -> dict[str, int]:
+def check_storm(
+    box: Box, ids: list[str], exits: dict[str, list[int]], slots: int, pool: str = "gpu"
+) -> dict[str, int]:
     """Assert the storm invariants; return its figures (jobs, attempts, refusals, peak)."""
     finals = Counter(codes[-1] for codes in exits.values())
     assert finals == Counter({0: len(ids)}), f"final exit statuses: {finals}"
@@ -168,7 +189,9 @@ def check_storm(box: Box, ids: list[str], exits: dict[str, list[int]], slots: in
     lines = box.job_lines()
     starts = Counter(line[3] for line in lines if line[0] == "start")
     ends = Counter(line[3] for line in lines if line[0] == "end")
-    assert starts == Counter(ids), f"run twice: {[j for j, n in starts.items() if n > 1]}, lost: {set(ids) - set(starts)}"
+    assert starts == Counter(ids), (
+        f"run twice: {[j for j, n in starts.items() if n > 1]}, lost: {set(ids) - set(starts)}"
+    )
     assert ends == Counter(ids)
     peak = overlap(lines)
     assert 1 <= peak <= slots, f"{peak} jobs ran at once on {slots} slot(s)"
@@ -193,8 +216,13 @@ def check_storm(box: Box, ids: list[str], exits: dict[str, list[int]], slots: in
         for (_, end), (start, _) in zip(spans, spans[1:]):
             assert end <= start, f"two jobs held {slot} at once"
     assert not slot_lock_holders(box.lock_dir), "a slot is still held after the storm"
-    return {"jobs": len(ids), "attempts": sum(len(c) for c in exits.values()), "refusals": refusals, "peak": peak,
-            "slots": slots}  # fmt: skip
+    return {
+        "jobs": len(ids),
+        "attempts": sum(len(c) for c in exits.values()),
+        "refusals": refusals,
+        "peak": peak,
+        "slots": slots,
+    }
 
 
 # ---------------------------------------------------------------- tests of the helpers
@@ -209,7 +237,10 @@ def test_figures_are_appended_only_when_asked(tmp_path: Path, monkeypatch: Any) 
     record_figures("x", jobs=2)
     record_figures("y", kills=3)
     lines = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [(line["area"], line.get("jobs"), line.get("kills")) for line in lines] == [("x", 2, None), ("y", None, 3)]
+    assert [(line["area"], line.get("jobs"), line.get("kills")) for line in lines] == [
+        ("x", 2, None),
+        ("y", None, 3),
+    ]
 
 
 def test_one_line_error_check_rejects_tracebacks_and_extra_lines() -> None:
@@ -224,8 +255,10 @@ def test_one_line_error_check_rejects_tracebacks_and_extra_lines() -> None:
 
 def test_a_torn_journal_line_is_reported(tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
-    journal.write_text('{"ts":"t","event":"start","profile":"p","route":"gpu","metric":null,"reason":"r",'
-                       '"pid":1,"argv":[]}\n{"ts":"t","ev')  # fmt: skip
+    journal.write_text(
+        '{"ts":"t","event":"start","profile":"p","route":"gpu","metric":null,"reason":"r",'
+        '"pid":1,"argv":[]}\n{"ts":"t","ev'
+    )
     try:
         journal_lines(journal)
     except AssertionError as error:

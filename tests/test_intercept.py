@@ -19,8 +19,9 @@ def intercept(box: Box, name: str = "transcribe") -> Path:
 def run_link(box: Box, link: Path, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     import subprocess
 
-    return subprocess.run([str(link), *args], env={**box.env, **(env or {})}, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [str(link), *args], env={**box.env, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_symlinked_name_uses_its_profile_and_execs_name_real(box: Box, media: dict[str, Path]) -> None:
@@ -124,15 +125,17 @@ def test_a_nested_prefix_run_of_the_same_profile_still_routes(box: Box, media: d
     done = box.run("run", "--", "sh", "-c", f"gpurouter run -- transcribe {media['wav8']}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("--device cpu")
-    outer, inner = box.records()
+    _outer, inner = box.records()
     assert (inner["profile"], inner["route"], inner["slot"]) == ("transcribe", "cpu", "cpu.0")
 
 
 def test_an_inherited_profile_never_makes_a_link_exec_another_profiles_binary(box: Box) -> None:
     other = box.root / "whisper-binary"
-    other.write_text("#!/bin/sh\necho \"whisper ran: $*\"\n")
+    other.write_text('#!/bin/sh\necho "whisper ran: $*"\n')
     other.chmod(0o755)
-    box.write_config(f'[profiles.whisper]\nbinary = "{other}"\n[profiles.whisper.gpu]\nargs = ["--device", "cuda"]\n')
+    box.write_config(
+        f'[profiles.whisper]\nbinary = "{other}"\n[profiles.whisper.gpu]\nargs = ["--device", "cuda"]\n'
+    )
     intercept(box)  # transcribe -> gpurouter, transcribe-real beside it
     done = box.run("run", "--", "sh", "-c", "transcribe -i x.mp4", env={"GPUROUTER_PROFILE": "whisper"})
     assert done.returncode == 0, done.stderr

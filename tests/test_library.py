@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import WHISPER_PROFILE, Box, wait_for
 
 
@@ -63,9 +62,8 @@ def test_the_slot_is_released_when_the_body_raises(lib_env: Box) -> None:
     import gpurouter
 
     decision = gpurouter.decide("default", ["worker"])
-    with pytest.raises(RuntimeError):
-        with gpurouter.slot(decision):
-            raise RuntimeError("model crashed")
+    with pytest.raises(RuntimeError), gpurouter.slot(decision):
+        raise RuntimeError("model crashed")
     with gpurouter.slot(decision) as again:
         assert again.slots == ["gpu.0"]
 
@@ -85,15 +83,20 @@ WORKER = textwrap.dedent("""
 
 def test_library_processes_and_cli_callers_share_the_same_slots(lib_env: Box) -> None:
     lib_env.write_config("[profiles.default.gpu]\nslots = 2\n")
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, "0", "1"], stdout=subprocess.PIPE, text=True,
-                                env=lib_env.env) for _ in range(2)]  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, "0", "1"], stdout=subprocess.PIPE, text=True, env=lib_env.env
+        )
+        for _ in range(2)
+    ]
     try:
         assert all(w.stdout is not None and w.stdout.readline() == "held\n" for w in workers)
         assert lib_env.run("run", "--", "true").returncode == 75
         cli = lib_env.start("run", "--wait", "block", "--", "sh", "-c", "sleep 1")
         assert wait_for(lambda: any(r["event"] == "wait" for r in lib_env.records()))
-        late = subprocess.run([sys.executable, "-c", WORKER, "0", "0"], env=lib_env.env, capture_output=True,
-                              text=True)  # fmt: skip
+        late = subprocess.run(
+            [sys.executable, "-c", WORKER, "0", "0"], env=lib_env.env, capture_output=True, text=True
+        )
         assert late.returncode == 75
         assert cli.wait(timeout=10) == 0
     finally:
@@ -103,8 +106,9 @@ def test_library_processes_and_cli_callers_share_the_same_slots(lib_env: Box) ->
 
 
 def test_kill_9_of_a_library_caller_frees_its_slot_at_once(lib_env: Box) -> None:
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, "0", "60"], stdout=subprocess.PIPE, text=True,
-                              env=lib_env.env)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "0", "60"], stdout=subprocess.PIPE, text=True, env=lib_env.env
+    )
     try:
         assert worker.stdout is not None and worker.stdout.readline() == "held\n"
         assert lib_env.run("run", "--", "true").returncode == 75
@@ -149,21 +153,32 @@ def test_an_asyncio_bounded_wait_raises_busy(lib_env: Box) -> None:
     decision = gpurouter.decide("default", ["worker"])
 
     async def main() -> None:
-        with gpurouter.slot(decision):
-            with pytest.raises(gpurouter.Busy):
-                await gpurouter.aslot(decision, wait=0.3)
+        with gpurouter.slot(decision), pytest.raises(gpurouter.Busy):
+            await gpurouter.aslot(decision, wait=0.3)
 
     asyncio.run(main())
 
 
 def device_file(path: Path, *free: int) -> None:
-    devices = [{"index": i, "uuid": f"GPU-{i}", "name": "T", "memory_total_mib": 16000,
-                "memory_used_mib": 16000 - f, "utilization_percent": 0, "processes": []} for i, f in enumerate(free)]  # fmt: skip
+    devices = [
+        {
+            "index": i,
+            "uuid": f"GPU-{i}",
+            "name": "T",
+            "memory_total_mib": 16000,
+            "memory_used_mib": 16000 - f,
+            "utilization_percent": 0,
+            "processes": [],
+        }
+        for i, f in enumerate(free)
+    ]
     path.with_suffix(".tmp").write_text(json.dumps({"devices": devices}))
     path.with_suffix(".tmp").replace(path)
 
 
-def test_wait_for_gpus_returns_when_memory_frees_and_times_out_otherwise(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_for_gpus_returns_when_memory_frees_and_times_out_otherwise(
+    lib_env: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gpurouter
 
     devices = lib_env.root / "gpus.json"
@@ -192,27 +207,33 @@ def test_await_gpus_and_gpus(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> N
         gpurouter.wait_for_gpus(8, 100, timeout_s=60)
 
 
-def test_a_device_aware_library_slot_sets_cuda_visible_devices(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_device_aware_library_slot_sets_cuda_visible_devices(
+    lib_env: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gpurouter
 
     devices = lib_env.root / "gpus.json"
     monkeypatch.setenv("GPUROUTER_NVML_FILE", str(devices))
     device_file(devices, 2000, 12000)
-    lib_env.write_config("[profiles.llm.gpu]\nvram_mib = 8000\ngpus = \"auto\"\n")
+    lib_env.write_config('[profiles.llm.gpu]\nvram_mib = 8000\ngpus = "auto"\n')
     decision = gpurouter.decide("llm", ["vllm", "serve", "--tp", "1"])
     with gpurouter.slot(decision) as held:
         assert held.env["CUDA_VISIBLE_DEVICES"] == "GPU-1" and [g.index for g in held.devices] == [1]
         assert held.slots == ["gpu1.0"]
 
 
-def test_a_low_vram_fallback_to_the_cpu_honours_the_callers_environ(lib_env: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_low_vram_fallback_to_the_cpu_honours_the_callers_environ(
+    lib_env: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gpurouter
 
     devices = lib_env.root / "gpus.json"
     monkeypatch.setenv("GPUROUTER_NVML_FILE", str(devices))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     device_file(devices, 500)
-    lib_env.write_config("[profiles.llm.gpu]\nvram_mib = 8000\non_low_vram = \"cpu\"\n[profiles.llm.cpu]\nthreads = 3\n")
+    lib_env.write_config(
+        '[profiles.llm.gpu]\nvram_mib = 8000\non_low_vram = "cpu"\n[profiles.llm.cpu]\nthreads = 3\n'
+    )
     caller = {**os.environ, "OMP_NUM_THREADS": "1"}  # the library caller's own setting, not this process's
     decision = gpurouter.decide("llm", ["llm"], environ=caller)
     with gpurouter.slot(decision, environ=caller) as held:

@@ -8,18 +8,35 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Box, wait_for
 
-MONITORED = "[profiles.sh]\nmonitor = true\nmonitor_interval = \"100ms\"\n"
-TRAPS = 'for s in TERM INT HUP QUIT USR1 USR2; do trap "echo got $s >> {log}" $s; done; echo ready >> {log}; ' \
-        'while [ ! -e {log}.stop ]; do sleep 0.05; done'  # fmt: skip
+MONITORED = '[profiles.sh]\nmonitor = true\nmonitor_interval = "100ms"\n'
+TRAPS = (
+    'for s in TERM INT HUP QUIT USR1 USR2; do trap "echo got $s >> {log}" $s; done; echo ready >> {log}; '
+    "while [ ! -e {log}.stop ]; do sleep 0.05; done"
+)
 
 
 def device_file(path: Path, used: int = 1000) -> None:
-    path.write_text(json.dumps({"devices": [{"index": 0, "uuid": "GPU-0", "name": "T", "memory_total_mib": 16000,
-                                             "memory_used_mib": used, "utilization_percent": 30,
-                                             "temperature_c": 50, "power_w": 70.5, "processes": []}]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "devices": [
+                    {
+                        "index": 0,
+                        "uuid": "GPU-0",
+                        "name": "T",
+                        "memory_total_mib": 16000,
+                        "memory_used_mib": used,
+                        "utilization_percent": 30,
+                        "temperature_c": 50,
+                        "power_w": 70.5,
+                        "processes": [],
+                    }
+                ]
+            }
+        )
+    )
 
 
 def test_every_forwardable_signal_reaches_the_job(box: Box) -> None:
@@ -35,8 +52,9 @@ def test_every_forwardable_signal_reaches_the_job(box: Box) -> None:
     assert job.wait(timeout=10) == 0
 
 
-@pytest.mark.parametrize(("script", "status"), [("exit 0", 0), ("exit 42", 42), ("kill -TERM $$", 143),
-                                                ("kill -9 $$", 137)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("script", "status"), [("exit 0", 0), ("exit 42", 42), ("kill -TERM $$", 143), ("kill -9 $$", 137)]
+)
 def test_the_exit_status_is_the_jobs_and_128_plus_n_for_a_signal(box: Box, script: str, status: int) -> None:
     box.write_config(MONITORED)
     done = box.run("run", "--", "sh", "-c", script)

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from conftest import Box
-from gpurouter.gpu import nvml
 from test_nvml import FakeDriver, a4000, fake_nvml  # noqa: F401 - the fixture is used by name
 
-DEVICE = {"index": 0, "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000", "name": "NVIDIA GeForce RTX 3060",
-          "memory_total_mib": 12288, "memory_used_mib": 900, "encoder_sessions": 3, "encoder_capacity_percent": 40}
+from gpurouter.gpu import nvml
+
+DEVICE = {
+    "index": 0,
+    "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000",
+    "name": "NVIDIA GeForce RTX 3060",
+    "memory_total_mib": 12288,
+    "memory_used_mib": 900,
+    "encoder_sessions": 3,
+    "encoder_capacity_percent": 40,
+}
 
 
 def test_gpus_shows_the_nvenc_sessions_a_device_file_gives(box: Box) -> None:
@@ -31,7 +39,9 @@ def test_gpus_shows_the_nvenc_sessions_a_device_file_gives(box: Box) -> None:
 
 def test_a_device_without_nvenc_figures_shows_none(box: Box) -> None:
     devices = box.root / "devices.json"
-    devices.write_text(json.dumps({"devices": [{k: v for k, v in DEVICE.items() if not k.startswith("encoder")}]}))
+    devices.write_text(
+        json.dumps({"devices": [{k: v for k, v in DEVICE.items() if not k.startswith("encoder")}]})
+    )
     done = box.run("gpus", env={"GPUROUTER_NVML_FILE": str(devices)})
     assert done.returncode == 0 and "NVENC" not in done.stdout
 
@@ -43,9 +53,14 @@ def test_a_bad_nvenc_figure_in_the_device_file_is_no_gpu_with_one_line(tmp_path:
     assert query.gpus == [] and "devices[0].encoder_sessions" in (query.message or "")
 
 
-def test_nvml_encoder_stats_and_capacity_become_sessions_and_percent(fake_nvml: Callable[..., FakeDriver]) -> None:  # noqa: F811
-    device: dict[str, Any] = {**a4000(), "nvmlDeviceGetEncoderStats": (5, 240, 1800),
-                              "nvmlDeviceGetEncoderCapacity": 37}  # fmt: skip
+def test_nvml_encoder_stats_and_capacity_become_sessions_and_percent(
+    fake_nvml: Callable[..., FakeDriver],
+) -> None:
+    device: dict[str, Any] = {
+        **a4000(),
+        "nvmlDeviceGetEncoderStats": (5, 240, 1800),
+        "nvmlDeviceGetEncoderCapacity": 37,
+    }
     fake_nvml([device])
     module = sys.modules["pynvml"]
     module.nvmlDeviceGetEncoderStats = lambda handle: handle["nvmlDeviceGetEncoderStats"]  # type: ignore[attr-defined]
@@ -55,8 +70,10 @@ def test_nvml_encoder_stats_and_capacity_become_sessions_and_percent(fake_nvml: 
 
 
 @pytest.mark.parametrize("refusal", ["NotSupported", "NoPermission"])
-def test_an_encoder_nvml_refuses_is_unknown_and_the_device_still_reads(fake_nvml: Callable[..., FakeDriver],  # noqa: F811
-                                                                       refusal: str) -> None:  # fmt: skip
+def test_an_encoder_nvml_refuses_is_unknown_and_the_device_still_reads(
+    fake_nvml: Callable[..., FakeDriver],
+    refusal: str,
+) -> None:
     fake_nvml([a4000()])
     module = sys.modules["pynvml"]
 

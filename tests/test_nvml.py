@@ -21,17 +21,46 @@ MIB = 1048576
 
 # --- device-file scenarios (the format of docs/gpus.md, "The device file: GPUROUTER_NVML_FILE") ------------------------------------------
 
-IDLE = {"index": 0, "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-        "memory_total_mib": 16376, "memory_used_mib": 1200, "utilization_percent": 5, "temperature_c": 41,
-        "power_w": 35.5, "processes": [{"pid": 1234, "used_mib": 1100}]}  # fmt: skip
-BUSY = {"index": 1, "uuid": "GPU-11111111-1111-1111-1111-111111111111", "name": "NVIDIA GeForce RTX 3090",
-        "memory_total_mib": 24576, "memory_used_mib": 20000, "utilization_percent": 98, "temperature_c": 80,
-        "power_w": 340, "processes": [{"pid": 2000, "used_mib": 19000}, {"pid": 2001}]}  # fmt: skip
-LOW_VRAM = {"index": 2, "uuid": "GPU-22222222-2222-2222-2222-222222222222", "name": "Quadro P400",
-            "memory_total_mib": 2048, "memory_used_mib": 1900, "utilization_percent": 0, "temperature_c": 35,
-            "power_w": 4, "processes": []}  # fmt: skip
-MISSING_FIELDS = {"index": 3, "uuid": "GPU-33333333-3333-3333-3333-333333333333", "name": "Tesla T4",
-                  "memory_total_mib": 15360, "memory_used_mib": 0}  # fmt: skip
+IDLE = {
+    "index": 0,
+    "uuid": "GPU-00000000-0000-0000-0000-000000000000",
+    "name": "NVIDIA RTX A4000",
+    "memory_total_mib": 16376,
+    "memory_used_mib": 1200,
+    "utilization_percent": 5,
+    "temperature_c": 41,
+    "power_w": 35.5,
+    "processes": [{"pid": 1234, "used_mib": 1100}],
+}
+BUSY = {
+    "index": 1,
+    "uuid": "GPU-11111111-1111-1111-1111-111111111111",
+    "name": "NVIDIA GeForce RTX 3090",
+    "memory_total_mib": 24576,
+    "memory_used_mib": 20000,
+    "utilization_percent": 98,
+    "temperature_c": 80,
+    "power_w": 340,
+    "processes": [{"pid": 2000, "used_mib": 19000}, {"pid": 2001}],
+}
+LOW_VRAM = {
+    "index": 2,
+    "uuid": "GPU-22222222-2222-2222-2222-222222222222",
+    "name": "Quadro P400",
+    "memory_total_mib": 2048,
+    "memory_used_mib": 1900,
+    "utilization_percent": 0,
+    "temperature_c": 35,
+    "power_w": 4,
+    "processes": [],
+}
+MISSING_FIELDS = {
+    "index": 3,
+    "uuid": "GPU-33333333-3333-3333-3333-333333333333",
+    "name": "Tesla T4",
+    "memory_total_mib": 15360,
+    "memory_used_mib": 0,
+}
 
 
 def write_devices(path: Path, *devices: dict[str, Any]) -> Path:
@@ -46,10 +75,24 @@ def query_file(path: Path) -> GpuQuery:
 def test_a_one_device_file_gives_its_snapshot_with_free_memory_as_total_minus_used(tmp_path: Path) -> None:
     query = query_file(write_devices(tmp_path / "gpus.json", IDLE))
 
-    assert query == GpuQuery(source="file", message=None, gpus=[GpuSnapshot(
-        index=0, uuid="GPU-00000000-0000-0000-0000-000000000000", name="NVIDIA RTX A4000",
-        memory_total_mib=16376, memory_used_mib=1200, memory_free_mib=15176, utilization_percent=5,
-        temperature_c=41, power_w=35.5, processes=(ProcessUse(pid=1234, used_mib=1100),))])  # fmt: skip
+    assert query == GpuQuery(
+        source="file",
+        message=None,
+        gpus=[
+            GpuSnapshot(
+                index=0,
+                uuid="GPU-00000000-0000-0000-0000-000000000000",
+                name="NVIDIA RTX A4000",
+                memory_total_mib=16376,
+                memory_used_mib=1200,
+                memory_free_mib=15176,
+                utilization_percent=5,
+                temperature_c=41,
+                power_w=35.5,
+                processes=(ProcessUse(pid=1234, used_mib=1100),),
+            )
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -242,8 +285,10 @@ def test_without_a_driver_the_real_nvml_path_is_no_gpu_with_a_clear_message() ->
         pytest.skip("NVML initialised: this box has an NVIDIA driver")
 
     assert (query.gpus, query.source) == ([], "none")
-    assert query.message in ("no NVIDIA driver (libnvidia-ml.so not found)",
-                             "the NVIDIA driver is not loaded (nvmlInit: Driver Not Loaded)")  # fmt: skip
+    assert query.message in (
+        "no NVIDIA driver (libnvidia-ml.so not found)",
+        "the NVIDIA driver is not loaded (nvmlInit: Driver Not Loaded)",
+    )
 
 
 def test_an_empty_device_file_variable_means_nvml() -> None:
@@ -265,11 +310,15 @@ def test_without_nvidia_ml_py_there_is_no_gpu_and_the_message_says_so(
 ) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
 
-    assert query_gpus({}, full=True) == GpuQuery(gpus=[], source="none", message="nvidia-ml-py is not installed")
+    assert query_gpus({}, full=True) == GpuQuery(
+        gpus=[], source="none", message="nvidia-ml-py is not installed"
+    )
 
 
 def test_importing_the_nvml_module_loads_neither_pynvml_nor_other_heavy_modules() -> None:
-    code = "import sys; import gpurouter.gpu.nvml, gpurouter.gpu.selection; print(' '.join(sorted(sys.modules)))"
+    code = (
+        "import sys; import gpurouter.gpu.nvml, gpurouter.gpu.selection; print(' '.join(sorted(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     heavy = {"pynvml", "json", "re", "typing", "dataclasses", "subprocess", "threading", "enum"}
 
@@ -282,8 +331,12 @@ def test_importing_the_nvml_module_loads_neither_pynvml_nor_other_heavy_modules(
 class FakeDriver:
     """What a fake `pynvml` module answers: devices as dicts of NVML values or exceptions."""
 
-    def __init__(self, devices: list[dict[str, Any]] | str, init_error: str | None = None,
-                 missing_calls: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        devices: list[dict[str, Any]] | str,
+        init_error: str | None = None,
+        missing_calls: tuple[str, ...] = (),
+    ) -> None:
         self.devices = devices  # a str: nvmlDeviceGetCount raises that error
         self.init_error = init_error
         self.missing_calls = missing_calls  # the driver has no such symbol
@@ -308,8 +361,16 @@ def make_fake_pynvml(driver: FakeDriver, absent: tuple[str, ...] = ()) -> types.
     module.NVMLError = NVMLError  # type: ignore[attr-defined]
     mismatch = type("NVMLLibraryMismatchError", (Exception,), {})  # not an NVMLError, as in the real bindings
     module.NVMLLibraryMismatchError = mismatch  # type: ignore[attr-defined]
-    for name in ("LibraryNotFound", "DriverNotLoaded", "NoPermission", "NotSupported", "GpuIsLost", "Unknown",
-                 "FunctionNotFound", "InvalidArgument"):  # fmt: skip
+    for name in (
+        "LibraryNotFound",
+        "DriverNotLoaded",
+        "NoPermission",
+        "NotSupported",
+        "GpuIsLost",
+        "Unknown",
+        "FunctionNotFound",
+        "InvalidArgument",
+    ):
         setattr(module, f"NVMLError_{name}", type(f"NVMLError_{name}", (NVMLError,), {}))
     module.NVML_TEMPERATURE_GPU = 0  # type: ignore[attr-defined]
 
@@ -348,12 +409,21 @@ def make_fake_pynvml(driver: FakeDriver, absent: tuple[str, ...] = ()) -> types.
     module.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
     module.nvmlDeviceGetCount = count  # type: ignore[attr-defined]
     module.nvmlDeviceGetHandleByIndex = handle_by_index  # type: ignore[attr-defined]
-    for call in ("nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetMemoryInfo",
-                 "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV",
-                 "nvmlDeviceGetPowerUsage", "nvmlDeviceGetComputeRunningProcesses_v3",
-                 "nvmlDeviceGetComputeRunningProcesses_v2", "nvmlDeviceGetComputeRunningProcesses",
-                 "nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v2",
-                 "nvmlDeviceGetGraphicsRunningProcesses"):  # fmt: skip
+    for call in (
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetTemperatureV",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v2",
+        "nvmlDeviceGetGraphicsRunningProcesses",
+    ):
         if call not in absent:
             setattr(module, call, answer(call))
     for name in absent:
@@ -372,16 +442,32 @@ def process(pid: int, used_mib: int | None) -> types.SimpleNamespace:
     return types.SimpleNamespace(pid=pid, usedGpuMemory=None if used_mib is None else used_mib * MIB)
 
 
-def nvml_device(name: str, uuid: str, total_mib: int, used_mib: int, util: int, temp: int, mw: int,
-                compute: list[Any], graphics: list[Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    procs = {f"nvmlDeviceGet{kind}RunningProcesses{version}": listed
-             for kind, listed in (("Compute", compute), ("Graphics", graphics or []))
-             for version in ("_v3", "_v2", "")}  # fmt: skip
-    return {"nvmlDeviceGetName": name, "nvmlDeviceGetUUID": uuid,
-            "nvmlDeviceGetMemoryInfo": memory(total_mib, used_mib),
-            "nvmlDeviceGetUtilizationRates": types.SimpleNamespace(gpu=util, memory=0),
-            "nvmlDeviceGetTemperature": temp, "nvmlDeviceGetTemperatureV": temp,
-            "nvmlDeviceGetPowerUsage": mw, **procs}  # fmt: skip
+def nvml_device(
+    name: str,
+    uuid: str,
+    total_mib: int,
+    used_mib: int,
+    util: int,
+    temp: int,
+    mw: int,
+    compute: list[Any],
+    graphics: list[Any] | None = None,
+) -> dict[str, Any]:
+    procs = {
+        f"nvmlDeviceGet{kind}RunningProcesses{version}": listed
+        for kind, listed in (("Compute", compute), ("Graphics", graphics or []))
+        for version in ("_v3", "_v2", "")
+    }
+    return {
+        "nvmlDeviceGetName": name,
+        "nvmlDeviceGetUUID": uuid,
+        "nvmlDeviceGetMemoryInfo": memory(total_mib, used_mib),
+        "nvmlDeviceGetUtilizationRates": types.SimpleNamespace(gpu=util, memory=0),
+        "nvmlDeviceGetTemperature": temp,
+        "nvmlDeviceGetTemperatureV": temp,
+        "nvmlDeviceGetPowerUsage": mw,
+        **procs,
+    }
 
 
 def a4000() -> dict[str, Any]:
@@ -389,8 +475,17 @@ def a4000() -> dict[str, Any]:
 
 
 def rtx3090() -> dict[str, Any]:
-    return nvml_device("NVIDIA GeForce RTX 3090", "GPU-bbbb", 24576, 20000, 98, 80, 340000,
-                       [process(2000, 19000)], [process(2000, 19000), process(3000, 300)])  # fmt: skip
+    return nvml_device(
+        "NVIDIA GeForce RTX 3090",
+        "GPU-bbbb",
+        24576,
+        20000,
+        98,
+        80,
+        340000,
+        [process(2000, 19000)],
+        [process(2000, 19000), process(3000, 300)],
+    )
 
 
 @pytest.fixture
@@ -400,8 +495,12 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeDriver]:
     drivers: list[FakeDriver] = []
     monkeypatch.setattr("atexit.register", lambda *args: drivers[-1].atexit.append(args))
 
-    def install(devices: Any, init_error: str | None = None, missing_calls: tuple[str, ...] = (),
-                absent: tuple[str, ...] = ()) -> FakeDriver:  # fmt: skip
+    def install(
+        devices: Any,
+        init_error: str | None = None,
+        missing_calls: tuple[str, ...] = (),
+        absent: tuple[str, ...] = (),
+    ) -> FakeDriver:
         driver = FakeDriver(devices, init_error, missing_calls)
         drivers.append(driver)
         monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(driver, absent))
@@ -419,14 +518,31 @@ def test_healthy_gpus_are_read_in_mib_and_watts_with_compute_and_graphics_proces
 
     assert (query.source, query.message) == ("nvml", None)
     assert query.gpus == [
-        GpuSnapshot(index=0, uuid="GPU-aaaa", name="NVIDIA RTX A4000", memory_total_mib=16376,
-                    memory_used_mib=1200, memory_free_mib=15176, utilization_percent=5, temperature_c=41,
-                    power_w=35.5, processes=(ProcessUse(pid=1234, used_mib=1100),)),
-        GpuSnapshot(index=1, uuid="GPU-bbbb", name="NVIDIA GeForce RTX 3090", memory_total_mib=24576,
-                    memory_used_mib=20000, memory_free_mib=4576, utilization_percent=98, temperature_c=80,
-                    power_w=340.0,
-                    processes=(ProcessUse(pid=2000, used_mib=19000), ProcessUse(pid=3000, used_mib=300))),
-    ]  # fmt: skip
+        GpuSnapshot(
+            index=0,
+            uuid="GPU-aaaa",
+            name="NVIDIA RTX A4000",
+            memory_total_mib=16376,
+            memory_used_mib=1200,
+            memory_free_mib=15176,
+            utilization_percent=5,
+            temperature_c=41,
+            power_w=35.5,
+            processes=(ProcessUse(pid=1234, used_mib=1100),),
+        ),
+        GpuSnapshot(
+            index=1,
+            uuid="GPU-bbbb",
+            name="NVIDIA GeForce RTX 3090",
+            memory_total_mib=24576,
+            memory_used_mib=20000,
+            memory_free_mib=4576,
+            utilization_percent=98,
+            temperature_c=80,
+            power_w=340.0,
+            processes=(ProcessUse(pid=2000, used_mib=19000), ProcessUse(pid=3000, used_mib=300)),
+        ),
+    ]
 
 
 def test_nvml_is_initialised_once_and_shutdown_is_registered_only_after_it_succeeded(
@@ -488,8 +604,11 @@ def test_one_field_nvml_refuses_is_unknown_and_the_others_still_count(
     fake_nvml: Callable[..., FakeDriver],
 ) -> None:
     no_power = {**a4000(), "nvmlDeviceGetPowerUsage": "raise NotSupported"}
-    no_utilization = {**rtx3090(), "nvmlDeviceGetUtilizationRates": "raise Unknown",
-                      "nvmlDeviceGetTemperatureV": "raise NoPermission"}  # fmt: skip
+    no_utilization = {
+        **rtx3090(),
+        "nvmlDeviceGetUtilizationRates": "raise Unknown",
+        "nvmlDeviceGetTemperatureV": "raise NoPermission",
+    }
     fake_nvml([no_power, no_utilization])
 
     query = query_gpus({}, full=True)
@@ -533,9 +652,14 @@ def test_a_lost_gpu_is_skipped_with_a_note_and_the_others_are_still_reported(
 
 
 def test_a_driver_without_the_v3_process_calls_falls_back_to_v2(fake_nvml: Callable[..., FakeDriver]) -> None:
-    driver = fake_nvml([rtx3090()], missing_calls=("nvmlDeviceGetComputeRunningProcesses_v3",
-                                                   "nvmlDeviceGetGraphicsRunningProcesses_v3",
-                                                   "nvmlDeviceGetTemperatureV"))  # fmt: skip
+    driver = fake_nvml(
+        [rtx3090()],
+        missing_calls=(
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            "nvmlDeviceGetTemperatureV",
+        ),
+    )
 
     [gpu] = query_gpus({}, full=True).gpus
 
@@ -547,8 +671,9 @@ def test_a_driver_without_the_v3_process_calls_falls_back_to_v2(fake_nvml: Calla
 def test_bindings_without_the_versioned_process_calls_use_the_plain_ones(
     fake_nvml: Callable[..., FakeDriver],
 ) -> None:
-    versioned = tuple(f"nvmlDeviceGet{kind}RunningProcesses_{v}" for kind in ("Compute", "Graphics")
-                      for v in ("v3", "v2"))  # fmt: skip
+    versioned = tuple(
+        f"nvmlDeviceGet{kind}RunningProcesses_{v}" for kind in ("Compute", "Graphics") for v in ("v3", "v2")
+    )
     fake_nvml([a4000()], absent=(*versioned, "nvmlDeviceGetTemperatureV"))
 
     [gpu] = query_gpus({}, full=True).gpus
@@ -557,8 +682,11 @@ def test_bindings_without_the_versioned_process_calls_use_the_plain_ones(
 
 
 def test_processes_are_unknown_when_no_process_list_can_be_read(fake_nvml: Callable[..., FakeDriver]) -> None:
-    refused = {f"nvmlDeviceGet{kind}RunningProcesses{v}": "raise NoPermission"
-               for kind in ("Compute", "Graphics") for v in ("_v3", "_v2", "")}  # fmt: skip
+    refused = {
+        f"nvmlDeviceGet{kind}RunningProcesses{v}": "raise NoPermission"
+        for kind in ("Compute", "Graphics")
+        for v in ("_v3", "_v2", "")
+    }
     fake_nvml([{**a4000(), **refused}])
 
     [gpu] = query_gpus({}, full=True).gpus
@@ -592,5 +720,7 @@ def test_describe_of_a_partly_lost_box_lists_the_good_gpus_and_notes_the_lost_on
 
     lines = describe(query_gpus({}, full=True)).splitlines()
 
-    assert [line.split(" | ")[0] for line in lines] == ["[1] NVIDIA GeForce RTX 3090",
-                                                        "note (nvml): GPU 0 skipped: GpuIsLost"]  # fmt: skip
+    assert [line.split(" | ")[0] for line in lines] == [
+        "[1] NVIDIA GeForce RTX 3090",
+        "note (nvml): GPU 0 skipped: GpuIsLost",
+    ]

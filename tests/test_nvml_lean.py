@@ -18,8 +18,10 @@ from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot, ProcessUse, query_gpus
 
 def layout(structure: type[ctypes.Structure]) -> list[tuple[str, int, int, str]]:
     """(name, offset, size, ctypes type) per field, and the whole size last."""
-    fields = [(name, getattr(structure, name).offset, getattr(structure, name).size, kind.__name__)
-              for name, kind in structure._fields_]  # type: ignore[misc]  # fmt: skip
+    fields = [
+        (name, getattr(structure, name).offset, getattr(structure, name).size, kind.__name__)
+        for name, kind in structure._fields_
+    ]  # type: ignore[misc]
     return [*fields, ("sizeof", 0, ctypes.sizeof(structure), "")]
 
 
@@ -50,16 +52,31 @@ def test_the_v1_process_layout_is_the_v2_layout_without_the_instance_ids() -> No
 
 
 def test_the_lean_return_codes_are_nvidia_ml_py_s() -> None:
-    codes = {name: value for name, value in vars(nvml_lean).items()
-             if name.startswith("NVML_ERROR_") or name.startswith("NVML_DEVICE_") or name == "NVML_SUCCESS"}  # fmt: skip
+    codes = {
+        name: value
+        for name, value in vars(nvml_lean).items()
+        if name.startswith(("NVML_ERROR_", "NVML_DEVICE_")) or name == "NVML_SUCCESS"
+    }
     assert codes == {name: getattr(pynvml, name) for name in codes}
 
 
 def test_the_lean_binding_offers_every_call_the_reader_makes_on_the_decision_path() -> None:
-    wanted = ["nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID",
-              "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates",
-              *nvml._COMPUTE_CALLS, *nvml._GRAPHICS_CALLS, "NVMLError", "NVMLError_GpuIsLost",
-              "NVMLError_LibraryNotFound", "NVMLError_FunctionNotFound"]  # fmt: skip
+    wanted = [
+        "nvmlInit",
+        "nvmlShutdown",
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetUtilizationRates",
+        *nvml._COMPUTE_CALLS,
+        *nvml._GRAPHICS_CALLS,
+        "NVMLError",
+        "NVMLError_GpuIsLost",
+        "NVMLError_LibraryNotFound",
+        "NVMLError_FunctionNotFound",
+    ]
     assert [name for name in wanted if not hasattr(nvml_lean, name)] == []
 
 
@@ -68,7 +85,11 @@ def test_without_a_driver_the_lean_path_says_what_the_nvidia_ml_py_path_says() -
     if lean.source == "nvml" or full.source == "nvml":
         pytest.skip(f"NVML initialised: this box has an NVIDIA driver ({lean.source}, {full.source})")
 
-    assert lean == full == GpuQuery(gpus=[], source="none", message="no NVIDIA driver (libnvidia-ml.so not found)")
+    assert (
+        lean
+        == full
+        == GpuQuery(gpus=[], source="none", message="no NVIDIA driver (libnvidia-ml.so not found)")
+    )
 
 
 def test_the_lean_path_works_without_nvidia_ml_py_installed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,9 +102,13 @@ def test_the_lean_path_works_without_nvidia_ml_py_installed(monkeypatch: pytest.
 
 
 def test_a_lean_decision_never_imports_nvidia_ml_py_in_a_fresh_process() -> None:
-    code = ("import sys; from gpurouter.gpu.nvml import query_gpus; q = query_gpus({}); "
-            "print('pynvml' in sys.modules, 'ctypes' in sys.modules, q.source)")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    code = (
+        "import sys; from gpurouter.gpu.nvml import query_gpus; q = query_gpus({}); "
+        "print('pynvml' in sys.modules, 'ctypes' in sys.modules, q.source)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
 
     loaded_pynvml, loaded_ctypes, _source = done.stdout.split()
     assert (loaded_pynvml, loaded_ctypes, done.stderr) == ("False", "True", "")
@@ -135,22 +160,41 @@ int nvmlDeviceGetComputeRunningProcesses_v2(void *h, unsigned int *c, info_v2 *o
 int nvmlDeviceGetGraphicsRunningProcesses_v2(void *h, unsigned int *c, info_v2 *o) { *c = 0; return 0; }
 """
 
-READ_BOTH = ("from gpurouter.gpu.nvml import query_gpus; "
-             "print(repr(query_gpus({}))); print(repr(query_gpus({}, full=True)))")  # fmt: skip
+READ_BOTH = (
+    "from gpurouter.gpu.nvml import query_gpus; "
+    "print(repr(query_gpus({}))); print(repr(query_gpus({}, full=True)))"
+)
 
 
 def fake_nvml_dir(tmp_path: Path, *defines: str) -> Path:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler for the stand-in libnvidia-ml.so.1")
     (tmp_path / "fake.c").write_text(FAKE_NVML)
-    subprocess.run(["cc", "-shared", "-fPIC", *defines, "-o", str(tmp_path / "libnvidia-ml.so.1"),
-                    str(tmp_path / "fake.c")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "cc",
+            "-shared",
+            "-fPIC",
+            *defines,
+            "-o",
+            str(tmp_path / "libnvidia-ml.so.1"),
+            str(tmp_path / "fake.c"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return tmp_path
 
 
 def read_both(library_dir: Path, **env: str) -> tuple[str, str]:
-    done = subprocess.run([sys.executable, "-c", READ_BOTH], capture_output=True, text=True, timeout=60, check=True,
-                          env={**os.environ, "LD_LIBRARY_PATH": str(library_dir), **env})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", READ_BOTH],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "LD_LIBRARY_PATH": str(library_dir), **env},
+    )
     assert done.stderr == ""
     lean, full = done.stdout.splitlines()
     return lean, full
@@ -158,33 +202,65 @@ def read_both(library_dir: Path, **env: str) -> tuple[str, str]:
 
 def expected_device_0() -> GpuSnapshot:
     processes = tuple(ProcessUse(pid=100 + i, used_mib=None if i == 6 else (i + 1) * 64) for i in range(7))
-    return GpuSnapshot(index=0, uuid="GPU-11111111-1111-1111-1111-111111111111", name="Stub A",
-                       memory_total_mib=40960, memory_used_mib=5000, memory_free_mib=35960, utilization_percent=42,
-                       temperature_c=None, power_w=None, processes=processes)  # fmt: skip
+    return GpuSnapshot(
+        index=0,
+        uuid="GPU-11111111-1111-1111-1111-111111111111",
+        name="Stub A",
+        memory_total_mib=40960,
+        memory_used_mib=5000,
+        memory_free_mib=35960,
+        utilization_percent=42,
+        temperature_c=None,
+        power_w=None,
+        processes=processes,
+    )
 
 
-@pytest.mark.parametrize("defines", [pytest.param((), id="driver-with-v3"), pytest.param(("-DNO_V3",), id="driver-before-510")])
+@pytest.mark.parametrize(
+    "defines", [pytest.param((), id="driver-with-v3"), pytest.param(("-DNO_V3",), id="driver-before-510")]
+)
 def test_the_lean_binding_reads_what_nvidia_ml_py_reads_from_the_same_library(
     tmp_path: Path, defines: tuple[str, ...]
 ) -> None:
     lean, full = read_both(fake_nvml_dir(tmp_path, *defines))
 
     assert lean == full
-    device_1 = GpuSnapshot(index=1, uuid="GPU-22222222-2222-2222-2222-222222222222", name="Stub B",
-                           memory_total_mib=24576, memory_used_mib=300, memory_free_mib=24276,
-                           utilization_percent=None, temperature_c=None, power_w=None, processes=())  # fmt: skip
+    device_1 = GpuSnapshot(
+        index=1,
+        uuid="GPU-22222222-2222-2222-2222-222222222222",
+        name="Stub B",
+        memory_total_mib=24576,
+        memory_used_mib=300,
+        memory_free_mib=24276,
+        utilization_percent=None,
+        temperature_c=None,
+        power_w=None,
+        processes=(),
+    )
     assert lean == repr(GpuQuery(gpus=[expected_device_0(), device_1], source="nvml", message=None))
 
 
 def test_a_lost_gpu_is_skipped_with_the_same_note_by_both_bindings(tmp_path: Path) -> None:
     lean, full = read_both(fake_nvml_dir(tmp_path), STUB_NVML_LOST="1")
 
-    assert lean == full == repr(GpuQuery(gpus=[expected_device_0()], source="nvml",
-                                         message="GPU 1 skipped: GPU is lost"))  # fmt: skip
+    assert (
+        lean
+        == full
+        == repr(GpuQuery(gpus=[expected_device_0()], source="nvml", message="GPU 1 skipped: GPU is lost"))
+    )
 
 
 def test_a_driver_that_is_not_loaded_gets_the_same_message_from_both_bindings(tmp_path: Path) -> None:
     lean, full = read_both(fake_nvml_dir(tmp_path), STUB_NVML_NO_DRIVER="1")
 
-    assert lean == full == repr(GpuQuery(gpus=[], source="none",
-                                         message="the NVIDIA driver is not loaded (nvmlInit: Driver Not Loaded)"))  # fmt: skip
+    assert (
+        lean
+        == full
+        == repr(
+            GpuQuery(
+                gpus=[],
+                source="none",
+                message="the NVIDIA driver is not loaded (nvmlInit: Driver Not Loaded)",
+            )
+        )
+    )

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Box, wait_for
 
 LONG_JOB = ["sh", "-c", "exec sleep 30"]
@@ -32,7 +31,9 @@ def started_pids(box: Box) -> list[int]:
 def job_is_running(pid: int, name: str = "sleep") -> bool:
     try:
         # comm changes early in execve, the new environ a moment later: wait for both.
-        return Path(f"/proc/{pid}/comm").read_text().strip() == name and bool(Path(f"/proc/{pid}/environ").read_bytes())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name and bool(
+            Path(f"/proc/{pid}/environ").read_bytes()
+        )
     except OSError:
         return False
 
@@ -113,7 +114,7 @@ def test_an_escape_keeps_the_route_caps_it_does_not_change(box: Box) -> None:
 
 
 def test_a_bounded_wait_shorter_than_max_wait_still_ends_busy(box: Box) -> None:
-    box.write_config("[profiles.sh]\nwait = \"1s\"\nmax_wait = \"5s\"\n")
+    box.write_config('[profiles.sh]\nwait = "1s"\nmax_wait = "5s"\n')
     holder = box.start("run", "--", *LONG_JOB)
     assert wait_for(lambda: job_is_running(holder.pid))
     assert box.run("run", "--", "sh", "-c", "true").returncode == 75
@@ -155,7 +156,9 @@ def test_a_realtime_job_arriving_after_batch_waiters_gets_the_next_slot_every_ti
 
 def test_fail_fast_batch_gets_75_while_a_realtime_job_waits_even_with_a_free_slot(box: Box) -> None:
     box.write_config(PRIORITY_CONFIG + "[profiles.batch.gpu]\nslots = 2\n")
-    holder = box.start("run", "--profile", "hold", "--", *LONG_JOB)  # holds gpu.0, the realtime profile's only slot
+    holder = box.start(
+        "run", "--profile", "hold", "--", *LONG_JOB
+    )  # holds gpu.0, the realtime profile's only slot
     assert wait_for(lambda: job_is_running(holder.pid))
     realtime = box.start("run", "--profile", "realtime", "--", "true")
     assert wait_for(lambda: waiting_count(box, "realtime") == 1)
@@ -182,8 +185,10 @@ def test_kill_9_of_a_waiting_realtime_job_unblocks_batch_at_once(box: Box) -> No
 
 
 def test_batch_yields_running_keeps_batch_off_while_a_realtime_job_runs(box: Box) -> None:
-    box.write_config(PRIORITY_CONFIG.replace('priority = "batch"', 'priority = "batch"\nbatch_yields = "running"')
-                     + "[profiles.batch.gpu]\nslots = 2\n")  # fmt: skip
+    box.write_config(
+        PRIORITY_CONFIG.replace('priority = "batch"', 'priority = "batch"\nbatch_yields = "running"')
+        + "[profiles.batch.gpu]\nslots = 2\n"
+    )
     realtime = box.start("run", "--profile", "realtime", "--", *LONG_JOB)
     assert wait_for(lambda: job_is_running(realtime.pid))
     assert box.run("run", "--profile", "batch", "--wait", "fail", "--", "true").returncode == 75
@@ -195,7 +200,9 @@ def test_batch_yields_running_keeps_batch_off_while_a_realtime_job_runs(box: Box
 
 
 def local_minute(offset_tz: str) -> int:
-    done = subprocess.run(["date", "+%H %M"], env={"TZ": offset_tz}, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["date", "+%H %M"], env={"TZ": offset_tz}, capture_output=True, text=True, check=True
+    )
     hours, minutes = done.stdout.split()
     return int(hours) * 60 + int(minutes)
 
@@ -231,7 +238,7 @@ def test_inside_the_hours_the_gpu_route_is_used_and_tz_is_honoured(box: Box) -> 
 def test_outside_hours_wait_starts_the_job_when_the_window_opens(box: Box) -> None:
     import datetime
 
-    utc = datetime.datetime.now(datetime.timezone.utc)
+    utc = datetime.datetime.now(datetime.UTC)
     seconds_now = utc.hour * 3600 + utc.minute * 60 + utc.second
     offset = (seconds_now - (86400 - 4)) % 86400  # local time reads 23:59:56 now: the window opens in ~3-4 s
     tz = f"XXX+{offset // 3600:02d}:{offset // 60 % 60:02d}:{offset % 60:02d}"
@@ -247,7 +254,9 @@ def test_outside_hours_wait_starts_the_job_when_the_window_opens(box: Box) -> No
 @pytest.mark.parametrize(("no_gpu", "code"), [("cpu", 0), ("busy", 75), ("fail", 125)])
 def test_with_no_usable_gpu_the_profile_says_what_happens(box: Box, no_gpu: str, code: int) -> None:
     box.write_config(f'[profiles.sh]\nno_gpu = "{no_gpu}"\n[profiles.sh.cpu]\nargs = ["cpu-route"]\n')
-    done = box.run("run", "--", "sh", "-c", 'echo "$0"', env={"GPUROUTER_NVML_FILE": str(box.root / "none.json")})
+    done = box.run(
+        "run", "--", "sh", "-c", 'echo "$0"', env={"GPUROUTER_NVML_FILE": str(box.root / "none.json")}
+    )
     assert done.returncode == code, done.stderr
     if no_gpu == "cpu":
         assert done.stdout == "cpu-route\n"

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import WHISPER_PROFILE, Box
+
 from gpurouter.job import config
 from gpurouter.job.probe import probe_file, select_input
 
@@ -32,16 +32,23 @@ def counting_ffprobe(directory: Path) -> tuple[Path, Path]:
     return fake_ffprobe(directory, f'echo "$@" >> {calls}\nexec {real} "$@"'), calls
 
 
-@pytest.mark.parametrize("name", ["-x.ogg", "a b.ogg", "a|b.ogg", "it's \"quoted\".ogg", "http:x", "file:y.ogg"],
-                         ids=["leading-dash", "space", "pipe", "quotes", "url-like-no-extension", "file-prefix"])  # fmt: skip
-def test_an_odd_name_is_probed_as_a_plain_local_file(tmp_path: Path, media: dict[str, Path], name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["-x.ogg", "a b.ogg", "a|b.ogg", 'it\'s "quoted".ogg', "http:x", "file:y.ogg"],
+    ids=["leading-dash", "space", "pipe", "quotes", "url-like-no-extension", "file-prefix"],
+)
+def test_an_odd_name_is_probed_as_a_plain_local_file(
+    tmp_path: Path, media: dict[str, Path], name: str
+) -> None:
     odd = tmp_path / name
     shutil.copy(media["ogg2"], odd)
     ffprobe, calls = counting_ffprobe(tmp_path)
     result = probe_file(str(odd), "duration", settings_for(tmp_path, ffprobe=str(ffprobe)))
     assert result.metric == pytest.approx(2.0, abs=0.05)
     assert result.via == "ffprobe"
-    assert calls.read_text().split()[-1:] == [f"file:{odd}"] or calls.read_text().rstrip().endswith(f"file:{odd}")
+    assert calls.read_text().split()[-1:] == [f"file:{odd}"] or calls.read_text().rstrip().endswith(
+        f"file:{odd}"
+    )
 
 
 def test_a_leading_dash_wav_is_routed_end_to_end(box: Box, media: dict[str, Path]) -> None:
@@ -60,7 +67,9 @@ def test_wav_duration_and_mp4_pixels_are_read_without_ffprobe(tmp_path: Path, me
     assert (hd.metric, hd.via) == (1920 * 1080, "native:mp4")
 
 
-def test_pixels_of_a_format_needing_ffprobe_come_from_its_first_video_stream(tmp_path: Path, media: dict[str, Path]) -> None:
+def test_pixels_of_a_format_needing_ffprobe_come_from_its_first_video_stream(
+    tmp_path: Path, media: dict[str, Path]
+) -> None:
     from conftest import make_media
 
     clip = make_media(tmp_path / "clip.avi", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=5:duration=1")
@@ -86,8 +95,9 @@ def test_a_missing_ffprobe_gives_no_metric_with_the_reason(tmp_path: Path, media
 def test_a_hanging_ffprobe_is_cut_off_by_the_timeout(tmp_path: Path, media: dict[str, Path]) -> None:
     hanging = fake_ffprobe(tmp_path, "exec sleep 60")
     began = time.monotonic()
-    result = probe_file(str(media["ogg2"]), "duration",
-                        settings_for(tmp_path, ffprobe=str(hanging), probe_timeout="0.5s"))  # fmt: skip
+    result = probe_file(
+        str(media["ogg2"]), "duration", settings_for(tmp_path, ffprobe=str(hanging), probe_timeout="0.5s")
+    )
     assert time.monotonic() - began < 5
     assert result.metric is None and "timed out after 0.5s" in (result.problem or "")
 
@@ -122,7 +132,7 @@ def test_a_retry_of_the_same_input_probes_nothing(tmp_path: Path, media: dict[st
 
 
 def test_a_changed_input_is_probed_again(tmp_path: Path, media: dict[str, Path]) -> None:
-    ffprobe, calls = counting_ffprobe(tmp_path)
+    ffprobe, _calls = counting_ffprobe(tmp_path)
     settings = settings_for(tmp_path, ffprobe=str(ffprobe))
     target = tmp_path / "changing.ogg"
     shutil.copy(media["ogg2"], target)
@@ -135,7 +145,7 @@ def test_a_changed_input_is_probed_again(tmp_path: Path, media: dict[str, Path])
 def test_a_corrupt_cache_entry_is_ignored(tmp_path: Path, media: dict[str, Path]) -> None:
     settings = settings_for(tmp_path)
     probe_file(str(media["ogg2"]), "duration", settings)
-    (entry,) = [p for p in (tmp_path / "locks").glob("probe-cache.*/*")]
+    (entry,) = list((tmp_path / "locks").glob("probe-cache.*/*"))
     entry.write_text("garbage\x00")
     again = probe_file(str(media["ogg2"]), "duration", settings)
     assert again.via == "ffprobe" and again.metric == pytest.approx(2.0, abs=0.05)
@@ -171,15 +181,21 @@ def test_a_command_probe_that_prints_no_number_gives_no_metric(tmp_path: Path) -
     assert result.metric is None and "not a number" in (result.problem or "")
 
 
-@pytest.mark.parametrize(("rule", "args", "expected"), [
-    ("last", ["--model", "small", "{a}", "{b}", "--flag"], "{b}"),
-    ("first", ["{a}", "{b}"], "{a}"),
-    (0, ["{b}", "{a}"], "{b}"),
-    (-1, ["{b}", "{a}"], "{a}"),
-    ("--input", ["--input", "{a}", "{b}"], "{a}"),
-    ("--input", ["--input={b}", "{a}"], "{b}"),
-], ids=["last-existing", "first-existing", "index", "negative-index", "flag-space", "flag-equals"])  # fmt: skip
-def test_the_input_rule_picks_the_right_argument(tmp_path: Path, rule: str | int, args: list[str], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("rule", "args", "expected"),
+    [
+        ("last", ["--model", "small", "{a}", "{b}", "--flag"], "{b}"),
+        ("first", ["{a}", "{b}"], "{a}"),
+        (0, ["{b}", "{a}"], "{b}"),
+        (-1, ["{b}", "{a}"], "{a}"),
+        ("--input", ["--input", "{a}", "{b}"], "{a}"),
+        ("--input", ["--input={b}", "{a}"], "{b}"),
+    ],
+    ids=["last-existing", "first-existing", "index", "negative-index", "flag-space", "flag-equals"],
+)
+def test_the_input_rule_picks_the_right_argument(
+    tmp_path: Path, rule: str | int, args: list[str], expected: str
+) -> None:
     paths = {"{a}": str(tmp_path / "a.wav"), "{b}": str(tmp_path / "b.wav")}
     for path in paths.values():
         Path(path).write_text("")

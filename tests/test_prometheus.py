@@ -14,18 +14,32 @@ from click.testing import CliRunner
 from conftest import GPUROUTER, wait_for
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter.observe import prometheus, status
 from gpurouter.cli import cli
+from gpurouter.observe import prometheus, status
 
 parser = pytest.importorskip("prometheus_client.parser", reason="prometheus_client is in the test extra")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "prometheus"
-DEVICES = {"devices": [
-    {"index": 0, "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-     "memory_total_mib": 16376, "memory_used_mib": 1200, "utilization_percent": 5, "temperature_c": 41,
-     "power_w": 35.5},
-    {"index": 1, "uuid": "GPU-00000000-0000-0000-0000-000000000001", "name": "NVIDIA T4",
-     "memory_total_mib": 15360, "memory_used_mib": 0},
-]}  # fmt: skip
+DEVICES = {
+    "devices": [
+        {
+            "index": 0,
+            "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000",
+            "name": "NVIDIA RTX A4000",
+            "memory_total_mib": 16376,
+            "memory_used_mib": 1200,
+            "utilization_percent": 5,
+            "temperature_c": 41,
+            "power_w": 35.5,
+        },
+        {
+            "index": 1,
+            "uuid": "GPU-00000000-0000-0000-0000-000000000001",
+            "name": "NVIDIA T4",
+            "memory_total_mib": 15360,
+            "memory_used_mib": 0,
+        },
+    ]
+}
 PROFILES = """
 [profiles.whisper.gpu]
 slots = 2
@@ -50,11 +64,19 @@ def _types(text: str) -> dict[str, str]:
 def holder(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A real job holding gpu.0 through `gpurouter run` (killed at the end)."""
     settings_for(tmp_path, PROFILES)
-    env = {**os.environ, "GPUROUTER_CONFIG": str(tmp_path / "config.toml"), "HOME": str(tmp_path),
-           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "GPUROUTER_CONFIG": str(tmp_path / "config.toml"),
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
     env.pop("GPUROUTER_NVML_FILE", None)
-    job = subprocess.Popen([GPUROUTER, "run", "--profile", "whisper", "--route", "gpu", "--", "sleep", "60"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    job = subprocess.Popen(
+        [GPUROUTER, "run", "--profile", "whisper", "--route", "gpu", "--", "sleep", "60"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     settings = settings_for(tmp_path, PROFILES)
     assert wait_for(lambda: any(r.holder for r in status.slot_rows(settings) if r.pool == "gpu"))
     yield job
@@ -89,7 +111,9 @@ def test_the_textfile_parses_and_carries_jobs_refusals_waits_slots_and_gpus(tmp_
     assert got[("gpurouter_busy_total", (("pool", "gpu"), ("profile", "whisper")))] == 1
     assert got[("gpurouter_escapes_total", (("profile", "whisper"),))] == 1
     assert got[("gpurouter_oom_fallbacks_total", (("profile", "whisper"),))] == 1
-    assert got[("gpurouter_evictions_total", (("victim", 'oll"ama'),))] == 0  # a failed unload evicted nothing
+    assert (
+        got[("gpurouter_evictions_total", (("victim", 'oll"ama'),))] == 0
+    )  # a failed unload evicted nothing
     assert got[("gpurouter_eviction_failures_total", (("victim", 'oll"ama'),))] == 1
     assert got[("gpurouter_wait_seconds_count", (("profile", "whisper"),))] == 2
     assert got[("gpurouter_wait_seconds", (("profile", "whisper"), ("quantile", "0.95")))] == 2.0
@@ -129,15 +153,33 @@ def test_the_file_is_replaced_whole_and_an_unwritable_directory_fails_cleanly(tm
     prometheus.replace_atomically(str(target), "new 1\n")
     assert target.read_text() == "new 1\n" and [p.name for p in tmp_path.iterdir()] == ["gpurouter.prom"]
     settings_for(tmp_path)
-    result = CliRunner().invoke(cli, ["stats", "--config", str(tmp_path / "config.toml"),
-                                      "--prometheus", str(tmp_path / "missing" / "x.prom")])  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        [
+            "stats",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "--prometheus",
+            str(tmp_path / "missing" / "x.prom"),
+        ],
+    )
     assert result.exit_code == 125 and "--prometheus" in result.output
 
 
 def test_since_does_not_apply_to_prometheus_counters(tmp_path: Path) -> None:
     settings_for(tmp_path)
-    result = CliRunner().invoke(cli, ["stats", "--config", str(tmp_path / "config.toml"), "--since", "1h",
-                                      "--prometheus", str(tmp_path / "x.prom")])  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        [
+            "stats",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "--since",
+            "1h",
+            "--prometheus",
+            str(tmp_path / "x.prom"),
+        ],
+    )
     assert result.exit_code == 2 and not (tmp_path / "x.prom").exists()
 
 
@@ -153,8 +195,17 @@ def test_the_example_systemd_timer_and_service_verify(tmp_path: Path) -> None:
     for name in ("gpurouter-stats.service", "gpurouter-stats.timer"):
         text = (EXAMPLES / name).read_text().replace("/usr/local/bin/gpurouter", GPUROUTER)
         (tmp_path / name).write_text(text)
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "gpurouter-stats.timer"),
-                           str(tmp_path / "gpurouter-stats.service")], capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(tmp_path / "gpurouter-stats.timer"),
+            str(tmp_path / "gpurouter-stats.service"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     problems = [line for line in done.stderr.splitlines() if "gpurouter-stats" in line]
     assert done.returncode == 0 and problems == [], done.stderr
     timer = (EXAMPLES / "gpurouter-stats.timer").read_text()

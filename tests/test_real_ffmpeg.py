@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import GPUROUTER, Box, make_media, wait_for
 
 REAL_FFMPEG = shutil.which("ffmpeg")
-pytestmark = pytest.mark.skipif(REAL_FFMPEG is None, reason="ffmpeg is not installed (scripts/setup installs it)")
+pytestmark = pytest.mark.skipif(
+    REAL_FFMPEG is None, reason="ffmpeg is not installed (scripts/setup installs it)"
+)
 
 FFMPEG_PROFILE = """
 [profiles.ffmpeg]
@@ -50,10 +51,14 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
     lavfi = ["-f", "lavfi", "-i"]
     return {
-        "small": make_media(root / "small.mp4", *lavfi, "testsrc=size=320x240:rate=25:duration=2", "-pix_fmt", "yuv420p"),
-        "hd": make_media(root / "hd.mp4", *lavfi, "testsrc=size=1920x1080:rate=25:duration=1", "-pix_fmt", "yuv420p"),
+        "small": make_media(
+            root / "small.mp4", *lavfi, "testsrc=size=320x240:rate=25:duration=2", "-pix_fmt", "yuv420p"
+        ),
+        "hd": make_media(
+            root / "hd.mp4", *lavfi, "testsrc=size=1920x1080:rate=25:duration=1", "-pix_fmt", "yuv420p"
+        ),
         "tone": make_media(root / "tone.wav", *lavfi, "sine=frequency=440:duration=3"),
-    }  # fmt: skip
+    }
 
 
 def intercepted_ffmpeg(box: Box) -> Path:
@@ -65,13 +70,27 @@ def intercepted_ffmpeg(box: Box) -> Path:
 
 
 def run_ffmpeg(box: Box, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(box.bin / "ffmpeg"), *args], env=box.env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [str(box.bin / "ffmpeg"), *args], env=box.env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def streams(path: Path) -> list[dict[str, str]]:
-    done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,duration",
-                           "-of", "json", str(path)], capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name,duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     found: list[dict[str, str]] = json.loads(done.stdout)["streams"]
     return found
 
@@ -89,12 +108,17 @@ def test_the_cpu_route_encodes_with_libx264_at_the_profiles_preset(box: Box, cli
     out = box.root / "out.mp4"
     done = run_ffmpeg(box, "-y", "-i", str(clips["small"]), str(out))
     assert done.returncode == 0, done.stderr
-    assert "Trailing option" not in done.stderr  # the route args sit before the output, where ffmpeg reads them
+    assert (
+        "Trailing option" not in done.stderr
+    )  # the route args sit before the output, where ffmpeg reads them
     assert [s["codec_name"] for s in streams(out)] == ["h264"]
     options = x264_options(out)
     assert "subme=0" in options and "crf=40.0" in options  # -preset ultrafast and -crf 40 reached the encoder
     start = next(r for r in box.records() if r["event"] == "start")
-    assert (start["route"], start["reason"]) == ("cpu", "pixels 76800 < threshold 921600: cpu (gpu_when = above)")
+    assert (start["route"], start["reason"]) == (
+        "cpu",
+        "pixels 76800 < threshold 921600: cpu (gpu_when = above)",
+    )
 
 
 def test_input_args_go_before_the_first_input_only(box: Box, clips: dict[str, Path]) -> None:
@@ -102,8 +126,9 @@ def test_input_args_go_before_the_first_input_only(box: Box, clips: dict[str, Pa
     (as an output option it would have cut the whole output to 1 s)."""
     intercepted_ffmpeg(box)
     out = box.root / "two.mp4"
-    done = run_ffmpeg(box, "-y", "-i", str(clips["small"]), "-i", str(clips["tone"]), "-map", "0:v", "-map", "1:a",
-                      str(out))  # fmt: skip
+    done = run_ffmpeg(
+        box, "-y", "-i", str(clips["small"]), "-i", str(clips["tone"]), "-map", "0:v", "-map", "1:a", str(out)
+    )
     assert done.returncode == 0, done.stderr
     durations = {s["codec_type"]: float(s["duration"]) for s in streams(out)}
     assert durations["video"] == pytest.approx(1.0, abs=0.05)
@@ -121,10 +146,36 @@ def test_a_gpu_run_that_cannot_load_cuda_runs_again_on_the_cpu(box: Box, clips: 
     assert events == ["start", "end", "gpu_error", "start", "end"]
     first, error, again = box.records()[0], box.records()[2], box.records()[3]
     assert first["route"] == "gpu" and first["argv"][1:] == [
-        "-y", "-hwaccel", "cuda", "-i", str(clips["hd"]), "-c:v", "h264_nvenc", "-preset", "p4", str(out)]
-    assert (error["pattern"], error["gpu_error_kind"], error["exit_status"]) == ("Cannot load libcuda.so.1", "driver", 1)
+        "-y",
+        "-hwaccel",
+        "cuda",
+        "-i",
+        str(clips["hd"]),
+        "-c:v",
+        "h264_nvenc",
+        "-preset",
+        "p4",
+        str(out),
+    ]
+    assert (error["pattern"], error["gpu_error_kind"], error["exit_status"]) == (
+        "Cannot load libcuda.so.1",
+        "driver",
+        1,
+    )
     assert again["route"] == "cpu" and again["argv"][1:] == [
-        "-y", "-t", "1", "-i", str(clips["hd"]), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "40", str(out)]
+        "-y",
+        "-t",
+        "1",
+        "-i",
+        str(clips["hd"]),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "40",
+        str(out),
+    ]
 
 
 def hold_every_slot(box: Box) -> None:
@@ -134,9 +185,12 @@ def hold_every_slot(box: Box) -> None:
     assert wait_for(lambda: sum(r["event"] == "start" for r in box.records()) == 2)
 
 
-@pytest.mark.parametrize("args", [["-version"], ["-hide_banner", "-encoders"], ["-h"]],
-                         ids=["version", "encoders", "help"])  # fmt: skip
-def test_ffmpeg_without_an_input_runs_at_once_untouched_while_every_slot_is_held(box: Box, args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args", [["-version"], ["-hide_banner", "-encoders"], ["-h"]], ids=["version", "encoders", "help"]
+)
+def test_ffmpeg_without_an_input_runs_at_once_untouched_while_every_slot_is_held(
+    box: Box, args: list[str]
+) -> None:
     intercepted_ffmpeg(box)
     hold_every_slot(box)
     began = time.monotonic()
@@ -164,6 +218,16 @@ def test_route_json_shows_the_final_ffmpeg_argv(box: Box, clips: dict[str, Path]
     done = box.run("route", "--json", "--", "ffmpeg", "-y", "-i", str(clips["hd"]), "out.mp4")
     assert done.returncode == 0, done.stderr
     decision = json.loads(done.stdout)
-    assert decision["argv"][1:] == ["-y", "-hwaccel", "cuda", "-i", str(clips["hd"]), "-c:v", "h264_nvenc",
-                                    "-preset", "p4", "out.mp4"]  # fmt: skip
+    assert decision["argv"][1:] == [
+        "-y",
+        "-hwaccel",
+        "cuda",
+        "-i",
+        str(clips["hd"]),
+        "-c:v",
+        "h264_nvenc",
+        "-preset",
+        "p4",
+        "out.mp4",
+    ]
     assert decision["reason"] == "pixels 2073600 >= threshold 921600: gpu (gpu_when = above)"

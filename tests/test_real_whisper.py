@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, GPUROUTER, Box
 
 pytestmark = pytest.mark.slow  # a few seconds: each transcription loads the model (~1 s on a CPU)
@@ -55,23 +54,52 @@ def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert shutil.which("espeak-ng"), "espeak-ng is missing: scripts/setup installs it"
     assert WHISPER.exists(), "whisper-ctranslate2 is missing: scripts/setup installs the test extra"
     root = tmp_path_factory.mktemp("speech")
-    subprocess.run(["espeak-ng", "-w", str(root / "speech.wav"), "The quick brown fox jumps over the lazy dog. "
-                    "Hello world."], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "espeak-ng",
+            "-w",
+            str(root / "speech.wav"),
+            "The quick brown fox jumps over the lazy dog. Hello world.",
+        ],
+        check=True,
+    )
     (root / "speech.wav").rename(root / "e5a1f0c2-download")
     return root / "e5a1f0c2-download"
 
 
 def peertube_argv(media: Path, out: Path) -> list[str]:
-    return [str(media), "--model_directory", str(model_directory()), "--output_format", "all",
-            "--output_dir", str(out), "--language", "en"]  # fmt: skip
+    return [
+        str(media),
+        "--model_directory",
+        str(model_directory()),
+        "--output_format",
+        "all",
+        "--output_dir",
+        str(out),
+        "--language",
+        "en",
+    ]
 
 
 @pytest.fixture(scope="module")
 def reference(download: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The transcripts of whisper-ctranslate2 run directly (no gpurouter) on the CPU route's settings."""
     out = tmp_path_factory.mktemp("direct")
-    done = subprocess.run([str(WHISPER), *peertube_argv(download, out), "--device", "cpu", "--compute_type", "int8",
-                           "--vad_filter", "true"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            str(WHISPER),
+            *peertube_argv(download, out),
+            "--device",
+            "cpu",
+            "--compute_type",
+            "int8",
+            "--vad_filter",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return transcripts(out)
 
@@ -87,12 +115,18 @@ def intercepted_whisper(box: Box) -> Path:
     return box.bin / "whisper-ctranslate2"
 
 
-def test_transcripts_through_gpurouter_are_identical_to_a_direct_run(box: Box, download: Path,
-                                                                     reference: dict[str, str]) -> None:  # fmt: skip
+def test_transcripts_through_gpurouter_are_identical_to_a_direct_run(
+    box: Box, download: Path, reference: dict[str, str]
+) -> None:
     link = intercepted_whisper(box)
     out = box.root / "out"
-    done = subprocess.run([str(link), *peertube_argv(download, out)], env={**box.env, "GPUROUTER_ROUTE": "cpu"},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(link), *peertube_argv(download, out)],
+        env={**box.env, "GPUROUTER_ROUTE": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(reference) == {".json", ".srt", ".tsv", ".txt", ".vtt"}
     assert transcripts(out) == reference
@@ -100,11 +134,13 @@ def test_transcripts_through_gpurouter_are_identical_to_a_direct_run(box: Box, d
 
 
 def test_the_gpu_route_failing_without_cuda_runs_again_on_the_cpu_with_the_same_transcript(
-        box: Box, download: Path, reference: dict[str, str]) -> None:  # fmt: skip
+    box: Box, download: Path, reference: dict[str, str]
+) -> None:
     link = intercepted_whisper(box)
     out = box.root / "out"
-    done = subprocess.run([str(link), *peertube_argv(download, out)], env=box.env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(link), *peertube_argv(download, out)], env=box.env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # whisper-ctranslate2 prints its error on stdout, and it still reached the caller there
     assert "CUDA driver version is insufficient" in done.stdout
@@ -112,10 +148,19 @@ def test_the_gpu_route_failing_without_cuda_runs_again_on_the_cpu_with_the_same_
     records = box.records()
     assert [r["event"] for r in records] == ["start", "end", "gpu_error", "start", "end"]
     first, error, again = records[0], records[2], records[3]
-    assert first["route"] == "gpu" and first["argv"][-6:] == ["--device", "cuda", "--compute_type", "float16",
-                                                               "--vad_filter", "true"]  # fmt: skip
-    assert (error["exit_status"], error["pattern"], error["gpu_error_kind"]) == \
-        (100, "CUDA driver version is insufficient", "driver")  # fmt: skip
+    assert first["route"] == "gpu" and first["argv"][-6:] == [
+        "--device",
+        "cuda",
+        "--compute_type",
+        "float16",
+        "--vad_filter",
+        "true",
+    ]
+    assert (error["exit_status"], error["pattern"], error["gpu_error_kind"]) == (
+        100,
+        "CUDA driver version is insufficient",
+        "driver",
+    )
     assert again["route"] == "cpu" and again["retry_of"] == first["run_id"]
     assert str(first["reason"]).startswith("duration 3.") and "< threshold 1h" in str(first["reason"])
 

@@ -13,12 +13,14 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter.observe import report
 from gpurouter.cli import cli
+from gpurouter.observe import report
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is in the test extra (it draws --png)")
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)  # fmt: skip
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
+    None,
+)
 PROFILE = """
 [profiles.whisper]
 probe = "duration"
@@ -28,8 +30,13 @@ monitor = true
 slots = 2
 vram_mib = 6000
 """
-TITLES = ("Routing per hour: GPU, CPU, busy", "Peak VRAM vs metric: whisper", "Wait for a slot",
-          "GPU utilization per device (mean per run)", "GPU memory used per device (max per run)")  # fmt: skip
+TITLES = (
+    "Routing per hour: GPU, CPU, busy",
+    "Peak VRAM vs metric: whisper",
+    "Wait for a slot",
+    "GPU utilization per device (mean per run)",
+    "GPU memory used per device (max per run)",
+)
 
 
 def _journal(tmp_path: Path) -> Path:
@@ -45,8 +52,10 @@ def _journal(tmp_path: Path) -> Path:
     for i in range(12):
         minutes = 5 + 4 * i
         run = monitored_run("whisper", minutes, 500 + 40 * minutes, T0 + i * 1500, run_id=f"r{i}")
-        run[1]["devices"]["1"] = {"utilization_percent": {"min": 0, "max": 50, "mean": 20.0 + i},
-                                  "memory_used_mib": {"min": 100, "max": 2000 + 10 * i, "mean": 900.0}}  # fmt: skip
+        run[1]["devices"]["1"] = {
+            "utilization_percent": {"min": 0, "max": 50, "mean": 20.0 + i},
+            "memory_used_mib": {"min": 100, "max": 2000 + 10 * i, "mean": 900.0},
+        }
         records += run
     records.append(
         record("oom", "whisper", "gpu", T0 + 20000, 150 * 60.0, run_id="x", pattern="CUDA out of memory")
@@ -85,32 +94,60 @@ def test_headless_chromium_draws_the_page(tmp_path: Path) -> None:
         cli, ["report", "--config", str(tmp_path / "config.toml"), "--html", str(page)]
     )
     assert result.exit_code == 0, result.output
-    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
-                           page.as_uri()], capture_output=True, text=True, timeout=90)  # fmt: skip
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert shot.exists(), done.stderr[-2000:]
     with Image.open(shot) as image:
         assert image.size == (1200, 1600)
     assert _non_white_fraction(shot) > 0.05  # bars, points, lines and text: not a blank page
     blank = tmp_path / "blank.html"
     blank.write_text("<!doctype html><title>x</title>")
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p2'}",
-                    f"--screenshot={tmp_path / 'blank.png'}", "--window-size=1200,1600", blank.as_uri()],
-                   capture_output=True, timeout=90)  # fmt: skip
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'p2'}",
+            f"--screenshot={tmp_path / 'blank.png'}",
+            "--window-size=1200,1600",
+            blank.as_uri(),
+        ],
+        capture_output=True,
+        timeout=90,
+    )
     assert _non_white_fraction(tmp_path / "blank.png") < 0.01  # the measure does tell a blank page
 
 
 def test_png_charts_are_written_one_file_each_and_drawn(tmp_path: Path) -> None:
     settings_for(tmp_path, PROFILE, _journal(tmp_path))
-    result = CliRunner().invoke(cli, ["report", "--config", str(tmp_path / "config.toml"), "--png",
-                                      str(tmp_path / "charts")])  # fmt: skip
+    result = CliRunner().invoke(
+        cli, ["report", "--config", str(tmp_path / "config.toml"), "--png", str(tmp_path / "charts")]
+    )
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "charts").iterdir())
     assert names == ["gpu-memory.png", "gpu-utilization.png", "routing.png", "vram-whisper.png", "waits.png"]
-    assert result.output.split() == [str(tmp_path / "charts" / name) for name in
-                                     ("routing.png", "vram-whisper.png", "waits.png", "gpu-utilization.png",
-                                      "gpu-memory.png")]  # fmt: skip
+    assert result.output.split() == [
+        str(tmp_path / "charts" / name)
+        for name in ("routing.png", "vram-whisper.png", "waits.png", "gpu-utilization.png", "gpu-memory.png")
+    ]
     for name in names:
         with Image.open(tmp_path / "charts" / name) as image:
             assert image.size == (1920, 720 if name in ("routing.png", "vram-whisper.png") else 600)
@@ -118,8 +155,12 @@ def test_png_charts_are_written_one_file_each_and_drawn(tmp_path: Path) -> None:
 
 
 def test_routing_counts_land_in_their_hour(tmp_path: Path) -> None:
-    records = [record("start", "a", "gpu", T0 + 10), record("start", "a", "cpu", T0 + 20),
-               record("busy", "a", "gpu", T0 + 3700), record("start", "a", "gpu", T0 + 3 * 3600)]  # fmt: skip
+    records = [
+        record("start", "a", "gpu", T0 + 10),
+        record("start", "a", "cpu", T0 + 20),
+        record("busy", "a", "gpu", T0 + 3700),
+        record("start", "a", "gpu", T0 + 3 * 3600),
+    ]
     settings = settings_for(tmp_path, "", write(tmp_path / "j.jsonl", records))
     hours = report.gather(settings)["hours"]
     hour = T0 - T0 % 3600

@@ -8,12 +8,11 @@ real signals.
 from __future__ import annotations
 
 import os
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import GPUROUTER, Box
 
 SHOW_FDS = """\
@@ -31,12 +30,16 @@ with open(sys.argv[1], "w") as out:
 
 def _sh(box: Box, line: str) -> subprocess.CompletedProcess[str]:
     """Run a shell line (its redirections close descriptors for real) in the box's environment."""
-    return subprocess.run(["sh", "-c", line], env=box.env, capture_output=True, text=True, timeout=60,
-                          cwd=box.root)  # fmt: skip
+    return subprocess.run(
+        ["sh", "-c", line], env=box.env, capture_output=True, text=True, timeout=60, cwd=box.root
+    )
 
 
-@pytest.mark.parametrize("closing", ["2>&-", ">&-", "<&-", "<&- >&- 2>&-"],
-                         ids=["stderr-closed", "stdout-closed", "stdin-closed", "all-three-closed"])  # fmt: skip
+@pytest.mark.parametrize(
+    "closing",
+    ["2>&-", ">&-", "<&-", "<&- >&- 2>&-"],
+    ids=["stderr-closed", "stdout-closed", "stdin-closed", "all-three-closed"],
+)
 def test_a_job_started_with_a_closed_descriptor_still_runs_and_keeps_its_slot(box: Box, closing: str) -> None:
     done = _sh(box, f"'{GPUROUTER}' run -- touch made {closing}; echo \"rc=$?\"")
     assert done.stdout.strip() == "rc=0", done.stderr
@@ -57,7 +60,7 @@ def test_a_job_sees_the_descriptors_its_caller_closed_still_closed_and_no_lock_o
 
 
 def test_an_intercepted_binary_started_with_closed_stdout_and_stderr_still_runs(box: Box) -> None:
-    (box.bin / "tool-real").write_text("#!/bin/sh\ntouch \"$1\"\n")
+    (box.bin / "tool-real").write_text('#!/bin/sh\ntouch "$1"\n')
     (box.bin / "tool-real").chmod(0o755)
     (box.bin / "tool").symlink_to(GPUROUTER)
     done = _sh(box, f"'{box.bin / 'tool'}' made >&- 2>&-; echo \"rc=$?\"")
@@ -65,11 +68,15 @@ def test_an_intercepted_binary_started_with_closed_stdout_and_stderr_still_runs(
     assert (box.root / "made").exists()
 
 
-def test_a_failure_with_stderr_closed_still_exits_with_its_code_and_writes_nothing_into_the_journal(box: Box) -> None:
+def test_a_failure_with_stderr_closed_still_exits_with_its_code_and_writes_nothing_into_the_journal(
+    box: Box,
+) -> None:
     _sh(box, f"'{GPUROUTER}' run -- touch first")  # the journal exists and is well-formed
     done = _sh(box, f"'{GPUROUTER}' run -- no-such-command-here 2>&-; echo \"rc=$?\"")
     assert done.stdout.strip() == "rc=127"
-    assert [r["event"] for r in box.records()] == ["start"]  # every line still parses: no message landed in it
+    assert [r["event"] for r in box.records()] == [
+        "start"
+    ]  # every line still parses: no message landed in it
 
 
 # Item 2: install/uninstall started at one instant. Each racer has already imported gpurouter and
@@ -88,9 +95,16 @@ def _race(box: Box, actions: list[str], target: Path) -> list[subprocess.Complet
     if barrier.exists():
         barrier.unlink()
     os.mkfifo(barrier)
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(barrier), action, str(target)], env=box.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-              for action in actions]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(barrier), action, str(target)],
+            env=box.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for action in actions
+    ]
     import time
 
     time.sleep(0.5)  # every racer has imported gpurouter and waits in open(2) on the FIFO
@@ -117,8 +131,11 @@ def test_installs_started_at_the_same_instant_never_destroy_the_real_binary(box:
     for trial in range(30):
         results = _race(box, ["install"] * 3, tool)
         assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
-        assert sorted(r.stdout.split(":")[0] for r in results) == ["already installed", "already installed",
-                                                                  "installed"], f"trial {trial}"  # fmt: skip
+        assert sorted(r.stdout.split(":")[0] for r in results) == [
+            "already installed",
+            "already installed",
+            "installed",
+        ], f"trial {trial}"
         assert real.is_file() and not real.is_symlink(), f"trial {trial}: the real binary is gone"
         assert real.read_text() == "#!/bin/sh\necho real tool\n"
         assert tool.is_symlink() and os.path.realpath(tool) == os.path.realpath(GPUROUTER)
@@ -152,7 +169,9 @@ def _read_only_dir(box: Box, how: str) -> tuple[Path, list[str]]:
             pytest.skip("setpriv (util-linux) is not installed")
         import tempfile
 
-        directory = Path(tempfile.mkdtemp(prefix="gpurouter-ro-", dir="/tmp"))  # pytest's tmp is 0700: nobody can't enter
+        directory = Path(
+            tempfile.mkdtemp(prefix="gpurouter-ro-", dir="/tmp")
+        )  # pytest's tmp is 0700: nobody can't enter
         directory.chmod(0o755)
         shutil.copy("/bin/true", directory / "tool")
         return directory, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -169,11 +188,21 @@ def _read_only_dir(box: Box, how: str) -> tuple[Path, list[str]]:
 def test_install_in_a_directory_it_cannot_write_is_one_line_and_leaves_the_binary(box: Box, how: str) -> None:
     directory, prefix = _read_only_dir(box, how)
     try:
-        done = subprocess.run([*prefix, GPUROUTER, "install", str(directory / "tool")], env=box.env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [*prefix, GPUROUTER, "install", str(directory / "tool")],
+            env=box.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         why = "Permission denied" if how == "not-writable" else "Read-only file system"
-        assert (done.returncode, done.stderr) == (125, f"gpurouter: cannot install over {directory / 'tool'}: {why}\n")
-        assert sorted(p.name for p in directory.iterdir()) == ["tool"] and not (directory / "tool").is_symlink()
+        assert (done.returncode, done.stderr) == (
+            125,
+            f"gpurouter: cannot install over {directory / 'tool'}: {why}\n",
+        )
+        assert (
+            sorted(p.name for p in directory.iterdir()) == ["tool"] and not (directory / "tool").is_symlink()
+        )
     finally:
         if how == "read-only-mount":
             subprocess.run(["umount", str(directory)], check=True)
@@ -190,18 +219,30 @@ def _write_exe(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("content", "code", "says"), [
-    pytest.param(b"echo no shebang line\n", 126, "not a binary this system runs and no #! line", id="no-shebang"),
-    pytest.param(b"#!/nonexistent/interpreter -x\necho\n", 127,
-                 "bad interpreter: its #! interpreter /nonexistent/interpreter was not found", id="bad-interpreter"),
-    pytest.param(b"\x7fELF" + b"\x02\x01\x01" + b"\0" * 200, 126, "Exec format error", id="fake-elf"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "code", "says"),
+    [
+        pytest.param(
+            b"echo no shebang line\n", 126, "not a binary this system runs and no #! line", id="no-shebang"
+        ),
+        pytest.param(
+            b"#!/nonexistent/interpreter -x\necho\n",
+            127,
+            "bad interpreter: its #! interpreter /nonexistent/interpreter was not found",
+            id="bad-interpreter",
+        ),
+        pytest.param(b"\x7fELF" + b"\x02\x01\x01" + b"\0" * 200, 126, "Exec format error", id="fake-elf"),
+    ],
+)
 def test_a_job_the_kernel_refuses_to_exec_exits_with_what_failed_and_is_not_counted_as_run(
-        box: Box, content: bytes, code: int, says: str) -> None:  # fmt: skip
+    box: Box, content: bytes, code: int, says: str
+) -> None:
     job = _write_exe(box.bin / "job", content)
     done = box.run("run", "--", str(job))
     assert done.returncode == code, done.stderr
-    assert done.stderr.startswith(f"gpurouter: {job}: ") and says in done.stderr and done.stderr.count("\n") == 1
+    assert (
+        done.stderr.startswith(f"gpurouter: {job}: ") and says in done.stderr and done.stderr.count("\n") == 1
+    )
     events = box.records()
     assert [r["event"] for r in events] == ["start", "exec_failed"]
     assert events[1]["pid"] == events[0]["pid"] and isinstance(events[1]["errno"], int)
@@ -242,15 +283,22 @@ def test_a_monitored_job_the_kernel_refuses_to_start_is_one_line_126_and_not_cou
     box.write_config("[profiles.default]\nmonitor = true\n")
     job = _write_exe(box.bin / "job", b"echo no shebang line\n")
     done = box.run("run", "--", str(job))
-    assert (done.returncode, done.stderr) == (126, f"gpurouter: {job}: cannot be executed: not a binary this "
-                                                   "system runs and no #! line (Exec format error)\n")  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        126,
+        f"gpurouter: {job}: cannot be executed: not a binary this "
+        "system runs and no #! line (Exec format error)\n",
+    )
     assert [r["event"] for r in box.records()] == ["start", "exec_failed"]
     _assert_stats_count_no_job(box)
 
 
 # Item 3: output files are replaced only when they are regular files.
-@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
-def test_an_output_fifo_with_no_reader_is_refused_at_once_and_left_a_fifo(box: Box, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"]
+)
+def test_an_output_fifo_with_no_reader_is_refused_at_once_and_left_a_fifo(
+    box: Box, command: list[str]
+) -> None:
     fifo = box.root / "out"
     os.mkfifo(fifo)
     done = box.run(*command, str(fifo), timeout=20)
@@ -287,7 +335,9 @@ def _char_device(box: Box, name: str, minor: int) -> Path:
     return node
 
 
-@pytest.mark.parametrize("command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"])
+@pytest.mark.parametrize(
+    "command", [["report", "--html"], ["stats", "--prometheus"]], ids=["report-html", "prometheus"]
+)
 def test_a_character_device_is_written_through_never_replaced(box: Box, command: list[str]) -> None:
     full, null = _char_device(box, "full", 7), _char_device(box, "null", 3)
     done = box.run(*command, str(full))
@@ -306,7 +356,9 @@ def test_a_directory_or_socket_in_the_way_is_refused_in_one_line(box: Box) -> No
     try:
         done = box.run("report", "--html", str(place))
         assert (done.returncode, done.stderr) == (
-            125, f"gpurouter: report not written: {place}: is a socket, not a regular file (refusing to replace it)\n")
+            125,
+            f"gpurouter: report not written: {place}: is a socket, not a regular file (refusing to replace it)\n",
+        )
         assert place.is_socket()
     finally:
         server.close()
@@ -363,16 +415,20 @@ def test_a_slow_probe_command_dies_with_gpurouter_whatever_signal_ends_it(box: B
     from conftest import wait_for
 
     pid_file = box.root / "helper.pid"
-    helper = _write_exe(box.root / "slow-probe", f"#!/bin/sh\necho $$ > {pid_file}\nsleep 60\necho 5\n".encode())
+    helper = _write_exe(
+        box.root / "slow-probe", f"#!/bin/sh\necho $$ > {pid_file}\nsleep 60\necho 5\n".encode()
+    )
     box.write_config(f"""\
         probe_timeout = "120s"
         [profiles.true]
         probe = "command"
         probe_command = ["{helper}"]
         threshold = 10
-        """)  # fmt: skip
+        """)
     (box.root / "input.dat").write_text("data\n")
-    if signal_name == "SIGKILL" and not any(os.access(p, os.X_OK) for p in ("/usr/bin/setpriv", "/bin/setpriv")):
+    if signal_name == "SIGKILL" and not any(
+        os.access(p, os.X_OK) for p in ("/usr/bin/setpriv", "/bin/setpriv")
+    ):
         pytest.skip("a kill -9 reaches the helper through setpriv --pdeathsig (util-linux), not installed")
     started = box.start("run", "--", "true", str(box.root / "input.dat"))
     assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), timeout=20)
@@ -384,8 +440,9 @@ def test_a_slow_probe_command_dies_with_gpurouter_whatever_signal_ends_it(box: B
         # PR_SET_PDEATHSIG reaches the helper itself; its own children (the sleep) are not ours to
         # reach once gpurouter is gone without a word: they end with their work or on SIGPIPE.
         sleeper = []
-    assert wait_for(lambda: not _alive(helper_pid) and not any(_alive(p) for p in sleeper), timeout=5), \
+    assert wait_for(lambda: not _alive(helper_pid) and not any(_alive(p) for p in sleeper), timeout=5), (
         f"the probe helper outlived gpurouter ({signal_name})"
+    )
     if signal_name == "SIGINT":
         assert started.returncode == 130
     else:
@@ -393,18 +450,22 @@ def test_a_slow_probe_command_dies_with_gpurouter_whatever_signal_ends_it(box: B
     assert time.time() - pid_file.stat().st_mtime < 30  # long before the probe's timeout
 
 
-def test_a_probe_under_a_tiny_open_files_limit_falls_back_with_a_reason_not_an_internal_error(box: Box) -> None:
+def test_a_probe_under_a_tiny_open_files_limit_falls_back_with_a_reason_not_an_internal_error(
+    box: Box,
+) -> None:
     box.write_config("""\
         [profiles.true]
         probe = "command"
         probe_command = ["echo", "5"]
         threshold = 10
-        """)  # fmt: skip
+        """)
     (box.root / "input.dat").write_text("fresh\n")  # not in the probe cache
     done = _sh(box, f"ulimit -n 6; '{GPUROUTER}' run --verbose -- true input.dat")
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ("gpurouter: cpu (no metric (probe command could not run: Too many open files): "
-                           "fallback cpu), slot cpu.0\n")  # fmt: skip
+    assert done.stderr == (
+        "gpurouter: cpu (no metric (probe command could not run: Too many open files): "
+        "fallback cpu), slot cpu.0\n"
+    )
 
 
 # Items 10 and 11: the probe cache key and the probe command's argument.
@@ -414,7 +475,7 @@ def test_a_rewrite_that_keeps_size_and_mtime_is_probed_again(box: Box) -> None:
         probe = "command"
         probe_command = ["head", "-n1"]
         threshold = 500
-        """)  # fmt: skip
+        """)
     data = box.root / "input.dat"
     data.write_text("100\n")
     first = box.run("route", "--json", "--", "true", str(data))
@@ -435,10 +496,16 @@ def test_a_probe_command_gets_an_input_named_like_an_option_as_a_file(box: Box) 
         probe = "command"
         probe_command = ["wc", "-c"]
         threshold = 100
-        """)  # fmt: skip
+        """)
     (box.root / "--files0-from=list").write_text("12345678\n")  # wc would read a file list named `list`
-    done = subprocess.run([GPUROUTER, "route", "--json", "--", "true", "--files0-from=list"], env=box.env,
-                          cwd=box.root, capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [GPUROUTER, "route", "--json", "--", "true", "--files0-from=list"],
+        env=box.env,
+        cwd=box.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     import json
 
     decision = json.loads(done.stdout)
@@ -450,8 +517,14 @@ def test_a_relative_xdg_cache_home_writes_nothing_into_the_jobs_directory(box: B
     work = box.root / "work"
     work.mkdir()
     for _ in range(2):  # the first call memoises the config, the second reads the memo
-        done = subprocess.run([GPUROUTER, "run", "--", "true"], env={**box.env, "XDG_CACHE_HOME": "cache"},
-                              cwd=work, capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [GPUROUTER, "run", "--", "true"],
+            env={**box.env, "XDG_CACHE_HOME": "cache"},
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     assert list(work.iterdir()) == []
     assert (Path(box.env["HOME"]) / ".cache" / "gpurouter").is_dir()  # $HOME/.cache instead, as the spec says
@@ -462,8 +535,14 @@ def test_a_relative_xdg_config_home_is_not_searched_for_a_config(box: Box) -> No
     (work / "rel" / "gpurouter").mkdir(parents=True)
     (work / "rel" / "gpurouter" / "config.toml").write_text("busy_exit_code = 99\n")
     env = {k: v for k, v in box.env.items() if k != "GPUROUTER_CONFIG"}
-    done = subprocess.run([GPUROUTER, "config"], env={**env, "XDG_CONFIG_HOME": "rel"}, cwd=work,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [GPUROUTER, "config"],
+        env={**env, "XDG_CONFIG_HOME": "rel"},
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "rel/gpurouter/config.toml" not in done.stdout and "99" not in done.stdout
 
@@ -473,26 +552,40 @@ def test_a_relative_xdg_config_home_is_not_searched_for_a_config(box: Box) -> No
 @pytest.mark.parametrize("value", ["²", "٣", "1²"])
 def test_slot_counts_must_be_ascii_digits(box: Box, command: str, value: str) -> None:
     done = box.run(command, "--gpu-slots", value, "--", "true")
-    assert (done.returncode, done.stderr) == (2, f"gpurouter: --gpu-slots must be an integer from 1 to 1024, "
-                                                 f"got {value!r}\n")  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"gpurouter: --gpu-slots must be an integer from 1 to 1024, got {value!r}\n",
+    )
 
 
-@pytest.mark.parametrize(("digits", "says"), [
-    (400, "profiles.p.threshold: not a finite number"),
-    (4301, "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits"),
-], ids=["400-digits", "4301-digits"])  # fmt: skip
-@pytest.mark.parametrize("command", [["config"], ["run", "--profile", "p", "--", "true"]], ids=["config", "run"])
-def test_a_huge_toml_integer_is_a_config_error_naming_the_file(box: Box, digits: int, says: str,
-                                                               command: list[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("digits", "says"),
+    [
+        (400, "profiles.p.threshold: not a finite number"),
+        (
+            4301,
+            "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits",
+        ),
+    ],
+    ids=["400-digits", "4301-digits"],
+)
+@pytest.mark.parametrize(
+    "command", [["config"], ["run", "--profile", "p", "--", "true"]], ids=["config", "run"]
+)
+def test_a_huge_toml_integer_is_a_config_error_naming_the_file(
+    box: Box, digits: int, says: str, command: list[str]
+) -> None:
     box.write_config(f'[profiles.p]\nprobe = "size"\nthreshold = {"9" * digits}\n')
     done = box.run(*command)
     assert (done.returncode, done.stderr) == (78, f"gpurouter: {box.config}: {says}\n")
 
 
 def test_a_huge_route_vram_is_a_config_error_in_one_short_line(box: Box) -> None:
-    box.write_config(f'[profiles.p.gpu]\nvram_mib = {"9" * 400}\n')
+    box.write_config(f"[profiles.p.gpu]\nvram_mib = {'9' * 400}\n")
     done = box.run("config")
-    assert done.returncode == 78 and done.stderr.startswith(f"gpurouter: {box.config}: profiles.p.gpu.vram_mib: must")
+    assert done.returncode == 78 and done.stderr.startswith(
+        f"gpurouter: {box.config}: profiles.p.gpu.vram_mib: must"
+    )
     assert done.stderr.endswith(" characters)\n") and "..." in done.stderr and len(done.stderr) < 500
 
 
@@ -506,9 +599,17 @@ def test_a_journal_write_cut_short_by_the_file_size_limit_says_so_and_leaves_no_
     def cap_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run([GPUROUTER, "run", "--", "true"], env=box.env, capture_output=True, text=True,
-                          timeout=60, preexec_fn=cap_file_size)  # fmt: skip
+    done = subprocess.run(
+        [GPUROUTER, "run", "--", "true"],
+        env=box.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap_file_size,
+    )
     assert done.returncode == 0
     assert done.stderr.startswith(f"gpurouter: warning: journal {box.journal}: short write (50 of ")
-    assert done.stderr.endswith(f" bytes: File too large: the file size limit (ulimit -f) is {limit} bytes)\n")
+    assert done.stderr.endswith(
+        f" bytes: File too large: the file size limit (ulimit -f) is {limit} bytes)\n"
+    )
     assert box.journal.stat().st_size == limit - 50  # the fragment was cut back

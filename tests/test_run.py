@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import WHISPER_PROFILE, Box, wait_for
 
 
@@ -19,7 +18,12 @@ def test_a_short_wav_goes_to_the_gpu_with_the_gpu_args(box: Box, media: dict[str
     assert done.returncode == 0, done.stderr
     assert f"args: {media['wav2']} --device cuda" in done.stdout
     (start,) = box.records()
-    assert (start["event"], start["route"], start["profile"], start["metric"]) == ("start", "gpu", "transcribe", 2.0)
+    assert (start["event"], start["route"], start["profile"], start["metric"]) == (
+        "start",
+        "gpu",
+        "transcribe",
+        2.0,
+    )
     assert start["reason"] == "duration 2s < threshold 5s"
     assert start["via"] == "native:wav"
 
@@ -185,8 +189,9 @@ def test_a_bad_forced_route_is_a_usage_error(box: Box) -> None:
 
 def test_run_options_override_the_profile(box: Box, media: dict[str, Path]) -> None:
     box.write_config(WHISPER_PROFILE)
-    done = box.run("run", "--threshold", "10s", "--gpu-args", "--device 'cuda:1'", "--",
-                   "transcribe", str(media["wav8"]))  # fmt: skip
+    done = box.run(
+        "run", "--threshold", "10s", "--gpu-args", "--device 'cuda:1'", "--", "transcribe", str(media["wav8"])
+    )
     assert done.stdout.strip().endswith("--device cuda:1")
 
 
@@ -232,8 +237,13 @@ def test_route_is_a_dry_run_that_executes_nothing(box: Box, media: dict[str, Pat
 
 
 def test_a_job_killed_by_a_signal_reports_it_like_a_shell_would(box: Box) -> None:
-    done = subprocess.run(["sh", "-c", 'gpurouter run -- sh -c "kill -9 \\$\\$"; echo $?'],
-                          env=box.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        ["sh", "-c", 'gpurouter run -- sh -c "kill -9 \\$\\$"; echo $?'],
+        env=box.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.stdout.strip() == "137"
     assert os.path.exists(box.journal)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import pytest
 
+import pytest
 from conftest import Box
 
-pytestmark = pytest.mark.skipif(shutil.which("parallel") is None,
-                                reason="GNU parallel is not installed (the test set-up installs it)")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    shutil.which("parallel") is None, reason="GNU parallel is not installed (the test set-up installs it)"
+)
 
 
 def overlap(lines: list[list[str]]) -> int:
@@ -27,10 +28,25 @@ def test_fail_fast_under_parallel_retries_runs_every_job_exactly_once(box: Box) 
     attempt = box.root / "attempt.sh"  # records each attempt's exit status (parallel's joblog keeps the last)
     attempt.write_text(f'gpurouter run -- transcribe "$1"; rc=$?; echo "$1 $rc" >> {attempts}; exit $rc\n')
     done = subprocess.run(
-        ["parallel", "-j", "4", "--retries", "200", "--delay", "0.02",
-         "sh", str(attempt), "{}", ":::", *[f"job{i}" for i in range(8)]],
-        env={**box.env, "JOB_SLEEP": "0.1"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "parallel",
+            "-j",
+            "4",
+            "--retries",
+            "200",
+            "--delay",
+            "0.02",
+            "sh",
+            str(attempt),
+            "{}",
+            ":::",
+            *[f"job{i}" for i in range(8)],
+        ],
+        env={**box.env, "JOB_SLEEP": "0.1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = box.job_lines()
     started = sorted(line[3] for line in lines if line[0] == "start")
@@ -45,9 +61,23 @@ def test_fail_fast_under_parallel_retries_runs_every_job_exactly_once(box: Box) 
 def test_blocking_under_parallel_needs_no_retries(box: Box) -> None:
     box.write_config("[profiles.transcribe]\nwait = 'block'\n[profiles.transcribe.gpu]\nslots = 2\n")
     done = subprocess.run(
-        ["parallel", "-j", "6", "gpurouter", "run", "--", "transcribe", "{}", ":::", *[f"job{i}" for i in range(6)]],
-        env={**box.env, "JOB_SLEEP": "0.2"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "parallel",
+            "-j",
+            "6",
+            "gpurouter",
+            "run",
+            "--",
+            "transcribe",
+            "{}",
+            ":::",
+            *[f"job{i}" for i in range(6)],
+        ],
+        env={**box.env, "JOB_SLEEP": "0.2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = box.job_lines()
     assert sorted(line[3] for line in lines if line[0] == "start") == sorted(f"job{i}" for i in range(6))

@@ -125,8 +125,10 @@ def test_a_lock_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_kill_9_of_a_holder_releases_the_slot_at_once(tmp_path: Path) -> None:
-    code = ("import sys, time; from gpurouter.job.slots import acquire_slot;"
-            f"s = acquire_slot({str(tmp_path)!r}, 'gpu', 1, 0); print('held', flush=True); time.sleep(60)")  # fmt: skip
+    code = (
+        "import sys, time; from gpurouter.job.slots import acquire_slot;"
+        f"s = acquire_slot({str(tmp_path)!r}, 'gpu', 1, 0); print('held', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"

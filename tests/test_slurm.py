@@ -16,25 +16,26 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 import slurm_cluster as cluster
 from conftest import GPUROUTER, Box, wait_for
+
+from gpurouter.backends import slurm, srun
+from gpurouter.errors import NoFreeSlot
 from gpurouter.job import config
 from gpurouter.job import settings as settings_model
-from gpurouter.backends import slurm, srun
 from gpurouter.observe import slurm_queue
-from gpurouter.errors import NoFreeSlot
 
 # ---------------------------------------------------------------- the srun request (no cluster needed)
 
 
 def _slurm(**table: object) -> settings_model.SlurmSettings:
-    return settings_model.SlurmSettings(**{"partition": None, "account": None, "srun_args": (), "time": None,
-                                           "srun": "srun", **table})  # fmt: skip
+    return settings_model.SlurmSettings(
+        **{"partition": None, "account": None, "srun_args": (), "time": None, "srun": "srun", **table}
+    )
 
 
 def _spec(route: str = "gpu", **table: object) -> settings_model.RouteSpec:
@@ -42,8 +43,10 @@ def _spec(route: str = "gpu", **table: object) -> settings_model.RouteSpec:
     return config.validate(document, "test", None).profiles["p"].route(route)
 
 
-@pytest.mark.parametrize(("wait_s", "expected"), [(0.0, ["--immediate"]), (9.2, ["--immediate=10"]),
-                                                   (0.3, ["--immediate=1"]), (math.inf, [])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("wait_s", "expected"),
+    [(0.0, ["--immediate"]), (9.2, ["--immediate=10"]), (0.3, ["--immediate=1"]), (math.inf, [])],
+)
 def test_the_wait_policy_maps_to_immediate(wait_s: float, expected: list[str]) -> None:
     argv, env = srun.srun_argv(_slurm(), _spec(), wait_s, 75, ["/bin/job"], "gpurouter:p")
     assert [a for a in argv if a.startswith("--immediate")] == expected
@@ -52,11 +55,27 @@ def test_the_wait_policy_maps_to_immediate(wait_s: float, expected: list[str]) -
 
 def test_the_gpu_route_asks_gres_cpus_memory_time_partition_and_account() -> None:
     settings = _slurm(partition="gpu", account="media", time="2:00:00", srun_args=("--constraint=a4000",))
-    argv, _ = srun.srun_argv(settings, _spec(gpus=2, threads=4, ram_mib=8000), 0, 75,
-                              ["/bin/job", "-x"], "gpurouter:p", prolog="/proc/self/fd/5", comment="c")  # fmt: skip
+    argv, _ = srun.srun_argv(
+        settings,
+        _spec(gpus=2, threads=4, ram_mib=8000),
+        0,
+        75,
+        ["/bin/job", "-x"],
+        "gpurouter:p",
+        prolog="/proc/self/fd/5",
+        comment="c",
+    )
     assert argv[0] == "srun" and argv[-3:] == ["--", "/bin/job", "-x"]
-    for option in ("--job-name=gpurouter:p", "--partition=gpu", "--account=media", "--time=2:00:00",
-                   "--gres=gpu:2", "--cpus-per-task=4", "--mem=8000M", "--prolog=/proc/self/fd/5"):  # fmt: skip
+    for option in (
+        "--job-name=gpurouter:p",
+        "--partition=gpu",
+        "--account=media",
+        "--time=2:00:00",
+        "--gres=gpu:2",
+        "--cpus-per-task=4",
+        "--mem=8000M",
+        "--prolog=/proc/self/fd/5",
+    ):
         assert option in argv
     assert argv.index("--constraint=a4000") > argv.index("--gres=gpu:2")  # srun_args come last: they win
 
@@ -70,8 +89,9 @@ def test_the_cpu_route_asks_cpus_and_memory_and_no_gpu() -> None:
 def test_gpus_auto_asks_the_jobs_world_size() -> None:
     argv, _ = srun.srun_argv(_slurm(), _spec(gpus="auto"), 0, 75, ["/j"], "n")
     assert "--gres=gpu:1" in argv
-    argv, _ = srun.srun_argv(_slurm(), _spec(gpus="auto"), 0, 75,
-                              ["/vllm", "serve", "--tensor-parallel-size", "2"], "n")  # fmt: skip
+    argv, _ = srun.srun_argv(
+        _slurm(), _spec(gpus="auto"), 0, 75, ["/vllm", "serve", "--tensor-parallel-size", "2"], "n"
+    )
     assert "--gres=gpu:2" in argv
 
 
@@ -81,13 +101,20 @@ def test_srun_args_may_not_replace_the_prolog() -> None:
 
 
 def test_inherited_slurm_variables_do_not_reach_srun() -> None:
-    env = srun.srun_environment({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "9", "SLURM_CONF": "/c",
-                                  "PATH": "/bin"}, {"SLURM_EXIT_IMMEDIATE": "75"})  # fmt: skip
+    env = srun.srun_environment(
+        {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "9", "SLURM_CONF": "/c", "PATH": "/bin"},
+        {"SLURM_EXIT_IMMEDIATE": "75"},
+    )
     assert env == {"SLURM_CONF": "/c", "PATH": "/bin", "SLURM_EXIT_IMMEDIATE": "75"}
 
 
-PROLOG_ENV = {"SLURM_JOB_ID": "12", "SLURM_STEP_ID": "0", "SLURM_NODELIST": "node7", "PATH": "/usr/bin:/bin",
-              "SLURM_SCRIPT_CONTEXT": "prolog_srun"}  # fmt: skip
+PROLOG_ENV = {
+    "SLURM_JOB_ID": "12",
+    "SLURM_STEP_ID": "0",
+    "SLURM_NODELIST": "node7",
+    "PATH": "/usr/bin:/bin",
+    "SLURM_SCRIPT_CONTEXT": "prolog_srun",
+}
 
 
 @pytest.fixture
@@ -101,8 +128,13 @@ def prolog(tmp_path: Path) -> Path:
 def test_the_prolog_reports_the_job_and_prints_nothing(prolog: Path) -> None:
     read_end, write_end = os.pipe()
     # bash as srun's stand-in: it hands the pipe over as fd 9 and stays the prolog's parent
-    done = subprocess.run(["bash", "-c", f'"$0" job arg 9>&{write_end}; echo parent-alive', str(prolog)],
-                          env=PROLOG_ENV, capture_output=True, text=True, pass_fds=(write_end,))  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", f'"$0" job arg 9>&{write_end}; echo parent-alive', str(prolog)],
+        env=PROLOG_ENV,
+        capture_output=True,
+        text=True,
+        pass_fds=(write_end,),
+    )
     os.close(write_end)
     assert (done.returncode, done.stdout, done.stderr) == (0, "parent-alive\n", "")
     assert os.read(read_end, 100) == b"12 0 node7\n"
@@ -110,16 +142,22 @@ def test_the_prolog_reports_the_job_and_prints_nothing(prolog: Path) -> None:
 
 
 def test_the_prolog_without_fd_9_does_nothing(prolog: Path) -> None:
-    done = subprocess.run(["bash", "-c", '"$0"; echo parent-alive', str(prolog)], env=PROLOG_ENV,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", '"$0"; echo parent-alive', str(prolog)], env=PROLOG_ENV, capture_output=True, text=True
+    )
     assert (done.returncode, done.stdout, done.stderr) == (0, "parent-alive\n", "")
 
 
 def test_the_prolog_kills_srun_when_gpurouter_is_gone(prolog: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # gpurouter died: nobody reads the report
-    done = subprocess.run(["bash", "-c", f'"$0" 9>&{write_end}; echo parent-alive', str(prolog)],
-                          env=PROLOG_ENV, capture_output=True, text=True, pass_fds=(write_end,))  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", f'"$0" 9>&{write_end}; echo parent-alive', str(prolog)],
+        env=PROLOG_ENV,
+        capture_output=True,
+        text=True,
+        pass_fds=(write_end,),
+    )
     os.close(write_end)
     assert done.returncode == -signal.SIGKILL and done.stdout == ""
 
@@ -195,12 +233,19 @@ class SlurmBox:
             {cpu}
         """)
 
-    def start(self, *command: str, route: str = "gpu", wait: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[str]:  # fmt: skip
+    def start(
+        self, *command: str, route: str = "gpu", wait: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         options = ["--profile", self.profile, "--route", route] + (["--wait", wait] if wait else [])
         argv = cluster.gpurouter_command(GPUROUTER, "run", *options, "--", *command)
-        process = subprocess.Popen(argv, env={**self.env, **(env or {})}, text=True, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        process = subprocess.Popen(
+            argv,
+            env={**self.env, **(env or {})},
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.processes.append(process)
         return process
 
@@ -230,7 +275,9 @@ def sbox(slurm_cluster: str, box: Box) -> Iterator[SlurmBox]:
     at a time on this machine: several test runs at once (two checkouts, CI and a developer) would
     otherwise take each other's GPUs and miscount."""
     with cluster.exclusive_use():
-        assert wait_for(lambda: cluster.free_gpus_node()[1] == 0, timeout=60), "the node's GPUs stay allocated"
+        assert wait_for(lambda: cluster.free_gpus_node()[1] == 0, timeout=60), (
+            "the node's GPUs stay allocated"
+        )
         made = SlurmBox(box)
         made.configure()
         yield made
@@ -277,8 +324,10 @@ def test_the_job_sees_cuda_visible_devices_from_the_allocation(sbox: SlurmBox, s
 
 def test_the_cpu_route_gets_its_cpus_and_memory_and_no_gpu(sbox: SlurmBox) -> None:
     sbox.configure(cpu="threads = 3\nram_mib = 100")
-    show = ("echo CVD=${CUDA_VISIBLE_DEVICES:-none} CPUS=$SLURM_CPUS_PER_TASK OMP=$OMP_NUM_THREADS; "
-            "scontrol show job -o $SLURM_JOB_ID")  # fmt: skip
+    show = (
+        "echo CVD=${CUDA_VISIBLE_DEVICES:-none} CPUS=$SLURM_CPUS_PER_TASK OMP=$OMP_NUM_THREADS; "
+        "scontrol show job -o $SLURM_JOB_ID"
+    )
     code, out, err = sbox.run("sh", "-c", show, "sh", "--device", route="cpu")
     assert code == 0, err
     assert "CVD=none CPUS=3 OMP=3" in out
@@ -301,8 +350,20 @@ def test_a_job_killed_by_a_signal_passes_its_status_through(sbox: SlurmBox) -> N
 
 
 def test_a_nested_call_inside_the_job_runs_in_the_same_allocation(sbox: SlurmBox) -> None:
-    inner = shlex.join(cluster.gpurouter_command(GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu",
-                                               "--", "sh", "-c", "echo inner=$SLURM_JOB_ID"))  # fmt: skip
+    inner = shlex.join(
+        cluster.gpurouter_command(
+            GPUROUTER,
+            "run",
+            "--profile",
+            sbox.profile,
+            "--route",
+            "gpu",
+            "--",
+            "sh",
+            "-c",
+            "echo inner=$SLURM_JOB_ID",
+        )
+    )
     code, out, err = sbox.run("sh", "-c", f"echo outer=$SLURM_JOB_ID; {inner}")
     assert code == 0, err
     outer_id = out.split("outer=")[1].split()[0]
@@ -344,7 +405,8 @@ def test_kill_9_of_gpurouter_leaves_no_allocation_behind(sbox: SlurmBox) -> None
 
 
 def test_a_gpurouter_killed_right_after_the_start_report_still_takes_its_job_along(
-        sbox: SlurmBox, tmp_path: Path) -> None:  # fmt: skip
+    sbox: SlurmBox, tmp_path: Path
+) -> None:
     """srun blocks SIGTERM until the step is launched, ~1 ms after the prolog: a PDEATHSIG in that gap
     is lost. The prolog looks again 0.2 s later and SIGKILLs srun (its helper cancels the job)."""
     prolog = tmp_path / "prolog"
@@ -352,9 +414,16 @@ def test_a_gpurouter_killed_right_after_the_start_report_still_takes_its_job_alo
     prolog.chmod(0o700)
     for _ in range(3):
         read_end, write_end = os.pipe()
-        srun_process = subprocess.Popen(["bash", "-c", f'exec srun --quiet --job-name={sbox.job_name} --gres=gpu:1 '
-                                         f'--prolog={prolog} -- sleep 30 9>&{write_end}'],
-                                        pass_fds=(write_end,), stdin=subprocess.DEVNULL)  # fmt: skip
+        srun_process = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                f"exec srun --quiet --job-name={sbox.job_name} --gres=gpu:1 "
+                f"--prolog={prolog} -- sleep 30 9>&{write_end}",
+            ],
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+        )
         os.close(write_end)
         assert os.read(read_end, 100).endswith(b"\n")
         os.close(read_end)  # gpurouter "dies" the instant it has the report...
@@ -365,10 +434,17 @@ def test_a_gpurouter_killed_right_after_the_start_report_still_takes_its_job_alo
 
 def test_kill_9_of_gpurouters_process_group_leaves_no_allocation_behind(sbox: SlurmBox) -> None:
     """What `kill -9 -PGID` and many runners do: srun is in a group of its own and outlives it briefly."""
-    argv = cluster.gpurouter_command(GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--",
-                                     "sh", "-c", "exec sleep 300")  # fmt: skip (no child left to outlive the task)
-    job = subprocess.Popen(argv, env=sbox.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    argv = cluster.gpurouter_command(
+        GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--", "sh", "-c", "exec sleep 300"
+    )  # no child left to outlive the task
+    job = subprocess.Popen(
+        argv,
+        env=sbox.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     sbox.processes.append(job)  # type: ignore[arg-type]
     sbox.wait_for_start()
     os.killpg(job.pid, signal.SIGKILL)
@@ -381,10 +457,17 @@ def test_kill_9_of_gpurouters_process_group_leaves_no_allocation_behind(sbox: Sl
 def test_kill_9_of_gpurouter_and_srun_together_is_cleaned_up_by_inactive_limit(sbox: SlurmBox) -> None:
     """The backstop: gpurouter, srun and srun's helper all SIGKILLed at once (a cgroup kill, the OOM
     killer): nothing of ours is left to cancel; slurmctld's InactiveLimit revokes the job."""
-    argv = cluster.gpurouter_command(GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--",
-                                     "sh", "-c", "exec sleep 300")  # fmt: skip (no child left to outlive the task)
-    job = subprocess.Popen(argv, env=sbox.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    argv = cluster.gpurouter_command(
+        GPUROUTER, "run", "--profile", sbox.profile, "--route", "gpu", "--", "sh", "-c", "exec sleep 300"
+    )  # no child left to outlive the task
+    job = subprocess.Popen(
+        argv,
+        env=sbox.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         sbox.wait_for_start()
         (srun,) = cluster.children_of(job.pid)
@@ -420,7 +503,9 @@ def test_a_signal_while_queued_withdraws_the_job(sbox: SlurmBox) -> None:
     assert wait_for(lambda: any(j["state"] == "PENDING" for j in cluster.squeue(sbox.job_name)), timeout=10)
     queued.send_signal(signal.SIGTERM)
     assert queued.wait(timeout=10) == -signal.SIGTERM  # never started: gpurouter dies of the signal
-    assert wait_for(lambda: not any(j["state"] == "PENDING" for j in cluster.squeue(sbox.job_name)), timeout=10)
+    assert wait_for(
+        lambda: not any(j["state"] == "PENDING" for j in cluster.squeue(sbox.job_name)), timeout=10
+    )
     (cancelled,) = sbox.records("cancelled")
     assert cancelled["cancelled_by"] == "SIGTERM"
     for holder in holders:
@@ -433,8 +518,10 @@ def test_status_shows_gpurouters_running_and_pending_jobs(sbox: SlurmBox, slurm_
         sbox.start("transcribe", str(i), env={"JOB_SLEEP": "20"})
     sbox.wait_for_start(2)
     settings = config.load(str(sbox.box.config), sbox.env)
-    assert wait_for(lambda: len([j for j in slurm_queue.slurm_jobs(settings) if j["profile"] == sbox.profile]) == 3,
-                    timeout=10)  # fmt: skip
+    assert wait_for(
+        lambda: len([j for j in slurm_queue.slurm_jobs(settings) if j["profile"] == sbox.profile]) == 3,
+        timeout=10,
+    )
     mine = [j for j in slurm_queue.slurm_jobs(settings) if j["profile"] == sbox.profile]
     assert sorted(j["state"] for j in mine) == ["PENDING", "RUNNING", "RUNNING"]
     running = [j for j in mine if j["state"] == "RUNNING"]
@@ -447,8 +534,11 @@ def test_status_shows_gpurouters_running_and_pending_jobs(sbox: SlurmBox, slurm_
 
 
 def test_a_missing_srun_is_one_clear_line_and_exit_125(sbox: SlurmBox) -> None:
-    sbox.box.config.write_text(sbox.box.config.read_text().replace('kind = "slurm"',
-                                                                   'kind = "slurm"\n[backend.slurm]\nsrun = "no-such-srun"'))
+    sbox.box.config.write_text(
+        sbox.box.config.read_text().replace(
+            'kind = "slurm"', 'kind = "slurm"\n[backend.slurm]\nsrun = "no-such-srun"'
+        )
+    )
     code, _, err = sbox.run("transcribe", "x")
     assert code == 125, err
     assert "no-such-srun" in err and err.count("\n") == 1

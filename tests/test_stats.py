@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, touch, write
 
+from gpurouter.cli import cli
 from gpurouter.job import journal_reader
 from gpurouter.observe import stats
-from gpurouter.cli import cli
 
 GPU_FAIL_FAST = """
 [profiles.whisper]
@@ -73,8 +73,14 @@ def test_lines_decoded_as_json_and_lines_cut_from_the_bytes_give_the_same_figure
 
 
 def test_a_quote_in_the_arguments_cannot_fake_a_pool(tmp_path: Path) -> None:
-    rec = record("busy", "whisper", "gpu", T0, argv=["whisper", 'x","pool":"evil', "in.wav"],
-                 input='in","pool":"evil.wav')  # fmt: skip
+    rec = record(
+        "busy",
+        "whisper",
+        "gpu",
+        T0,
+        argv=["whisper", 'x","pool":"evil', "in.wav"],
+        input='in","pool":"evil.wav',
+    )
     summary = _summary(tmp_path, [rec, rec])
     assert list(summary["pools"]) == ["gpu"]
     assert summary["profiles"]["whisper"]["busy_by_pool"] == {"gpu": 2}
@@ -111,7 +117,11 @@ def test_rotated_journals_are_read_oldest_first_gzip_included(tmp_path: Path) ->
     touch(tmp_path / "journal.jsonl-20260922.gz", T0 + 60)
     touch(tmp_path / "journal.jsonl.1", T0 + 110)
     assert [Path(p).name for p in journal_reader.journal_files(str(live))] == [
-        "journal.jsonl.2.gz", "journal.jsonl-20260922.gz", "journal.jsonl.1", "journal.jsonl"]  # fmt: skip
+        "journal.jsonl.2.gz",
+        "journal.jsonl-20260922.gz",
+        "journal.jsonl.1",
+        "journal.jsonl",
+    ]
     summary = stats.summarise(settings_for(tmp_path, "", live))
     whisper = summary["profiles"]["whisper"]
     assert (whisper["gpu"], whisper["cpu"], whisper["busy"]) == (2, 1, 1)
@@ -139,8 +149,18 @@ def test_monitored_runs_give_durations_peak_vram_and_oom_fallbacks(tmp_path: Pat
         "whisper", 20, 1300, T0 + 1000, run_id="b"
     )
     records += monitored_run("whisper", 30, None, T0 + 2000, run_id="c", exit_status=1)
-    records.append(record("oom", "whisper", "gpu", T0 + 2100, 1800.0, run_id="c", pattern="CUDA out of memory",
-                          exit_status=1))  # fmt: skip
+    records.append(
+        record(
+            "oom",
+            "whisper",
+            "gpu",
+            T0 + 2100,
+            1800.0,
+            run_id="c",
+            pattern="CUDA out of memory",
+            exit_status=1,
+        )
+    )
     records += monitored_run("whisper", 30, None, T0 + 2200, route="cpu", run_id="d", retry_of="c")
     row = _summary(tmp_path, records)["profiles"]["whisper"]
     assert row["duration_s"]["gpu"]["n"] == 3 and row["duration_s"]["cpu"]["n"] == 1
@@ -150,8 +170,22 @@ def test_monitored_runs_give_durations_peak_vram_and_oom_fallbacks(tmp_path: Pat
 
 
 def test_evictions_are_counted_by_victim(tmp_path: Path) -> None:
-    records = [record("evict", "comfy", "gpu", T0 + i, victim="ollama", ok=i != 2, problem=None, device=0,
-                      free_mib_before=1000, free_mib_after=9000, asked_by="comfy") for i in range(3)]  # fmt: skip
+    records = [
+        record(
+            "evict",
+            "comfy",
+            "gpu",
+            T0 + i,
+            victim="ollama",
+            ok=i != 2,
+            problem=None,
+            device=0,
+            free_mib_before=1000,
+            free_mib_after=9000,
+            asked_by="comfy",
+        )
+        for i in range(3)
+    ]
     assert _summary(tmp_path, records)["evictions"] == {"ollama": {"ok": 2, "failed": 1}}
 
 
@@ -268,7 +302,7 @@ def test_heavy_extras_are_imported_only_inside_functions() -> None:
         for node in tree.body:  # module level only: function bodies may import them
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not any(n.split(".")[0] in HEAVY_EXTRAS + ("click",) for n in names), (name, names)
+                assert not any(n.split(".")[0] in (*HEAVY_EXTRAS, "click") for n in names), (name, names)
 
 
 def test_the_cli_loads_no_observability_module_until_a_command_needs_it() -> None:

@@ -15,11 +15,20 @@ from journal_factory import T0, record, settings_for
 
 from gpurouter.observe import status, top
 
-DEVICE_FILE = {"devices": [
-    {"index": 0, "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000", "name": "NVIDIA RTX A4000",
-     "memory_total_mib": 16376, "memory_used_mib": 9200, "utilization_percent": 75, "temperature_c": 61,
-     "power_w": 95.5},
-]}  # fmt: skip
+DEVICE_FILE = {
+    "devices": [
+        {
+            "index": 0,
+            "uuid": "GPU-6f1c2a00-0000-0000-0000-000000000000",
+            "name": "NVIDIA RTX A4000",
+            "memory_total_mib": 16376,
+            "memory_used_mib": 9200,
+            "utilization_percent": 75,
+            "temperature_c": 61,
+            "power_w": 95.5,
+        },
+    ]
+}
 ONE_GPU_SLOT = """
 [profiles.whisper.gpu]
 slots = 1
@@ -31,9 +40,15 @@ def env(tmp_path: Path) -> dict[str, str]:
     devices = tmp_path / "devices.json"
     devices.write_text(json.dumps(DEVICE_FILE))
     settings_for(tmp_path, ONE_GPU_SLOT)
-    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-            "GPUROUTER_CONFIG": str(tmp_path / "config.toml"), "GPUROUTER_NVML_FILE": str(devices),
-            "LANG": "C.UTF-8", "TERM": "xterm-256color"}  # fmt: skip
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "GPUROUTER_CONFIG": str(tmp_path / "config.toml"),
+        "GPUROUTER_NVML_FILE": str(devices),
+        "LANG": "C.UTF-8",
+        "TERM": "xterm-256color",
+    }
 
 
 @pytest.fixture
@@ -41,13 +56,33 @@ def jobs(tmp_path: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
     """A real job holding the only GPU slot and a second one blocked waiting for it."""
     started = []
     try:
-        holder = subprocess.Popen([GPUROUTER, "run", "--profile", "whisper", "--route", "gpu", "--", "sleep", "60"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        holder = subprocess.Popen(
+            [GPUROUTER, "run", "--profile", "whisper", "--route", "gpu", "--", "sleep", "60"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         started.append(holder)
         settings = settings_for(tmp_path, ONE_GPU_SLOT)
         assert wait_for(lambda: any(r.holder for r in status.slot_rows(settings) if r.pool == "gpu"))
-        waiter = subprocess.Popen([GPUROUTER, "run", "--profile", "whisper", "--route", "gpu", "--wait", "block",
-                                   "--", "sleep", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        waiter = subprocess.Popen(
+            [
+                GPUROUTER,
+                "run",
+                "--profile",
+                "whisper",
+                "--route",
+                "gpu",
+                "--wait",
+                "block",
+                "--",
+                "sleep",
+                "60",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         started.append(waiter)
         assert wait_for(lambda: any(r.waiters for r in status.slot_rows(settings) if r.pool == "gpu"))
         yield holder, waiter
@@ -81,8 +116,13 @@ def test_once_prints_devices_holders_waiters_and_events_as_plain_text(env: dict[
 
 
 def test_once_without_a_gpu_says_so(tmp_path: Path, env: dict[str, str]) -> None:
-    done = subprocess.run([GPUROUTER, "top", "--once"], env={**env, "GPUROUTER_NVML_FILE": str(tmp_path / "none")},
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        [GPUROUTER, "top", "--once"],
+        env={**env, "GPUROUTER_NVML_FILE": str(tmp_path / "none")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0
     assert any(
         line.startswith("  no GPU: ") and "does not exist" in line for line in done.stdout.splitlines()
@@ -91,8 +131,16 @@ def test_once_without_a_gpu_says_so(tmp_path: Path, env: dict[str, str]) -> None
 
 
 def test_a_frame_fits_the_terminal_keeping_the_newest_events() -> None:
-    data = {"now": T0, "journal": "/j", "gpu_source": "file", "gpu_message": None, "devices": [], "residents": [],
-            "slots": [], "events": [record("busy", f"p{i}", at=T0 + i) for i in range(50)]}  # fmt: skip
+    data = {
+        "now": T0,
+        "journal": "/j",
+        "gpu_source": "file",
+        "gpu_message": None,
+        "devices": [],
+        "residents": [],
+        "slots": [],
+        "events": [record("busy", f"p{i}", at=T0 + i) for i in range(50)],
+    }
     lines = top.frame(data, width=40, height=20)
     assert len(lines) == 20 and all(len(line) <= 40 for line in lines)
     assert lines[-1].split()[2] == "p49"
@@ -113,8 +161,9 @@ class _Tmux:
         self.env = env
 
     def __call__(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-S", self.socket, *args], env=self.env, capture_output=True, text=True,
-                              timeout=10)  # fmt: skip
+        done = subprocess.run(
+            ["tmux", "-S", self.socket, *args], env=self.env, capture_output=True, text=True, timeout=10
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 

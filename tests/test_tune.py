@@ -12,13 +12,16 @@ import pytest
 from click.testing import CliRunner
 from journal_factory import T0, monitored_run, record, settings_for, write
 
-from gpurouter.job import config
-from gpurouter.gpu import fit
-from gpurouter.observe import tune
 from gpurouter.cli import cli
+from gpurouter.gpu import fit
+from gpurouter.job import config
+from gpurouter.observe import tune
 
-DEVICES = {"devices": [{"index": 0, "uuid": "GPU-0", "name": "RTX A4000", "memory_total_mib": 16376,
-                        "memory_used_mib": 3000}]}  # fmt: skip
+DEVICES = {
+    "devices": [
+        {"index": 0, "uuid": "GPU-0", "name": "RTX A4000", "memory_total_mib": 16376, "memory_used_mib": 3000}
+    ]
+}
 CONFIG = """\
 # gpurouter on the transcription box
 lock_dir = "{lock_dir}"   # shared by every user
@@ -80,11 +83,14 @@ def test_the_threshold_keeps_the_worst_under_estimate_as_margin() -> None:
     assert fit.threshold_for(model, 2000) == pytest.approx((2000 - model.intercept - 60) / model.slope)
 
 
-@pytest.mark.parametrize(("points", "budget", "expected"), [
-    pytest.param([(1, 500), (2, 500), (3, 500)], 600, math.inf, id="flat-and-fits: any job fits"),
-    pytest.param([(1, 500), (2, 500), (3, 500)], 400, 0.0, id="flat-and-too-big: none fits"),
-    pytest.param([(1, 500), (2, 600), (3, 700)], 300, 0.0, id="even-metric-0-is-too-big"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("points", "budget", "expected"),
+    [
+        pytest.param([(1, 500), (2, 500), (3, 500)], 600, math.inf, id="flat-and-fits: any job fits"),
+        pytest.param([(1, 500), (2, 500), (3, 500)], 400, 0.0, id="flat-and-too-big: none fits"),
+        pytest.param([(1, 500), (2, 600), (3, 700)], 300, 0.0, id="even-metric-0-is-too-big"),
+    ],
+)
 def test_edge_budgets(points: list[tuple[float, float]], budget: float, expected: float) -> None:
     assert fit.threshold_for(fit.fit(points), budget) == expected
 
@@ -165,8 +171,10 @@ def test_apply_writes_the_threshold_keeping_comments_and_a_backup(box: Path) -> 
     assert output.splitlines()[-1] == f'applied:    threshold = "189m" in {path} (backup {path}.bak)'
     assert (box / "config.toml.bak").read_text() == before
     after = path.read_text()
-    assert after == before.replace('threshold = "1h"          # picked by hand in March',
-                                   'threshold = "189m"          # picked by hand in March')  # fmt: skip
+    assert after == before.replace(
+        'threshold = "1h"          # picked by hand in March',
+        'threshold = "189m"          # picked by hand in March',
+    )
     assert config.load(str(path)).profile("whisper").threshold == 189 * 60
 
 

@@ -7,17 +7,35 @@ import pytest
 from gpurouter.job import units
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("1.5h", 5400), ("1h30m", 5400),
-    ("250ms", 0.25), ("2d", 172800), ("10 m", 600), (" 1H ", 3600),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("10m", 600),
+        ("1h", 3600),
+        ("1.5h", 5400),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        ("2d", 172800),
+        ("10 m", 600),
+        (" 1H ", 3600),
+    ],
+)
 def test_durations_parse(text: str, seconds: float) -> None:
     assert units.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("512", 512), ("500MB", 500e6), ("1.5GiB", 1.5 * 2**30), ("64 KiB", 65536), ("2gb", 2e9),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512", 512),
+        ("500MB", 500e6),
+        ("1.5GiB", 1.5 * 2**30),
+        ("64 KiB", 65536),
+        ("2gb", 2e9),
+    ],
+)
 def test_sizes_parse(text: str, size: float) -> None:
     assert units.parse_size(text) == size
 
@@ -39,8 +57,17 @@ def test_a_threshold_unit_must_fit_the_probe() -> None:
         units.parse_threshold("1h", "command")
 
 
-@pytest.mark.parametrize(("text", "probe"), [("1h", "duration"), ("90s", "duration"), ("2.5s", "duration"),
-                                             ("500MB", "size"), ("1GiB", "size"), ("3", "command")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "probe"),
+    [
+        ("1h", "duration"),
+        ("90s", "duration"),
+        ("2.5s", "duration"),
+        ("500MB", "size"),
+        ("1GiB", "size"),
+        ("3", "command"),
+    ],
+)
 def test_a_printed_threshold_parses_back_to_the_same_value(text: str, probe: str) -> None:
     value = units.parse_threshold(text, probe)
     kind = {"duration": "duration", "size": "size"}.get(probe)

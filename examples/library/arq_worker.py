@@ -19,6 +19,7 @@ import gpurouter
 try:
     from arq import Retry
 except ImportError:  # documentation example: importable without arq for the tests
+
     class Retry(Exception):  # type: ignore[no-redef]
         def __init__(self, defer: float = 0) -> None:
             super().__init__(f"retry in {defer}s")
@@ -34,7 +35,11 @@ async def run_experiment(ctx: dict[str, object], model: str, args: list[str]) ->
         raise Retry(defer=60) from short
     with held:
         process = await asyncio.create_subprocess_exec(*decision.argv, env={**held.env})
-        return {"exit": await process.wait(), "devices": [g.uuid for g in held.devices], "reason": decision.reason}
+        return {
+            "exit": await process.wait(),
+            "devices": [g.uuid for g in held.devices],
+            "reason": decision.reason,
+        }
 
 
 class WorkerSettings:

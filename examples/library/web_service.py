@@ -23,7 +23,7 @@ class Handler(BaseHTTPRequestHandler):
     wait_s = 5.0
     profile = "transcribe"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
         path = (query.get("file") or [""])[0]
         decision = gpurouter.decide(self.profile, [self.profile, path])
@@ -31,9 +31,14 @@ class Handler(BaseHTTPRequestHandler):
             with gpurouter.slot(decision, wait=self.wait_s) as held:
                 began = time.monotonic()
                 result = transcribe(path, decision.args, held.env.get("CUDA_VISIBLE_DEVICES"))
-                body = {"route": decision.route, "reason": decision.reason, "slot": held.slots,
-                        "waited_s": round(held.waited_s, 3), "seconds": round(time.monotonic() - began, 3),
-                        "result": result}  # fmt: skip
+                body = {
+                    "route": decision.route,
+                    "reason": decision.reason,
+                    "slot": held.slots,
+                    "waited_s": round(held.waited_s, 3),
+                    "seconds": round(time.monotonic() - began, 3),
+                    "result": result,
+                }
                 self._answer(200, body)
         except gpurouter.Busy as busy:
             self._answer(503, {"error": str(busy), "pool": busy.pool}, retry_after=5)
@@ -55,7 +60,9 @@ class Handler(BaseHTTPRequestHandler):
 def transcribe(path: str, route_args: list[str], devices: str | None) -> str:
     """Stands in for the in-process model call (faster-whisper's model.transcribe, say)."""
     time.sleep(0.3)
-    return f"transcribed {path} with {' '.join(route_args) or 'defaults'} on {devices or 'the default device'}"
+    return (
+        f"transcribed {path} with {' '.join(route_args) or 'defaults'} on {devices or 'the default device'}"
+    )
 
 
 def main() -> None:

@@ -19,13 +19,13 @@ import signal
 import time
 
 from gpurouter import api
-from gpurouter.job import admission, config, fsutil, slots
-from gpurouter.gpu import nvml, placement
 from gpurouter.errors import NoFreeSlot
+from gpurouter.gpu import nvml, placement
+from gpurouter.job import admission, config, fsutil, slots
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
     from gpurouter.gpu.nvml import GpuSnapshot
 
@@ -63,7 +63,7 @@ async def wait_for_release(lock_dir: str, candidates: list[tuple[str, int]], tim
         if math.isinf(timeout_s):
             return await done
         return await asyncio.wait_for(done, timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     finally:
         for pid, pidfd, fd in helpers:
@@ -82,8 +82,9 @@ def _settle(done: asyncio.Future[bool]) -> None:
         done.set_result(True)
 
 
-async def aslot(decision: api.Decision, wait: str | float = "fail",
-                environ: Mapping[str, str] | None = None) -> api.Held:  # fmt: skip
+async def aslot(
+    decision: api.Decision, wait: str | float = "fail", environ: Mapping[str, str] | None = None
+) -> api.Held:
     """`slot` for asyncio: `held = await aslot(d, wait="block")`; use `with held:` or `held.release()`.
 
     Raises:
@@ -96,8 +97,9 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
     while True:
         log.quiet = True  # tries that find nothing free are not refusals
         try:
-            held = admission.acquire(settings, decision.inner.replace(wait_s=0.0), environ, admission=log,
-                                     journal_start=False)  # fmt: skip
+            held = admission.acquire(
+                settings, decision.inner.replace(wait_s=0.0), environ, admission=log, journal_start=False
+            )
         except NoFreeSlot as busy:
             waited = time.monotonic() - began
             remaining = wait_s - waited
@@ -105,11 +107,16 @@ async def aslot(decision: api.Decision, wait: str | float = "fail",
                 log.quiet = False
                 raise log.busy(waited, NoFreeSlot(busy.pool, busy.slots, waited, why=busy.why)) from None
             log.wait()
-            await wait_for_release(settings.lock_dir, _candidates(decision), min(remaining, placement.RECHECK_S)
-                                   if decision.inner.device_mode else remaining)  # fmt: skip
+            await wait_for_release(
+                settings.lock_dir,
+                _candidates(decision),
+                min(remaining, placement.RECHECK_S) if decision.inner.device_mode else remaining,
+            )
             continue
         held.waited_s = time.monotonic() - began
-        log.start(held.first_slot, held.waited_s, escaped=False, no_slot_because=held.decision.no_slot_because)
+        log.start(
+            held.first_slot, held.waited_s, escaped=False, no_slot_because=held.decision.no_slot_because
+        )
         return api.Held(settings, held)
 
 
@@ -121,8 +128,14 @@ def _candidates(decision: api.Decision) -> list[tuple[str, int]]:
     return [(inner.pool, i) for i in range(inner.slots)]
 
 
-async def await_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math.inf, *,
-                     config_file: str | None = None, environ: Mapping[str, str] | None = None) -> list[GpuSnapshot]:  # fmt: skip
+async def await_gpus(
+    count: int = 1,
+    min_free_mib: int = 0,
+    timeout_s: float = math.inf,
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[GpuSnapshot]:
     """`wait_for_gpus` for asyncio (wakes on slot releases, re-reads NVML at least every 2 s).
 
     Raises:

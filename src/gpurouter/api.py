@@ -17,15 +17,15 @@ import math
 import os
 import time
 
+from gpurouter.errors import GpurouterError, NoFreeSlot
+from gpurouter.gpu import nvml
 from gpurouter.job import admission, config, options, units
 from gpurouter.job import decision as decisions
-from gpurouter.gpu import nvml
-from gpurouter.errors import GpurouterError, NoFreeSlot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
-    from typing import Mapping, Sequence
 
     from gpurouter.gpu.nvml import GpuSnapshot
 
@@ -54,7 +54,9 @@ class Decision:
     reason = property(lambda self: self.inner.reason, doc="why this route, in words")
     profile = property(lambda self: self.inner.profile, doc="the profile used")
     argv = property(lambda self: list(self.inner.argv), doc="the job's argv with the route args")
-    env = property(lambda self: dict(self.inner.env), doc="variables to set for the job (thread caps, route env)")
+    env = property(
+        lambda self: dict(self.inner.env), doc="variables to set for the job (thread caps, route env)"
+    )
     gpu_count = property(lambda self: self.inner.gpu_count, doc="devices the job needs (device-aware routes)")
     vram_mib = property(lambda self: self.inner.need_mib, doc="VRAM per device (device-aware routes)")
 
@@ -110,15 +112,20 @@ class Held:
             from gpurouter.job import journal
 
             self._held.release()
-            journal.append_record(self._settings.journal, "end", **self._held.record,
-                                  duration_s=round(time.monotonic() - self._started, 3))  # fmt: skip
+            journal.append_record(
+                self._settings.journal,
+                "end",
+                **self._held.record,
+                duration_s=round(time.monotonic() - self._started, 3),
+            )
             self._held.slots = []
 
     def __enter__(self) -> Held:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -126,8 +133,14 @@ def _settings(config_file: str | None, environ: Mapping[str, str] | None) -> con
     return config.load(config_file, environ)
 
 
-def decide(profile: str, argv: Sequence[str], *, route: str | None = None, config_file: str | None = None,
-           environ: Mapping[str, str] | None = None) -> Decision:  # fmt: skip
+def decide(
+    profile: str,
+    argv: Sequence[str],
+    *,
+    route: str | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Decision:
     """Probe and route a job; nothing is taken.
 
     Args:
@@ -145,8 +158,9 @@ def decide(profile: str, argv: Sequence[str], *, route: str | None = None, confi
     settings = _settings(config_file, env)
     chosen = options.pick_profile(settings, argv[0] if argv else profile, profile, {})
     executable = argv[0] if argv else profile
-    inner = decisions.decide(settings, chosen, list(argv) or [profile], executable,
-                             decisions.forced_route(route, env), env)  # fmt: skip
+    inner = decisions.decide(
+        settings, chosen, list(argv) or [profile], executable, decisions.forced_route(route, env), env
+    )
     return Decision(settings, inner)
 
 
@@ -181,8 +195,14 @@ def gpus(environ: Mapping[str, str] | None = None) -> list[GpuSnapshot]:
     return list(nvml.query_gpus(environ, full=True).gpus)
 
 
-def wait_for_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math.inf, *,
-                  config_file: str | None = None, environ: Mapping[str, str] | None = None) -> list[GpuSnapshot]:  # fmt: skip
+def wait_for_gpus(
+    count: int = 1,
+    min_free_mib: int = 0,
+    timeout_s: float = math.inf,
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[GpuSnapshot]:
     """Wait until `count` GPUs each have `min_free_mib` free (plus the cushion, minus promised MiB).
 
     Wakes when a gpurouter slot on a device is released, and re-reads NVML at least every 2 s
@@ -201,8 +221,9 @@ def wait_for_gpus(count: int = 1, min_free_mib: int = 0, timeout_s: float = math
         if found and count > len(found):
             raise placement.TooManyGpus(f"{count} GPUs asked for but this box has {len(found)} usable")
         promised = placement.read_claims(settings.lock_dir, found, "gpu")
-        chosen = selection.pick(found, min_free_mib or None, settings.gpu.cushion_mib, settings.gpu.select,
-                                count, promised)  # fmt: skip
+        chosen = selection.pick(
+            found, min_free_mib or None, settings.gpu.cushion_mib, settings.gpu.select, count, promised
+        )
         if chosen is not None and len(chosen) == count:
             return chosen
         remaining = timeout_s - (time.monotonic() - began)

@@ -19,7 +19,8 @@ from gpurouter.job.options import RUN_OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator, TypeVar
+    from collections.abc import Callable, Iterator
+    from typing import Any, TypeVar
 
     F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +43,9 @@ def run_options(function: F) -> F:
         if metavar is None:
             function = click.option(name, is_flag=True, help=help_text)(function)
         else:
-            function = click.option(name, metavar=metavar.upper() if "|" not in metavar else metavar,
-                                    help=help_text)(function)  # fmt: skip
+            function = click.option(
+                name, metavar=metavar.upper() if "|" not in metavar else metavar, help=help_text
+            )(function)
     return function
 
 
@@ -99,8 +101,23 @@ def route(command: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
-    for key in ("profile", "route", "action", "reason", "metric", "input", "via", "executable", "pool", "slots",
-                "wait", "priority", "gpus", "vram_mib", "no_slot_because"):  # fmt: skip
+    for key in (
+        "profile",
+        "route",
+        "action",
+        "reason",
+        "metric",
+        "input",
+        "via",
+        "executable",
+        "pool",
+        "slots",
+        "wait",
+        "priority",
+        "gpus",
+        "vram_mib",
+        "no_slot_because",
+    ):
         if summary.get(key) is not None:
             click.echo(f"{key + ':':<17}{summary[key]}")
     click.echo(f"{'argv:':<17}{' '.join(_shell_quote(a) for a in summary['argv'])}")
@@ -275,13 +292,29 @@ def status(as_json: bool, config_file: str | None) -> None:
 @click.option("--since", metavar="DURATION", help="Only records newer than this (e.g. 24h).")
 @click.option("--profile", metavar="NAME", help="Only this profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@click.option("--journal", "journals", metavar="FILE", multiple=True,
-              help="Read this journal file (.gz too) instead of the configured one and its rotations; repeatable.")
-@click.option("--prometheus", "prometheus_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write node_exporter textfile metrics (counters, slots, GPUs) to FILE, atomically.")
+@click.option(
+    "--journal",
+    "journals",
+    metavar="FILE",
+    multiple=True,
+    help="Read this journal file (.gz too) instead of the configured one and its rotations; repeatable.",
+)
+@click.option(
+    "--prometheus",
+    "prometheus_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Write node_exporter textfile metrics (counters, slots, GPUs) to FILE, atomically.",
+)
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
-def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple[str, ...],
-          prometheus_file: str | None, config_file: str | None) -> None:  # fmt: skip
+def stats(
+    since: str | None,
+    profile: str | None,
+    as_json: bool,
+    journals: tuple[str, ...],
+    prometheus_file: str | None,
+    config_file: str | None,
+) -> None:
     """Count jobs by profile and route, refusals by pool, waits, run times, peak VRAM,
     evictions, escapes and OOM fallbacks, from the journal and its rotated files; and advise.
 
@@ -291,16 +324,18 @@ def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple
         gpurouter stats --journal old.jsonl.gz --json
         gpurouter stats --prometheus /var/lib/node_exporter/textfile_collector/gpurouter.prom
     """
+    from gpurouter.errors import UsageError
     from gpurouter.job import config, units
     from gpurouter.observe import render
     from gpurouter.observe import stats as stats_core
-    from gpurouter.errors import UsageError
 
     with exit_codes():
         settings = config.load(config_file)
         if prometheus_file:
             if since:
-                raise UsageError("--since does not apply to --prometheus: its counters count the whole journal")
+                raise UsageError(
+                    "--since does not apply to --prometheus: its counters count the whole journal"
+                )
             from gpurouter.observe import prometheus
 
             try:
@@ -319,8 +354,15 @@ def stats(since: str | None, profile: str | None, as_json: bool, journals: tuple
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Print one frame and exit (plain text when not a terminal).")
-@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              metavar="SECONDS", help="Seconds between refreshes.")
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes.",
+)
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
 def top(once: bool, interval_s: float, config_file: str | None) -> None:
     """Live view: GPUs (memory, use, heat, power), slots with holders and waiters, last events.
@@ -332,9 +374,9 @@ def top(once: bool, interval_s: float, config_file: str | None) -> None:
         gpurouter top
         gpurouter top --once | grep held
     """
+    from gpurouter.errors import UsageError
     from gpurouter.job import config
     from gpurouter.observe import top as top_core
-    from gpurouter.errors import UsageError
 
     with exit_codes():
         settings = config.load(config_file)
@@ -348,16 +390,33 @@ def top(once: bool, interval_s: float, config_file: str | None) -> None:
 
 @cli.command()
 @click.argument("profile")
-@click.option("--apply", "apply_threshold", is_flag=True,
-              help="Write the proposed threshold into the config file (comments kept; FILE.bak first).")
+@click.option(
+    "--apply",
+    "apply_threshold",
+    is_flag=True,
+    help="Write the proposed threshold into the config file (comments kept; FILE.bak first).",
+)
 @click.option("--since", metavar="DURATION", help="Only runs newer than this (e.g. 30d).")
-@click.option("--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable.")
-@click.option("--budget-mib", type=click.FloatRange(min=1), metavar="MIB",
-              help="VRAM per job, instead of vram_mib or (device total - cushion) / GPU slots.")
+@click.option(
+    "--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable."
+)
+@click.option(
+    "--budget-mib",
+    type=click.FloatRange(min=1),
+    metavar="MIB",
+    help="VRAM per job, instead of vram_mib or (device total - cushion) / GPU slots.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
-def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple[str, ...],
-         budget_mib: float | None, as_json: bool, config_file: str | None) -> None:  # fmt: skip
+def tune(
+    profile: str,
+    apply_threshold: bool,
+    since: str | None,
+    journals: tuple[str, ...],
+    budget_mib: float | None,
+    as_json: bool,
+    config_file: str | None,
+) -> None:
     """Fit peak VRAM against the probe's metric from monitored GPU runs; propose a threshold.
 
     Needs at least 3 monitored GPU runs (monitor = true) of PROFILE in the journal. Exit 1
@@ -368,10 +427,10 @@ def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple
         gpurouter tune whisper-ctranslate2
         gpurouter tune whisper-ctranslate2 --apply
     """
+    from gpurouter.errors import UsageError
     from gpurouter.job import config, units
     from gpurouter.observe import render
     from gpurouter.observe import tune as tune_core
-    from gpurouter.errors import UsageError
 
     with exit_codes():
         settings = config.load(config_file)
@@ -379,35 +438,62 @@ def tune(profile: str, apply_threshold: bool, since: str | None, journals: tuple
             since_s = units.parse_duration(since) if since else None
         except ValueError as error:
             raise UsageError(f"--since: {error}") from None
-        result = tune_core.propose(settings, profile, since_s=since_s, journals=journals, budget_mib=budget_mib)
+        result = tune_core.propose(
+            settings, profile, since_s=since_s, journals=journals, budget_mib=budget_mib
+        )
         backup = None
         if apply_threshold:
             if settings.path is None:
                 raise tune_core.TuneRefused("no configuration file to write: give --config FILE")
             if result["threshold_text"] is None:
-                raise tune_core.TuneRefused("nothing to apply: " + render.tune_text(result).splitlines()[-1].strip())
+                raise tune_core.TuneRefused(
+                    "nothing to apply: " + render.tune_text(result).splitlines()[-1].strip()
+                )
             backup = tune_core.apply(settings.path, profile, result["threshold_text"])
     ignored = tune_core.ignored_text(result)
     if ignored:
         click.echo(f"gpurouter: warning: {ignored}", err=True)
     if as_json:
-        click.echo(json.dumps({**result, "applied_to": settings.path if backup else None, "backup": backup}, indent=2))
+        click.echo(
+            json.dumps(
+                {**result, "applied_to": settings.path if backup else None, "backup": backup}, indent=2
+            )
+        )
         return
     click.echo(render.tune_text(result))
     if backup:
-        click.echo(f"applied:    threshold = \"{result['threshold_text']}\" in {settings.path} (backup {backup})")
+        click.echo(
+            f'applied:    threshold = "{result["threshold_text"]}" in {settings.path} (backup {backup})'
+        )
 
 
 @cli.command()
-@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write a self-contained HTML page (inline SVG charts, no script, no network).")
-@click.option("--png", "png_dir", metavar="DIR", type=click.Path(file_okay=False),
-              help="Also write each chart as DIR/NAME.png (needs Pillow: gpurouter[report]).")
+@click.option(
+    "--html",
+    "html_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML page (inline SVG charts, no script, no network).",
+)
+@click.option(
+    "--png",
+    "png_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Also write each chart as DIR/NAME.png (needs Pillow: gpurouter[report]).",
+)
 @click.option("--since", metavar="DURATION", help="Only records newer than this (e.g. 7d).")
-@click.option("--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable.")
+@click.option(
+    "--journal", "journals", metavar="FILE", multiple=True, help="Read this journal file instead; repeatable."
+)
 @click.option("--config", "config_file", metavar="FILE", help="Configuration file.")
-def report(html_file: str | None, png_dir: str | None, since: str | None, journals: tuple[str, ...],
-           config_file: str | None) -> None:  # fmt: skip
+def report(
+    html_file: str | None,
+    png_dir: str | None,
+    since: str | None,
+    journals: tuple[str, ...],
+    config_file: str | None,
+) -> None:
     """Charts from the journal: routing per hour, peak VRAM vs metric with the threshold,
     waits, per-device utilization and memory.
 
@@ -416,9 +502,9 @@ def report(html_file: str | None, png_dir: str | None, since: str | None, journa
         gpurouter report --html report.html --since 7d
         gpurouter report --html report.html --png charts/
     """
+    from gpurouter.errors import UsageError
     from gpurouter.job import config, units
     from gpurouter.observe import report as report_core
-    from gpurouter.errors import UsageError
 
     with exit_codes():
         if not html_file and not png_dir:
@@ -433,7 +519,9 @@ def report(html_file: str | None, png_dir: str | None, since: str | None, journa
         except ImportError:
             raise GpurouterError("--png needs Pillow: pip install 'gpurouter[report]'") from None
         except OSError as error:
-            raise GpurouterError(f"report not written: {error.filename or ''}: {error.strerror or error}") from None
+            raise GpurouterError(
+                f"report not written: {error.filename or ''}: {error.strerror or error}"
+            ) from None
     _warn_skipped(written["malformed"])
     for path in ([written["html"]] if written["html"] else []) + written["png"]:
         click.echo(path)

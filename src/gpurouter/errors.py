@@ -38,7 +38,9 @@ class ConfigError(GpurouterError):
     def __init__(self, source: str, key: str, problem: str) -> None:
         self.source, self.key, self.problem = source, key, problem
         shown = key if key.isprintable() else repr(key)  # one line, whatever the TOML key holds
-        if len(problem) > 400:  # "got 999...": a 4300-digit integer is one line, but not one to read (issue 12)
+        if (
+            len(problem) > 400
+        ):  # "got 999...": a 4300-digit integer is one line, but not one to read (issue 12)
             problem = f"{problem[:300]}... ({len(problem)} characters)"
         super().__init__(f"{source}: {shown}: {problem}" if key else f"{source}: {problem}")
 

@@ -17,7 +17,7 @@ from gpurouter.errors import CommandNotFound, GpurouterError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 REAL_SUFFIX = "-real"
 
@@ -43,7 +43,9 @@ def launcher_path() -> str:
     for candidate in candidates:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise InstallError("cannot find the gpurouter launcher to link to (is gpurouter installed in a venv on PATH?)")
+    raise InstallError(
+        "cannot find the gpurouter launcher to link to (is gpurouter installed in a venv on PATH?)"
+    )
 
 
 def _locate(target: str) -> str:
@@ -114,7 +116,9 @@ def _install(path: str, launcher: str) -> str:
     if not os.path.lexists(path):
         raise CommandNotFound(path, path)
     if is_our_link(path, launcher):
-        raise InstallError(f"{path} already points at gpurouter but {real} is missing: put the real binary there")
+        raise InstallError(
+            f"{path} already points at gpurouter but {real} is missing: put the real binary there"
+        )
     if os.path.realpath(path) == os.path.realpath(launcher):
         raise InstallError(f"{path} is gpurouter itself; refusing to intercept it")
     temporary = f"{path}.gpurouter-{os.getpid()}"

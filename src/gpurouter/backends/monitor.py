@@ -21,16 +21,17 @@ import sys
 import threading
 import time
 
-from gpurouter.job import admission, journal
-from gpurouter.gpu import nvml
 from gpurouter.errors import NoFreeSlot
+from gpurouter.gpu import nvml
+from gpurouter.job import admission, journal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
-    from gpurouter.job.settings import Profile, Settings
     from gpurouter.job.decision import Decision
+    from gpurouter.job.settings import Profile, Settings
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _SI_KERNEL = 0x80  # si_code of a terminal-generated signal: the job, in our process group, got it too
@@ -92,35 +93,53 @@ class Sampler:
             self.peak_vram_mib = max(self.peak_vram_mib or 0, used_by_job)
 
     def summary(self) -> dict[str, Any]:
-        return {"peak_vram_mib": self.peak_vram_mib, "samples": self.samples,
-                "devices": {index: {name: s.as_dict() for name, s in stats.items()}
-                            for index, stats in self.devices.items()}}  # fmt: skip
+        return {
+            "peak_vram_mib": self.peak_vram_mib,
+            "samples": self.samples,
+            "devices": {
+                index: {name: s.as_dict() for name, s in stats.items()}
+                for index, stats in self.devices.items()
+            },
+        }
 
 
-def run_monitored(settings: Settings, decision: Decision, environ: Mapping[str, str] | None,
-                  verbose: bool = False) -> int:  # fmt: skip
+def run_monitored(
+    settings: Settings, decision: Decision, environ: Mapping[str, str] | None, verbose: bool = False
+) -> int:
     """Take the slot, run the job as a child, and return its exit status (128+N if killed by signal N)."""
     run_id = os.urandom(6).hex()
-    held = admission.acquire(settings, decision, environ, verbose, extra={"run_id": run_id, "monitored": True})
+    held = admission.acquire(
+        settings, decision, environ, verbose, extra={"run_id": run_id, "monitored": True}
+    )
     status, tail = _supervise(settings, held, environ, run_id)
     decision = held.decision
     failure = gpu_failure(decision.rules, tail) if decision.route == "gpu" and status != 0 else None
     if failure is not None:
         event, pattern, kind = failure
         extra = {"gpu_error_kind": kind} if event == "gpu_error" else {}
-        journal.append_record(settings.journal, event, **held.record, exit_status=status, pattern=pattern, **extra)
-        if event == "oom" and decision.input is not None:  # remembered: a retry of this input goes to the CPU route
+        journal.append_record(
+            settings.journal, event, **held.record, exit_status=status, pattern=pattern, **extra
+        )
+        if (
+            event == "oom" and decision.input is not None
+        ):  # remembered: a retry of this input goes to the CPU route
             from gpurouter.job import probe_cache
 
-            probe_cache.remember_oom(settings.lock_dir, decision.input,
-                                     f"GPU out of memory on this input before ({pattern!r})")  # fmt: skip
+            probe_cache.remember_oom(
+                settings.lock_dir, decision.input, f"GPU out of memory on this input before ({pattern!r})"
+            )
         held.release()  # the GPU slot goes back before the CPU run waits for its own
         what = "GPU out of memory" if event == "oom" else f"GPU error ({kind})"
         cpu = admission.to_cpu(decision, f"{what} ({pattern!r}): cpu", environ)
         retry_id = os.urandom(6).hex()
         try:
-            again = admission.acquire(settings, cpu, environ, verbose,
-                                      extra={"run_id": retry_id, "retry_of": run_id, "monitored": True})  # fmt: skip
+            again = admission.acquire(
+                settings,
+                cpu,
+                environ,
+                verbose,
+                extra={"run_id": retry_id, "retry_of": run_id, "monitored": True},
+            )
         except NoFreeSlot as busy:
             failed = "ran out of memory" if event == "oom" else f"failed with a GPU error ({kind})"
             sys.stderr.write(f"gpurouter: GPU run {failed}; CPU re-run refused: {busy}\n")
@@ -151,7 +170,9 @@ def gpu_failure(rules: Profile, output: bytes) -> tuple[str, str, str] | None:
     return None
 
 
-def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, str] | None, run_id: str) -> tuple[int, bytes]:
+def _supervise(
+    settings: Settings, held: admission.Held, environ: Mapping[str, str] | None, run_id: str
+) -> tuple[int, bytes]:
     """Start the job, forward signals, sample, relay stdout and stderr; journal `end`.
 
     Returns:
@@ -173,9 +194,14 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
     began = time.monotonic()
     try:
         executable = resolve_command(decision.executable, env.get("PATH"))
-        pid = os.posix_spawn(executable, decision.argv, env, file_actions=relay.file_actions(),
-                             setsigmask=previous_mask,
-                             setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ})  # fmt: skip
+        pid = os.posix_spawn(
+            executable,
+            decision.argv,
+            env,
+            file_actions=relay.file_actions(),
+            setsigmask=previous_mask,
+            setsigdef=watched | {signal.SIGPIPE, signal.SIGXFSZ},
+        )
     except BaseException as error:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         relay.close()
@@ -183,7 +209,9 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
             from gpurouter.job.execute import exec_error
 
             failed = exec_error(executable, error, decision.argv, env)
-            journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno, error=str(failed))
+            journal.append_record(
+                settings.journal, "exec_failed", **held.record, errno=failed.errno, error=str(failed)
+            )
             raise failed from None
         raise
     relay.start()
@@ -212,9 +240,16 @@ def _supervise(settings: Settings, held: admission.Held, environ: Mapping[str, s
     relay.finish(held.fds)  # at once: what a daemon the job left behind writes goes on through a `cat`
     code = os.waitstatus_to_exitcode(wait_status)
     exit_status = 128 - code if code < 0 else code
-    journal.append_record(settings.journal, "end", **held.record, job_pid=pid,
-                          exit_status=exit_status, signal=-code if code < 0 else None,
-                          duration_s=round(time.monotonic() - began, 3), **sampler.summary())  # fmt: skip
+    journal.append_record(
+        settings.journal,
+        "end",
+        **held.record,
+        job_pid=pid,
+        exit_status=exit_status,
+        signal=-code if code < 0 else None,
+        duration_s=round(time.monotonic() - began, 3),
+        **sampler.summary(),
+    )
     return exit_status, bytes(relay.tails[1]) + b"\n" + bytes(relay.tails[2])
 
 
@@ -306,11 +341,19 @@ class _Relay:
         for read_end, target in list(self.open.items()):
             os.set_blocking(read_end, True)  # the open file description is shared with the helper
             if cat is not None:
-                actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, read_end, 0), (os.POSIX_SPAWN_DUP2, target, 1)]
+                actions: list[tuple[int, ...]] = [
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_DUP2, target, 1),
+                ]
                 actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in keep_from_helper]
                 try:
-                    os.posix_spawn(cat, ["cat"], {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, file_actions=actions,
-                                   setsigdef={signal.SIGPIPE})  # fmt: skip
+                    os.posix_spawn(
+                        cat,
+                        ["cat"],
+                        {"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+                        file_actions=actions,
+                        setsigdef={signal.SIGPIPE},
+                    )
                 except OSError:
                     pass  # our stream is gone (closed stderr): nothing could be shown anyway
             del self.open[read_end]
@@ -319,8 +362,12 @@ class _Relay:
 
     def close(self) -> None:
         """Close whatever is left (after a failed spawn, or at the end)."""
-        for fd in [*self.open, *(write_end for write_end, _ in self._writes),
-                   getattr(self, "_stop_read", -1), getattr(self, "_stop_write", -1)]:  # fmt: skip
+        for fd in [
+            *self.open,
+            *(write_end for write_end, _ in self._writes),
+            getattr(self, "_stop_read", -1),
+            getattr(self, "_stop_write", -1),
+        ]:
             if fd >= 0:
                 try:
                     os.close(fd)

@@ -43,7 +43,14 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter.backends.srun import JOB_NAME_PREFIX, REPORT_FD, SlurmError, gpu_count, srun_argv, srun_environment
+from gpurouter.backends.srun import (
+    JOB_NAME_PREFIX,
+    REPORT_FD,
+    SlurmError,
+    gpu_count,
+    srun_argv,
+    srun_environment,
+)
 from gpurouter.backends.srun import prolog as _prolog
 from gpurouter.errors import NoFreeSlot
 from gpurouter.job import journal, memo
@@ -52,10 +59,11 @@ from gpurouter.job.decision import routed_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, NoReturn
+    from collections.abc import Mapping
+    from typing import Any, NoReturn
 
-    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
+    from gpurouter.job.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
 
@@ -73,8 +81,9 @@ class _State:
         self.pending_cancel = False
 
 
-def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
-              verbose: bool = False) -> NoReturn:  # fmt: skip
+def run_slurm(
+    settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None, verbose: bool = False
+) -> NoReturn:
     """Run the decided job through srun, wait for it, and exit with its status.
 
     Called by the runner instead of taking a local slot. Returns never: it exits like the job
@@ -101,21 +110,32 @@ def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str]
     wait_s = _policy_prelude(log, decision)
     srun = find_executable(slurm.srun, env_in.get("PATH"))
     if srun is None:
-        raise SlurmError(f"backend.slurm.srun: {slurm.srun!r} not found on PATH "
-                         f"({env_in.get('PATH', '')}); install Slurm's client tools or set the path")  # fmt: skip
+        raise SlurmError(
+            f"backend.slurm.srun: {slurm.srun!r} not found on PATH "
+            f"({env_in.get('PATH', '')}); install Slurm's client tools or set the path"
+        )
     spec = decision.spec
     job_argv = [os.path.abspath(decision.executable), *decision.argv[1:]]
     job_env = dict(env_in)
-    job_env["GPUROUTER_HELD"] = ",".join([*(p for p in env_in.get("GPUROUTER_HELD", "").split(",") if p),
-                                          decision.pool])  # fmt: skip
+    job_env["GPUROUTER_HELD"] = ",".join(
+        [*(p for p in env_in.get("GPUROUTER_HELD", "").split(",") if p), decision.pool]
+    )
     job_env["GPUROUTER_ROUTED"] = routed_value(decision.profile, decision.route, decision.argv[0])
     job_env.update(decision.env)
 
     gpus = decision.gpu_count or gpu_count(spec, job_argv[1:])
     prolog_fd, prolog_path = _prolog()
-    argv, additions = srun_argv(slurm, spec, wait_s, settings.busy_exit_code, job_argv,
-                                JOB_NAME_PREFIX + decision.profile, prolog=prolog_path,
-                                comment=f"gpurouter route={decision.route}", gpus=gpus)  # fmt: skip
+    argv, additions = srun_argv(
+        slurm,
+        spec,
+        wait_s,
+        settings.busy_exit_code,
+        job_argv,
+        JOB_NAME_PREFIX + decision.profile,
+        prolog=prolog_path,
+        comment=f"gpurouter route={decision.route}",
+        gpus=gpus,
+    )
     argv[0] = srun
     env = srun_environment(job_env, additions)
     read_end, write_end = os.pipe()  # O_CLOEXEC: only srun (and so its prolog) gets the write end
@@ -139,13 +159,22 @@ def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str]
     report = _read_report(read_end)  # the read end stays open until srun exits: the prolog checks it
     node = None
     if report is not None:
-        job_id, step_id, node = (report.split() + ["?", "?", "?"])[:3]
+        job_id, step_id, node = ([*report.split(), "?", "?", "?"])[:3]
         state.job_id = job_id
         waited = time.monotonic() - began
-        log.start(None, waited, slurm_job_id=_int(job_id), slurm_step=step_id, node=node,
-                  gres=f"gpu:{gpus}" if decision.route == "gpu" else None, partition=slurm.partition)
+        log.start(
+            None,
+            waited,
+            slurm_job_id=_int(job_id),
+            slurm_step=step_id,
+            node=node,
+            gres=f"gpu:{gpus}" if decision.route == "gpu" else None,
+            partition=slurm.partition,
+        )
         if verbose:
-            sys.stderr.write(f"gpurouter: {decision.route} ({decision.reason}), Slurm job {job_id} on {node}\n")
+            sys.stderr.write(
+                f"gpurouter: {decision.route} ({decision.reason}), Slurm job {job_id} on {node}\n"
+            )
         if state.pending_cancel:  # a signal came while the report was in flight
             _cancel(state)
     status = _wait(pid)
@@ -157,9 +186,17 @@ def run_slurm(settings: Settings, decision: Decision, environ: Mapping[str, str]
     code = os.waitstatus_to_exitcode(status)
     if report is None:
         _not_started(log, decision, wait_s, code, elapsed, state, _signal)
-    journal.append_record(settings.journal, "end", **record, slurm_job_id=_int(state.job_id), node=node,
-                          exit_status=code if code >= 0 else 128 - code, signal=-code if code < 0 else None,
-                          cancelled_by=_signal_name(state.signal), duration_s=round(elapsed, 3))  # fmt: skip
+    journal.append_record(
+        settings.journal,
+        "end",
+        **record,
+        slurm_job_id=_int(state.job_id),
+        node=node,
+        exit_status=code if code >= 0 else 128 - code,
+        signal=-code if code < 0 else None,
+        cancelled_by=_signal_name(state.signal),
+        duration_s=round(elapsed, 3),
+    )
     _exit_like(code, _signal)
 
 
@@ -177,28 +214,48 @@ def _policy_prelude(log: Admission, decision: Decision) -> float:
     return wait_s
 
 
-def _not_started(log: Admission, decision: Decision, wait_s: float, code: int, elapsed: float, state: _State,
-                 _signal: Any) -> NoReturn:  # fmt: skip
+def _not_started(
+    log: Admission, decision: Decision, wait_s: float, code: int, elapsed: float, state: _State, _signal: Any
+) -> NoReturn:
     """srun ended before the allocation was granted: refused, withdrawn by a signal, or an error."""
     settings, record = log.settings, log.record
     if state.signal is not None:  # we withdrew the queued job on SIGTERM/SIGINT/SIGHUP: die of it
-        journal.append_record(settings.journal, "cancelled", **record, waited_s=round(elapsed, 3),
-                              cancelled_by=_signal_name(state.signal))  # fmt: skip
+        journal.append_record(
+            settings.journal,
+            "cancelled",
+            **record,
+            waited_s=round(elapsed, 3),
+            cancelled_by=_signal_name(state.signal),
+        )
         _exit_like(-state.signal, _signal)
     if code == settings.busy_exit_code:
         gpus = decision.gpu_count or gpu_count(decision.spec, decision.argv[1:])
         gres = f"gpu:{gpus}" if decision.route == "gpu" else f"the {decision.route} route"
         partition = settings.backend.slurm.partition or "the default partition"
-        when = "now (srun --immediate)" if wait_s <= 0 else f"in time (srun --immediate={max(1, -int(-wait_s // 1))})"
-        busy = NoFreeSlot(decision.pool, decision.slots, 0.0 if wait_s <= 0 else elapsed,
-                          why=f"Slurm has no room for {gres} on {partition} {when}")  # fmt: skip
+        when = (
+            "now (srun --immediate)"
+            if wait_s <= 0
+            else f"in time (srun --immediate={max(1, -int(-wait_s // 1))})"
+        )
+        busy = NoFreeSlot(
+            decision.pool,
+            decision.slots,
+            0.0 if wait_s <= 0 else elapsed,
+            why=f"Slurm has no room for {gres} on {partition} {when}",
+        )
         raise log.busy(elapsed, busy)
     journal.append_record(settings.journal, "error", **record, waited_s=round(elapsed, 3), srun_exit=code)
     raise SlurmError(f"srun exited {code} before the job started (see srun's message above)")
 
 
-def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int, prolog_fd: int | None,
-               setpriv: str | None) -> NoReturn:  # fmt: skip
+def _exec_srun(
+    parent: int,
+    argv: list[str],
+    env: dict[str, str],
+    write_end: int,
+    prolog_fd: int | None,
+    setpriv: str | None,
+) -> NoReturn:
     """In the forked child: die with gpurouter, hand the report pipe to srun as fd 9, exec srun.
 
     PR_SET_PDEATHSIG=SIGTERM makes the kernel signal srun the moment gpurouter dies, even by
@@ -232,7 +289,7 @@ def _exec_srun(parent: int, argv: list[str], env: dict[str, str], write_end: int
         if os.getppid() != parent:  # gpurouter died before the prctl: nobody will wait
             os._exit(1)
         os.execve(argv[0], argv, env)
-    except BaseException as error:  # noqa: BLE001 - never return into the parent's stack
+    except BaseException as error:
         try:
             os.write(2, f"gpurouter: cannot run {argv[0]}: {error}\n".encode(errors="replace"))
         finally:
@@ -267,9 +324,15 @@ def _output_of(argv: list[str]) -> bytes:
     """stdout of a short command (b"" when it cannot run), without importing subprocess."""
     read_end, write_end = os.pipe()
     try:
-        child = os.posix_spawn(argv[0], argv, {"PATH": os.defpath, "LC_ALL": "C"},
-                               file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1),
-                                             (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])  # fmt: skip
+        child = os.posix_spawn(
+            argv[0],
+            argv,
+            {"PATH": os.defpath, "LC_ALL": "C"},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, write_end, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
     except OSError:
         os.close(read_end)
         os.close(write_end)

@@ -10,7 +10,7 @@ from gpurouter.errors import GpurouterError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from gpurouter.job.settings import RouteSpec, SlurmSettings
 
@@ -51,7 +51,6 @@ class SlurmError(GpurouterError):
     """srun/squeue missing, or srun failed before the job started (exit 125)."""
 
 
-
 def gpu_count(spec: RouteSpec, job_args: Sequence[str] | None = None) -> int:
     """GPUs per job for the GPU route: `gpus = N`; `"auto"` is the world size of the job's parallelism
     flags (`--tensor-parallel-size 2` ...) when `job_args` are given; else 1."""
@@ -66,9 +65,17 @@ def gpu_count(spec: RouteSpec, job_args: Sequence[str] | None = None) -> int:
     return 1
 
 
-def srun_argv(slurm: SlurmSettings, route_spec: RouteSpec, wait_s: float, busy_exit_code: int,
-              job_argv: Sequence[str], job_name: str, prolog: str | None = None,
-              comment: str | None = None, gpus: int | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+def srun_argv(
+    slurm: SlurmSettings,
+    route_spec: RouteSpec,
+    wait_s: float,
+    busy_exit_code: int,
+    job_argv: Sequence[str],
+    job_name: str,
+    prolog: str | None = None,
+    comment: str | None = None,
+    gpus: int | None = None,
+) -> tuple[list[str], dict[str, str]]:
     """The srun command line for one job, and the variables srun needs on top of the job's.
 
     Args:
@@ -86,8 +93,10 @@ def srun_argv(slurm: SlurmSettings, route_spec: RouteSpec, wait_s: float, busy_e
     extra = list(slurm.srun_args)
     for arg in extra:
         if arg.split("=", 1)[0] in _RESERVED:
-            raise SlurmError(f"backend.slurm.srun_args: {arg!r} would replace gpurouter's own srun prolog "
-                             "(it reports the job's start); remove it")  # fmt: skip
+            raise SlurmError(
+                f"backend.slurm.srun_args: {arg!r} would replace gpurouter's own srun prolog "
+                "(it reports the job's start); remove it"
+            )
     argv = [slurm.srun, f"--job-name={job_name}", "--quiet", "--ntasks=1", "--nodes=1"]
     for key, value in (("partition", slurm.partition), ("account", slurm.account), ("time", slurm.time)):
         if value:
@@ -167,7 +176,9 @@ def _prolog_file() -> str:
     except OSError:
         pass
     temporary = f"{path}.{os.getpid()}"
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700), "w") as stream:
+    with open(
+        os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700), "w"
+    ) as stream:
         stream.write(PROLOG)
     os.replace(temporary, path)
     return path

@@ -27,10 +27,11 @@ from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
-    from gpurouter.job.settings import Resident
     from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot
+    from gpurouter.job.settings import Resident
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]")
 LOADED_FRACTION = 0.25  # of vram_mib: below this the service holds a context, not a model
@@ -98,7 +99,11 @@ def listening_pids(port: int) -> set[int]:
                 next(stream, None)
                 for line in stream:
                     fields = line.split()
-                    if len(fields) > 9 and fields[3] == b"0A" and int(fields[1].rsplit(b":", 1)[1], 16) == port:
+                    if (
+                        len(fields) > 9
+                        and fields[3] == b"0A"
+                        and int(fields[1].rsplit(b":", 1)[1], 16) == port
+                    ):
                         inodes.add(b"socket:[" + fields[9] + b"]")
         except (OSError, ValueError, IndexError):
             continue
@@ -147,7 +152,9 @@ def _matches_process(pid: int, pattern: str) -> bool:
     return False
 
 
-def from_nvml(resident: Resident, gpus: Iterable[GpuSnapshot]) -> tuple[dict[int, int], tuple[int, ...]] | str:
+def from_nvml(
+    resident: Resident, gpus: Iterable[GpuSnapshot]
+) -> tuple[dict[int, int], tuple[int, ...]] | str:
     """(MiB by device index, pids) held by the service's process tree, or why NVML cannot say."""
     owners: set[int] = set()
     if resident.process is None:
@@ -176,10 +183,7 @@ def from_nvml(resident: Resident, gpus: Iterable[GpuSnapshot]) -> tuple[dict[int
 
 
 def _process_exists(pattern: str) -> bool:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _matches_process(int(entry), pattern):
-            return True
-    return False
+    return any(entry.isdigit() and _matches_process(int(entry), pattern) for entry in os.listdir("/proc"))
 
 
 def from_status(resident: Resident) -> tuple[bool, int | None, int | None] | str:
@@ -223,8 +227,13 @@ def fetch(action: Mapping[str, Any], timeout_s: float) -> str:
         import subprocess
 
         try:
-            done = subprocess.run(list(action["command"]), stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout_s, check=False)  # fmt: skip
+            done = subprocess.run(
+                list(action["command"]),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except (subprocess.TimeoutExpired, OSError) as error:
             return f"!status command failed: {error}"
         if done.returncode != 0:
@@ -234,9 +243,11 @@ def fetch(action: Mapping[str, Any], timeout_s: float) -> str:
     import urllib.request
 
     method, _, url = str(action["http"]).partition(" ")
-    request = urllib.request.Request(url.strip(), method=method.upper() or "GET", headers=dict(action.get("headers", {})))
+    request = urllib.request.Request(
+        url.strip(), method=method.upper() or "GET", headers=dict(action.get("headers", {}))
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - configured by the operator
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return bytes(response.read(1 << 20)).decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
         return f"!status: HTTP {error.code} from {url.strip()}"
@@ -244,8 +255,12 @@ def fetch(action: Mapping[str, Any], timeout_s: float) -> str:
         return f"!status: {url.strip()} unreachable: {getattr(error, 'reason', None) or error}"
 
 
-def observe(residents: Mapping[str, Resident], query: GpuQuery, state: Mapping[str, Mapping[str, Any]],
-            foreign: str | None) -> dict[str, Seen]:  # fmt: skip
+def observe(
+    residents: Mapping[str, Resident],
+    query: GpuQuery,
+    state: Mapping[str, Mapping[str, Any]],
+    foreign: str | None,
+) -> dict[str, Seen]:
     """Every resident as seen now: nvml, else status, else belief."""
     seen = {}
     for name, resident in residents.items():
@@ -256,8 +271,15 @@ def observe(residents: Mapping[str, Resident], query: GpuQuery, state: Mapping[s
                 held, pids = nvml_answer
                 mib = sum(held.values())
                 device = max(held, key=lambda index: held[index]) if held else None
-                seen[name] = Seen(name=name, loaded=mib >= resident.vram_mib * LOADED_FRACTION, mib=mib,
-                                  device=device, source="nvml", pids=pids, note=None)  # fmt: skip
+                seen[name] = Seen(
+                    name=name,
+                    loaded=mib >= resident.vram_mib * LOADED_FRACTION,
+                    mib=mib,
+                    device=device,
+                    source="nvml",
+                    pids=pids,
+                    note=None,
+                )
                 continue
             notes.append(nvml_answer)
         else:
@@ -267,11 +289,25 @@ def observe(residents: Mapping[str, Resident], query: GpuQuery, state: Mapping[s
             if not isinstance(status_answer, str):
                 loaded, reported, device = status_answer
                 mib = resident.vram_mib if reported is None or (loaded and reported == 0) else reported
-                seen[name] = Seen(name=name, loaded=loaded, mib=mib if loaded else (reported or 0), device=device,
-                                  source="status", pids=(), note="; ".join(notes))  # fmt: skip
+                seen[name] = Seen(
+                    name=name,
+                    loaded=loaded,
+                    mib=mib if loaded else (reported or 0),
+                    device=device,
+                    source="status",
+                    pids=(),
+                    note="; ".join(notes),
+                )
                 continue
             notes.append(status_answer)
         believed = bool(state.get(name, {}).get("loaded"))
-        seen[name] = Seen(name=name, loaded=believed, mib=resident.vram_mib if believed else 0, device=None,
-                          source="belief", pids=(), note="; ".join(notes))  # fmt: skip
+        seen[name] = Seen(
+            name=name,
+            loaded=believed,
+            mib=resident.vram_mib if believed else 0,
+            device=None,
+            source="belief",
+            pids=(),
+            note="; ".join(notes),
+        )
     return seen

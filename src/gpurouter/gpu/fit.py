@@ -22,7 +22,8 @@ from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Iterable, Mapping, TypeGuard
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Final, TypeGuard
 
     from gpurouter.job.settings import Profile, Settings
 
@@ -31,11 +32,21 @@ MIN_RUNS: Final = 3
 # big inputs with small peaks sent a 10-hour file to the GPU. Beyond these, a run is not evidence.
 EVIDENCE_MAX_METRIC: Final = {"duration": 30 * 86400.0, "size": float(1 << 44), "pixels": 1e10}
 EVIDENCE_MAX_PEAK_MIB: Final = float(1 << 20)  # 1 TiB on one device
+
+
 class Fit(Record):
     """A least-squares line of peak VRAM (MiB) against the probe's metric."""
 
-    __slots__ = ("n", "slope", "intercept", "r2", "max_residual_mib", "max_metric", "max_metric_peak_mib",
-                 "min_metric")  # fmt: skip
+    __slots__ = (
+        "n",
+        "slope",
+        "intercept",
+        "r2",
+        "max_residual_mib",
+        "max_metric",
+        "max_metric_peak_mib",
+        "min_metric",
+    )
     n: int  # runs fitted
     slope: float  # MiB per metric unit (per second, per byte, per pixel)
     intercept: float  # MiB at metric 0
@@ -69,8 +80,16 @@ def fit(points: Iterable[tuple[float, float]]) -> Fit:
     ss_tot = sum((y - mean_y) ** 2 for _, y in pairs)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
     largest = max(pairs)
-    return Fit(n=n, slope=slope, intercept=intercept, r2=r2, max_residual_mib=max(0.0, max(residuals)),
-               max_metric=largest[0], max_metric_peak_mib=largest[1], min_metric=min(pairs)[0])  # fmt: skip
+    return Fit(
+        n=n,
+        slope=slope,
+        intercept=intercept,
+        r2=r2,
+        max_residual_mib=max(0.0, max(residuals)),
+        max_metric=largest[0],
+        max_metric_peak_mib=largest[1],
+        min_metric=min(pairs)[0],
+    )
 
 
 def predict_peak_mib(model: Fit, metric: float) -> float:
@@ -95,8 +114,9 @@ def threshold_for(model: Fit, budget_mib: float) -> float:
 # --------------------------------------------------------------------------- from the journal
 
 
-def runs(settings: Settings, profile: str, since_s: float | None = None,
-         journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def runs(
+    settings: Settings, profile: str, since_s: float | None = None, journals: Iterable[str] | None = None
+) -> dict[str, Any]:
     """The monitored GPU runs of a profile that ended well, and its GPU OOMs, from the journal.
 
     Only the evidence's owners count (issue 12, item 7: the journal is world-writable): records
@@ -137,8 +157,9 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
             continue
         record_kind = record.get("kind") if isinstance(record.get("kind"), str) else None
         peak = record.get("peak_vram_mib")
-        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", journal_reader.MAX_METRIC) or \
-                (_is_number(peak) and not 0 <= peak <= EVIDENCE_MAX_PEAK_MIB):  # fmt: skip
+        if not 0 <= metric <= EVIDENCE_MAX_METRIC.get(record_kind or "", journal_reader.MAX_METRIC) or (
+            _is_number(peak) and not 0 <= peak <= EVIDENCE_MAX_PEAK_MIB
+        ):
             out_of_range += 1
             continue
         kind = record.get("kind") if isinstance(record.get("kind"), str) else kind
@@ -147,21 +168,34 @@ def runs(settings: Settings, profile: str, since_s: float | None = None,
             continue
         peak = record.get("peak_vram_mib")
         devices = record.get("gpus")
-        if not _is_number(peak) or record.get("exit_status", 0) != 0 or (isinstance(devices, list) and len(devices) > 1):
+        if (
+            not _is_number(peak)
+            or record.get("exit_status", 0) != 0
+            or (isinstance(devices, list) and len(devices) > 1)
+        ):
             # a run that failed, saw no process memory, or spread over several GPUs (its peak is
             # their sum, while the budget is per device)
             skipped += "peak_vram_mib" in record
             continue
         points.append((float(metric), float(peak)))
-    return {"points": points, "kind": kind, "ooms": sorted(ooms), "skipped": skipped, "malformed": scanner.malformed,
-            "untrusted": untrusted, "out_of_range": out_of_range}  # fmt: skip
+    return {
+        "points": points,
+        "kind": kind,
+        "ooms": sorted(ooms),
+        "skipped": skipped,
+        "malformed": scanner.malformed,
+        "untrusted": untrusted,
+        "out_of_range": out_of_range,
+    }
 
 
 def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fit(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> tuple[float, float, float] | str:
+def _fit(
+    settings: Settings, profile: Profile, environ: Mapping[str, str]
+) -> tuple[float, float, float] | str:
     """(slope, intercept, max residual) of the profile's runs, or why there is none."""
     from gpurouter.job import memo
 
@@ -178,7 +212,7 @@ def _fit(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> tu
     points = runs(settings, profile.name)["points"]
     result: tuple[float, float, float] | str
     if len(points) < MIN_RUNS:
-        result = f"threshold = \"auto\" needs {MIN_RUNS} monitored GPU runs, the journal has {len(points)}"
+        result = f'threshold = "auto" needs {MIN_RUNS} monitored GPU runs, the journal has {len(points)}'
     else:
         try:
             model = fit(points)
@@ -199,10 +233,18 @@ def threshold(settings: Settings, profile: Profile, environ: Mapping[str, str]) 
     slope, intercept, residual = fitted
     gpus = selection.eligible(nvml.query_gpus(environ).gpus, settings.gpu.devices)
     if not gpus:
-        return None, "threshold = \"auto\" needs the GPUs' free VRAM and none is visible"
+        return None, 'threshold = "auto" needs the GPUs\' free VRAM and none is visible'
     promised = placement.read_claims(settings.lock_dir, gpus, profile.gpu.pool)
     free = max((g.memory_free_mib or 0) - promised.get(g.index, 0) for g in gpus)
     budget = free - settings.gpu.cushion_mib
-    model = Fit(n=0, slope=slope, intercept=intercept, r2=0.0, max_residual_mib=residual, max_metric=0.0,
-                     max_metric_peak_mib=0.0, min_metric=0.0)  # only the line and the margin matter here
+    model = Fit(
+        n=0,
+        slope=slope,
+        intercept=intercept,
+        r2=0.0,
+        max_residual_mib=residual,
+        max_metric=0.0,
+        max_metric_peak_mib=0.0,
+        min_metric=0.0,
+    )  # only the line and the margin matter here
     return threshold_for(model, budget), f"auto from the fit and {free} MiB free"

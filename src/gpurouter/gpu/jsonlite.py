@@ -44,7 +44,9 @@ def loads(text: str) -> Any:
     except (StopIteration, SystemError, ValueError) as error:
         # The C scanner reports errors by importing json.decoder's JSONDecodeError (fine: a bad
         # file is not the hot path), and on a few truncated inputs ends with a bare SystemError.
-        raise ValueError(str(error).splitlines()[0] if isinstance(error, ValueError) else "not valid JSON") from None
+        raise ValueError(
+            str(error).splitlines()[0] if isinstance(error, ValueError) else "not valid JSON"
+        ) from None
     if text[end:].strip():
         raise ValueError(f"extra data after the JSON document at character {end}")
     return value

@@ -39,12 +39,16 @@ _MAX_FILE_BYTES: Final = 16 * _MIB  # a device file is a few hundred bytes; refu
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO must not hang open(2)
 # Newest first: a driver older than the bindings lacks the newer symbols (NVMLError_FunctionNotFound),
 # and older bindings lack the attribute altogether.
-_COMPUTE_CALLS: Final = ("nvmlDeviceGetComputeRunningProcesses_v3",
-                         "nvmlDeviceGetComputeRunningProcesses_v2",
-                         "nvmlDeviceGetComputeRunningProcesses")  # fmt: skip
-_GRAPHICS_CALLS: Final = ("nvmlDeviceGetGraphicsRunningProcesses_v3",
-                          "nvmlDeviceGetGraphicsRunningProcesses_v2",
-                          "nvmlDeviceGetGraphicsRunningProcesses")  # fmt: skip
+_COMPUTE_CALLS: Final = (
+    "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetComputeRunningProcesses_v2",
+    "nvmlDeviceGetComputeRunningProcesses",
+)
+_GRAPHICS_CALLS: Final = (
+    "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    "nvmlDeviceGetGraphicsRunningProcesses_v2",
+    "nvmlDeviceGetGraphicsRunningProcesses",
+)
 _MISSING_CALL_ERRORS: Final = ("NVMLError_FunctionNotFound", "NVMLLibraryMismatchError")
 # nvmlDeviceGetTemperature is deprecated (gone in CUDA 14); nvmlDeviceGetTemperatureV needs a recent driver.
 _TEMPERATURE_CALLS: Final = ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature")
@@ -66,9 +70,20 @@ class ProcessUse(Record):
 class GpuSnapshot(Record):
     """One GPU at one moment. Every field but `index` may be None, meaning unknown."""
 
-    __slots__ = ("index", "uuid", "name", "memory_total_mib", "memory_used_mib", "memory_free_mib",
-                 "utilization_percent", "temperature_c", "power_w", "processes", "encoder_sessions",
-                 "encoder_capacity_percent")  # fmt: skip
+    __slots__ = (
+        "index",
+        "uuid",
+        "name",
+        "memory_total_mib",
+        "memory_used_mib",
+        "memory_free_mib",
+        "utilization_percent",
+        "temperature_c",
+        "power_w",
+        "processes",
+        "encoder_sessions",
+        "encoder_capacity_percent",
+    )
     index: int
     uuid: str | None
     name: str | None
@@ -136,8 +151,10 @@ def describe(query: GpuQuery) -> str:
             users = "no process"
         else:
             users = " ".join(f"{p.pid}({_show(p.used_mib)}M)" for p in gpu.processes)
-        lines.append(f"[{gpu.index}] {gpu.name or '?'} | {heat} | {used} / {total} MiB ({free} free) "
-                     f"| {power} W | {users} | {gpu.uuid or '?'}")  # fmt: skip
+        lines.append(
+            f"[{gpu.index}] {gpu.name or '?'} | {heat} | {used} / {total} MiB ({free} free) "
+            f"| {power} W | {users} | {gpu.uuid or '?'}"
+        )
     if query.message:
         lines.append(f"{'note' if query.gpus else 'no GPU'} ({query.source}): {query.message}")
     elif not lines:
@@ -230,8 +247,9 @@ def _parse_devices(document: Any) -> list[GpuSnapshot]:
             power_w=_float_or_none(_optional(device, "power_w", where, _is_nonnegative, "a number >= 0")),
             processes=_parse_processes(device.get("processes"), f"{where}.processes"),
             encoder_sessions=_optional(device, "encoder_sessions", where, _is_count, "a whole number >= 0"),
-            encoder_capacity_percent=_optional(device, "encoder_capacity_percent", where, _is_percent,
-                                               "a number 0-100"),
+            encoder_capacity_percent=_optional(
+                device, "encoder_capacity_percent", where, _is_percent, "a number 0-100"
+            ),
         )
     return [gpus[index] for index in sorted(gpus)]
 
@@ -288,8 +306,14 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-             float: "a number"}  # fmt: skip
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+    }
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 

@@ -47,29 +47,33 @@ _load_lock = _thread.allocate_lock()
 _library: ctypes.CDLL | None = None
 
 
-class c_nvmlMemory_t(ctypes.Structure):  # noqa: N801 - nvml.h's and pynvml's name
+class c_nvmlMemory_t(ctypes.Structure):
     """nvmlMemory_t: bytes of device memory."""
 
     _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
 
 
-class c_nvmlUtilization_t(ctypes.Structure):  # noqa: N801
+class c_nvmlUtilization_t(ctypes.Structure):
     """nvmlUtilization_t: percent of the last sample period."""
 
     _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
 
 
-class c_nvmlProcessInfo_v1_t(ctypes.Structure):  # noqa: N801
+class c_nvmlProcessInfo_v1_t(ctypes.Structure):
     """nvmlProcessInfo_v1_t, filled by the unversioned nvmlDevice*RunningProcesses."""
 
     _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
 
 
-class c_nvmlProcessInfo_v2_t(ctypes.Structure):  # noqa: N801
+class c_nvmlProcessInfo_v2_t(ctypes.Structure):
     """nvmlProcessInfo_v2_t (= nvmlProcessInfo_t), filled by the _v2 and _v3 process calls."""
 
-    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
-                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]  # fmt: skip
+    _fields_ = [
+        ("pid", ctypes.c_uint),
+        ("usedGpuMemory", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+    ]
 
 
 c_nvmlProcessInfo_v3_t = c_nvmlProcessInfo_v2_t  # as in pynvml: the _v3 calls take the v2 layout
@@ -86,23 +90,23 @@ class NVMLError(Exception):
         return _error_string(self.value)
 
 
-class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801 - pynvml's names, which nvml.py looks up
+class NVMLError_LibraryNotFound(NVMLError):
     """libnvidia-ml.so.1 could not be loaded."""
 
 
-class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+class NVMLError_DriverNotLoaded(NVMLError):
     """The kernel driver is not loaded."""
 
 
-class NVMLError_NoPermission(NVMLError):  # noqa: N801
+class NVMLError_NoPermission(NVMLError):
     """Not allowed to talk to the driver."""
 
 
-class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801
+class NVMLError_FunctionNotFound(NVMLError):
     """The driver's library lacks this (newer) call."""
 
 
-class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+class NVMLError_GpuIsLost(NVMLError):
     """The device fell off the bus or stopped answering."""
 
 
@@ -114,9 +118,11 @@ _ERROR_CLASSES: Final[dict[int, type[NVMLError]]] = {
     NVML_ERROR_GPU_IS_LOST: NVMLError_GpuIsLost,
 }
 # What pynvml says where the library cannot (it is not loaded, or nvmlErrorString fails).
-_FALLBACK_TEXT: Final = {NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
-                         NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
-                         NVML_ERROR_UNINITIALIZED: "Uninitialized"}  # fmt: skip
+_FALLBACK_TEXT: Final = {
+    NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+    NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
+}
 
 
 def _error(code: int) -> NVMLError:
@@ -176,7 +182,7 @@ def _function(name: str) -> Callable[..., int]:
     return function
 
 
-def nvmlInit() -> None:  # noqa: N802 - pynvml's names
+def nvmlInit() -> None:
     """nvmlInit_v2 (or nvmlInit on a driver from before it). NVML counts inits and shutdowns."""
     _load()
     try:
@@ -186,19 +192,19 @@ def nvmlInit() -> None:  # noqa: N802 - pynvml's names
     _check(init())
 
 
-def nvmlShutdown() -> None:  # noqa: N802
+def nvmlShutdown() -> None:
     """Pair of one nvmlInit."""
     _check(_function("nvmlShutdown")())
 
 
-def nvmlDeviceGetCount() -> int:  # noqa: N802
+def nvmlDeviceGetCount() -> int:
     """How many devices NVML sees (all of them: NVML ignores CUDA_VISIBLE_DEVICES)."""
     count = ctypes.c_uint(0)
     _check(_function("nvmlDeviceGetCount_v2")(ctypes.byref(count)))
     return count.value
 
 
-def nvmlDeviceGetHandleByIndex(index: int) -> ctypes.c_void_p:  # noqa: N802
+def nvmlDeviceGetHandleByIndex(index: int) -> ctypes.c_void_p:
     """An opaque handle (nvmlDevice_t is a pointer)."""
     handle = ctypes.c_void_p()
     _check(_function("nvmlDeviceGetHandleByIndex_v2")(ctypes.c_uint(index), ctypes.byref(handle)))
@@ -211,24 +217,24 @@ def _text(name: str, handle: ctypes.c_void_p, size: int) -> str:
     return buffer.value.decode("utf-8", "replace")
 
 
-def nvmlDeviceGetUUID(handle: ctypes.c_void_p) -> str:  # noqa: N802
+def nvmlDeviceGetUUID(handle: ctypes.c_void_p) -> str:
     """'GPU-xxxxxxxx-...', the name CUDA_VISIBLE_DEVICES accepts."""
     return _text("nvmlDeviceGetUUID", handle, NVML_DEVICE_UUID_V2_BUFFER_SIZE)
 
 
-def nvmlDeviceGetName(handle: ctypes.c_void_p) -> str:  # noqa: N802
+def nvmlDeviceGetName(handle: ctypes.c_void_p) -> str:
     """The product name, e.g. 'NVIDIA H100 80GB HBM3'."""
     return _text("nvmlDeviceGetName", handle, NVML_DEVICE_NAME_V2_BUFFER_SIZE)
 
 
-def nvmlDeviceGetMemoryInfo(handle: ctypes.c_void_p) -> c_nvmlMemory_t:  # noqa: N802
+def nvmlDeviceGetMemoryInfo(handle: ctypes.c_void_p) -> c_nvmlMemory_t:
     """total / free / used bytes (v1, as pynvml's default: `used` includes the driver's reserve)."""
     memory = c_nvmlMemory_t()
     _check(_function("nvmlDeviceGetMemoryInfo")(handle, ctypes.byref(memory)))
     return memory
 
 
-def nvmlDeviceGetUtilizationRates(handle: ctypes.c_void_p) -> c_nvmlUtilization_t:  # noqa: N802
+def nvmlDeviceGetUtilizationRates(handle: ctypes.c_void_p) -> c_nvmlUtilization_t:
     """Percent busy over the driver's last sample period."""
     rates = c_nvmlUtilization_t()
     _check(_function("nvmlDeviceGetUtilizationRates")(handle, ctypes.byref(rates)))
@@ -258,31 +264,31 @@ def _processes(name: str, layout: type[ctypes.Structure], handle: ctypes.c_void_
     raise _error(code)
 
 
-def nvmlDeviceGetComputeRunningProcesses_v3(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetComputeRunningProcesses_v3(handle: ctypes.c_void_p) -> list[Any]:
     """CUDA processes with memory on the device (driver >= 510)."""
     return _processes("nvmlDeviceGetComputeRunningProcesses_v3", c_nvmlProcessInfo_v3_t, handle)
 
 
-def nvmlDeviceGetComputeRunningProcesses_v2(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetComputeRunningProcesses_v2(handle: ctypes.c_void_p) -> list[Any]:
     """CUDA processes, for drivers 450-510."""
     return _processes("nvmlDeviceGetComputeRunningProcesses_v2", c_nvmlProcessInfo_v2_t, handle)
 
 
-def nvmlDeviceGetComputeRunningProcesses(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetComputeRunningProcesses(handle: ctypes.c_void_p) -> list[Any]:
     """CUDA processes, for drivers before 450 (the v1 layout)."""
     return _processes("nvmlDeviceGetComputeRunningProcesses", c_nvmlProcessInfo_v1_t, handle)
 
 
-def nvmlDeviceGetGraphicsRunningProcesses_v3(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetGraphicsRunningProcesses_v3(handle: ctypes.c_void_p) -> list[Any]:
     """Graphics processes with memory on the device (driver >= 510)."""
     return _processes("nvmlDeviceGetGraphicsRunningProcesses_v3", c_nvmlProcessInfo_v3_t, handle)
 
 
-def nvmlDeviceGetGraphicsRunningProcesses_v2(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetGraphicsRunningProcesses_v2(handle: ctypes.c_void_p) -> list[Any]:
     """Graphics processes, for drivers 450-510."""
     return _processes("nvmlDeviceGetGraphicsRunningProcesses_v2", c_nvmlProcessInfo_v2_t, handle)
 
 
-def nvmlDeviceGetGraphicsRunningProcesses(handle: ctypes.c_void_p) -> list[Any]:  # noqa: N802
+def nvmlDeviceGetGraphicsRunningProcesses(handle: ctypes.c_void_p) -> list[Any]:
     """Graphics processes, for drivers before 450 (the v1 layout)."""
     return _processes("nvmlDeviceGetGraphicsRunningProcesses", c_nvmlProcessInfo_v1_t, handle)

@@ -16,17 +16,17 @@ import fcntl
 import os
 import time
 
-from gpurouter.job import fsutil, kernel, slots
-from gpurouter.gpu import nvml, selection
-from gpurouter.job.records import Record
 from gpurouter.errors import ExitCode, GpurouterError, LockDirError, NoFreeSlot
+from gpurouter.gpu import nvml, selection
+from gpurouter.job import fsutil, kernel, slots
+from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
-    from gpurouter.job.settings import RouteSpec, Settings
     from gpurouter.gpu.nvml import GpuSnapshot
+    from gpurouter.job.settings import RouteSpec, Settings
     from gpurouter.job.slots import Slot
 
 CLAIM_GRACE_S = 60.0  # with per-process memory unknown, a claim counts in full this long after its start
@@ -70,8 +70,13 @@ def device_pool(spec: RouteSpec, index: int) -> str:
     return f"{spec.pool}{index}"
 
 
-def read_claims(lock_dir: str, gpus: Sequence[GpuSnapshot], spec_pool: str,
-                exclude_pid: int | None = None, decide_held: bool = False) -> dict[int, int]:  # fmt: skip
+def read_claims(
+    lock_dir: str,
+    gpus: Sequence[GpuSnapshot],
+    spec_pool: str,
+    exclude_pid: int | None = None,
+    decide_held: bool = False,
+) -> dict[int, int]:
     """MiB promised on each device to slot holders that NVML does not yet show as using it.
 
     Args:
@@ -202,9 +207,16 @@ def write_claim(dir_fd: int, slot: Slot, need_mib: int) -> None:
         os.close(fd)
 
 
-def place(settings: Settings, spec: RouteSpec, need_mib: int | None, count: int, wait_s: float,
-          on_wait: Callable[[], None], low_vram_waits: bool,
-          environ: Mapping[str, str] | None = None) -> Placement:  # fmt: skip
+def place(
+    settings: Settings,
+    spec: RouteSpec,
+    need_mib: int | None,
+    count: int,
+    wait_s: float,
+    on_wait: Callable[[], None],
+    low_vram_waits: bool,
+    environ: Mapping[str, str] | None = None,
+) -> Placement:
     """Take slots on `count` devices that each have `need_mib` free (plus the cushion).
 
     Raises:
@@ -238,14 +250,17 @@ def place(settings: Settings, spec: RouteSpec, need_mib: int | None, count: int,
         _sleep_until_a_release(settings.lock_dir, candidates, bound)
 
 
-def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count: int,
-               environ: Mapping[str, str] | None) -> Placement | tuple[str, list[tuple[str, int]], str]:  # fmt: skip
+def _try_place(
+    settings: Settings, spec: RouteSpec, need_mib: int | None, count: int, environ: Mapping[str, str] | None
+) -> Placement | tuple[str, list[tuple[str, int]], str]:
     dir_fd = slots.open_lock_dir(settings.lock_dir)
     try:
         decide = fsutil.open_shared_file(f"{spec.pool}.decide", os.O_RDONLY, dir_fd=dir_fd)
     except OSError as error:
         os.close(dir_fd)
-        raise LockDirError(os.path.join(settings.lock_dir, f"{spec.pool}.decide"), str(error.strerror)) from None
+        raise LockDirError(
+            os.path.join(settings.lock_dir, f"{spec.pool}.decide"), str(error.strerror)
+        ) from None
     try:
         fcntl.flock(decide, fcntl.LOCK_EX)  # one placement at a time: read, pick, take, claim
         query = nvml.query_gpus(environ)
@@ -258,7 +273,11 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
         cushion = settings.gpu.cushion_mib
         rotation = _next_rotation(dir_fd, spec.pool) if settings.gpu.select == "round-robin" else 0
         ranked = selection.rank(gpus, settings.gpu.select, promised, rotation)
-        fitting = [g for g in ranked if need_mib is None or selection.fits(g, need_mib, cushion, promised.get(g.index, 0))]
+        fitting = [
+            g
+            for g in ranked
+            if need_mib is None or selection.fits(g, need_mib, cushion, promised.get(g.index, 0))
+        ]
         taken: list[tuple[GpuSnapshot, Slot]] = []
         for gpu in fitting:  # best first, per [gpu] select
             if len(taken) == count:
@@ -271,7 +290,9 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
         if len(taken) < count:
             # Slots before VRAM: a device whose slots are all held is a wait for a slot, never the
             # low-VRAM action (its memory is its own jobs'; evicting or going to the CPU gains nothing).
-            open_devices = len(taken) + sum(1 for g in ranked if g not in fitting and has_free_slot(settings, spec, g))
+            open_devices = len(taken) + sum(
+                1 for g in ranked if g not in fitting and has_free_slot(settings, spec, g)
+            )
             if open_devices < count:
                 for _, slot in taken:
                     slot.release()
@@ -290,8 +311,13 @@ def _try_place(settings: Settings, spec: RouteSpec, need_mib: int | None, count:
                     raise LockDirError(claim, f"claim file unusable: {error.strerror or error}") from None
             chosen = [gpu for gpu, _ in taken]
             reason = ", ".join(_describe(g, need_mib, promised.get(g.index, 0)) for g in chosen)
-            return Placement(gpus=chosen, slots=[slot for _, slot in taken], need_mib=need_mib,
-                             promised=promised, reason=reason)  # fmt: skip
+            return Placement(
+                gpus=chosen,
+                slots=[slot for _, slot in taken],
+                need_mib=need_mib,
+                promised=promised,
+                reason=reason,
+            )
         for _, slot in taken:
             slot.release()
         if len(fitting) < count:
@@ -313,7 +339,9 @@ def claimants(lock_dir: str, pool: str, index: int) -> set[int]:
     except OSError:
         return set()
     prefix = f"{pool}{index}."
-    claims = (_read_claim(os.path.join(lock_dir, n)) for n in names if n.startswith(prefix) and n.endswith(".claim"))
+    claims = (
+        _read_claim(os.path.join(lock_dir, n)) for n in names if n.startswith(prefix) and n.endswith(".claim")
+    )
     return {claim[0] for claim in claims if claim is not None}
 
 
@@ -327,7 +355,9 @@ def has_free_slot(settings: Settings, spec: RouteSpec, gpu: GpuSnapshot) -> bool
 
 
 def _describe(gpu: GpuSnapshot, need_mib: int | None, promised: int) -> str:
-    free = "?" if gpu.memory_free_mib is None else f"{max(0, gpu.memory_free_mib - promised)}"  # promises can exceed it
+    free = (
+        "?" if gpu.memory_free_mib is None else f"{max(0, gpu.memory_free_mib - promised)}"
+    )  # promises can exceed it
     return f"GPU {gpu.index} {free} MiB free" + (f" ({promised} promised)" if promised else "")
 
 

@@ -15,12 +15,13 @@ import fcntl
 import os
 import time
 
-from gpurouter.job import fsutil, journal
 from gpurouter.gpu import nvml
+from gpurouter.job import fsutil, journal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
     from gpurouter.job.settings import Resident, Settings
 
@@ -51,8 +52,11 @@ def read_state(settings: Settings) -> dict[str, dict[str, Any]]:
     state = {}
     for name, resident in settings.residents.items():
         entry = stored.get(name) if isinstance(stored, dict) else None
-        if isinstance(entry, dict) and isinstance(entry.get("loaded"), bool) and \
-                isinstance(entry.get("last_used"), (int, float)):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("loaded"), bool)
+            and isinstance(entry.get("last_used"), (int, float))
+        ):
             state[name] = {"loaded": entry["loaded"], "last_used": float(entry["last_used"])}
             unloading = _valid_unloading(entry.get("unloading"))
             if unloading is not None:
@@ -67,8 +71,13 @@ def _valid_unloading(entry: object) -> dict[str, Any] | None:
     if not isinstance(entry, dict):
         return None
     try:
-        unloading = {"device": int(entry["device"]), "mib": int(entry["mib"]), "reserved": int(entry["reserved"]),
-                     "by": int(entry["by"]), "deadline": float(entry["deadline"])}  # fmt: skip
+        unloading = {
+            "device": int(entry["device"]),
+            "mib": int(entry["mib"]),
+            "reserved": int(entry["reserved"]),
+            "by": int(entry["by"]),
+            "deadline": float(entry["deadline"]),
+        }
     except (KeyError, TypeError, ValueError):
         return None
     return unloading if unloading["deadline"] > time.time() else None  # past its deadline: evidence decides
@@ -78,7 +87,9 @@ def _write_state(dir_fd: int, state: dict[str, dict[str, Any]]) -> None:
     import json
 
     temporary = f".{STATE}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+    )
     try:
         os.write(fd, json.dumps(state, sort_keys=True).encode())
         os.fsync(fd)
@@ -110,8 +121,13 @@ def run_action(action: Mapping[str, Any], timeout_s: float) -> str | None:
         import subprocess
 
         try:
-            done = subprocess.run(list(action["command"]), stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout_s, check=False)  # fmt: skip
+            done = subprocess.run(
+                list(action["command"]),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return f"command timed out after {timeout_s:g}s"
         except OSError as error:
@@ -122,10 +138,14 @@ def run_action(action: Mapping[str, Any], timeout_s: float) -> str | None:
 
     method, _, url = str(action["http"]).partition(" ")
     body = action.get("body")
-    request = urllib.request.Request(url.strip(), method=method.upper(), data=body.encode() if body else None,
-                                     headers={"Content-Type": "application/json", **action.get("headers", {})})  # fmt: skip
+    request = urllib.request.Request(
+        url.strip(),
+        method=method.upper(),
+        data=body.encode() if body else None,
+        headers={"Content-Type": "application/json", **action.get("headers", {})},
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - configured by the operator
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read(1 << 16)
     except urllib.error.HTTPError as error:
         return f"HTTP {error.code} from {url.strip()}"
@@ -138,12 +158,18 @@ def _evictable(resident: Resident, profile: str) -> bool:
     return not resident.managed and profile not in resident.coexist and resident.unload is not None
 
 
-def _plan(candidates: list[tuple[Resident, int, float]], room: int, need: int) -> list[tuple[Resident, int, float]] | None:
+def _plan(
+    candidates: list[tuple[Resident, int, float]], room: int, need: int
+) -> list[tuple[Resident, int, float]] | None:
     """The fewest (resident, MiB, last use) whose unloading makes `room` reach `need`, least recently used first."""
     import itertools
 
     for size in range(1, len(candidates) + 1):
-        fitting = [combo for combo in itertools.combinations(candidates, size) if room + sum(c[1] for c in combo) >= need]
+        fitting = [
+            combo
+            for combo in itertools.combinations(candidates, size)
+            if room + sum(c[1] for c in combo) >= need
+        ]
         if fitting:
             best = min(fitting, key=lambda combo: sorted((c[2], c[0].name) for c in combo))
             return sorted(best, key=lambda c: (c[2], c[0].name))
@@ -160,15 +186,18 @@ def in_flight(state: Mapping[str, Mapping[str, Any]], lock_dir: str, pool: str) 
         if not unloading:
             continue
         reserved = unloading["reserved"]
-        if not os.path.exists(f"/proc/{unloading['by']}") or unloading["by"] in placement.claimants(lock_dir, pool, unloading["device"]):
+        if not os.path.exists(f"/proc/{unloading['by']}") or unloading["by"] in placement.claimants(
+            lock_dir, pool, unloading["device"]
+        ):
             reserved = 0  # the evictor is gone or placed: its claim (if any) counts as promised instead
         mib, owed = flying.get(unloading["device"], (0, 0))
         flying[unloading["device"]] = (mib + unloading["mib"], owed + reserved)
     return flying
 
 
-def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any],
-              environ: Mapping[str, str] | None) -> bool:  # fmt: skip
+def make_room(
+    settings: Settings, decision: Any, why: str, record: dict[str, Any], environ: Mapping[str, str] | None
+) -> bool:
     """Make room for a job that does not fit; True if the job should try to place again.
 
     Room comes first from evictions already in flight (their memory counts for this job too:
@@ -194,9 +223,20 @@ def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any
         for gpu in open_gpus:
             mib, owed = flying.get(gpu.index, (0, 0))
             if mib and free[gpu.index] < need <= free[gpu.index] + mib - owed:
-                journal.append_record(settings.journal, "evict", **record, victim=None, ok=True, outcome="in_flight",
-                                      problem=None, device=gpu.index, free_mib_before=free[gpu.index],
-                                      in_flight_mib=mib, asked_by=decision.profile, wanted=why)  # fmt: skip
+                journal.append_record(
+                    settings.journal,
+                    "evict",
+                    **record,
+                    victim=None,
+                    ok=True,
+                    outcome="in_flight",
+                    problem=None,
+                    device=gpu.index,
+                    free_mib_before=free[gpu.index],
+                    in_flight_mib=mib,
+                    asked_by=decision.profile,
+                    wanted=why,
+                )
                 deadline = max(e["unloading"]["deadline"] for e in state.values() if e.get("unloading"))
                 break
         else:
@@ -207,19 +247,35 @@ def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any
             for gpu in open_gpus:  # in index order; the fewest victims, then the least recently used, win
                 mib, owed = flying.get(gpu.index, (0, 0))
                 candidates = [
-                    (r, seen[r.name].mib, state[r.name]["last_used"]) for r in settings.residents.values()
-                    if _evictable(r, decision.profile) and seen[r.name].loaded and not state[r.name].get("unloading")
+                    (r, seen[r.name].mib, state[r.name]["last_used"])
+                    for r in settings.residents.values()
+                    if _evictable(r, decision.profile)
+                    and seen[r.name].loaded
+                    and not state[r.name].get("unloading")
                     and _on_device(r, seen[r.name], gpu.index, query)
-                ]  # fmt: skip
+                ]
                 option = _plan(candidates, free[gpu.index] + mib - owed, need)
-                if option is not None and (plan is None or (len(option), sorted(c[2] for c in option)) <
-                                           (len(plan), sorted(c[2] for c in plan))):  # fmt: skip
+                if option is not None and (
+                    plan is None
+                    or (len(option), sorted(c[2] for c in option)) < (len(plan), sorted(c[2] for c in plan))
+                ):
                     plan, device = option, gpu.index
             if plan is None or device is None:
-                sources = ", ".join(f"{n} {'loaded' if v.loaded else 'unloaded'} {v.mib} MiB ({v.source})" for n, v in seen.items())
-                journal.append_record(settings.journal, "evict", **record, victim=None, ok=False, outcome="no_victim",
-                                      problem=f"no eviction makes room on a GPU with a free slot ({sources})",
-                                      asked_by=decision.profile, wanted=why)  # fmt: skip
+                sources = ", ".join(
+                    f"{n} {'loaded' if v.loaded else 'unloaded'} {v.mib} MiB ({v.source})"
+                    for n, v in seen.items()
+                )
+                journal.append_record(
+                    settings.journal,
+                    "evict",
+                    **record,
+                    victim=None,
+                    ok=False,
+                    outcome="no_victim",
+                    problem=f"no eviction makes room on a GPU with a free slot ({sources})",
+                    asked_by=decision.profile,
+                    wanted=why,
+                )
                 return False
             before = free[device]
             done = []
@@ -228,14 +284,30 @@ def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any
                 if problem is not None:
                     # Journal it and send it to the back of the line, so the next job does not wait on it first.
                     state[victim.name]["last_used"] = time.time()
-                    journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=False,
-                                          outcome="failed", problem=problem, device=device, free_mib_before=before,
-                                          free_mib_after=before, source=seen[victim.name].source,
-                                          asked_by=decision.profile, wanted=why)  # fmt: skip
+                    journal.append_record(
+                        settings.journal,
+                        "evict",
+                        **record,
+                        victim=victim.name,
+                        ok=False,
+                        outcome="failed",
+                        problem=problem,
+                        device=device,
+                        free_mib_before=before,
+                        free_mib_after=before,
+                        source=seen[victim.name].source,
+                        asked_by=decision.profile,
+                        wanted=why,
+                    )
                     break
                 state[victim.name]["loaded"] = False
-                state[victim.name]["unloading"] = {"device": device, "mib": mib, "reserved": need if not done else 0,
-                                                   "by": os.getpid(), "deadline": time.time() + victim.timeout_s}  # fmt: skip
+                state[victim.name]["unloading"] = {
+                    "device": device,
+                    "mib": mib,
+                    "reserved": need if not done else 0,
+                    "by": os.getpid(),
+                    "deadline": time.time() + victim.timeout_s,
+                }
                 done.append((victim, mib))
             _write_state(locked.dir_fd, state)
             if len(done) < len(plan):
@@ -251,10 +323,22 @@ def make_room(settings: Settings, decision: Any, why: str, record: dict[str, Any
             state[victim.name].pop("unloading", None)
         _write_state(locked.dir_fd, state)
     for victim, mib in done:
-        journal.append_record(settings.journal, "evict", **record, victim=victim.name, ok=True, outcome="evicted",
-                              problem=None, device=device, victim_mib=mib, source=seen[victim.name].source,
-                              free_mib_before=before, free_mib_after=freed_after,
-                              asked_by=decision.profile, wanted=why)  # fmt: skip
+        journal.append_record(
+            settings.journal,
+            "evict",
+            **record,
+            victim=victim.name,
+            ok=True,
+            outcome="evicted",
+            problem=None,
+            device=device,
+            victim_mib=mib,
+            source=seen[victim.name].source,
+            free_mib_before=before,
+            free_mib_after=freed_after,
+            asked_by=decision.profile,
+            wanted=why,
+        )
     return True
 
 
@@ -266,8 +350,14 @@ def _on_device(resident: Resident, seen: Any, index: int, query: Any) -> bool:
     return str(resident.device) in (str(index), next((g.uuid for g in query.gpus if g.index == index), None))
 
 
-def _wait_for_free(settings: Settings, spec: Any, need: int, device: int | None, deadline: float,
-                   environ: Mapping[str, str] | None) -> int | None:  # fmt: skip
+def _wait_for_free(
+    settings: Settings,
+    spec: Any,
+    need: int,
+    device: int | None,
+    deadline: float,
+    environ: Mapping[str, str] | None,
+) -> int | None:
     """Wait (bounded by `deadline`) until a device with a free slot shows `need` MiB free for this job;
     the free MiB seen last. The unload call returned before the memory was freed."""
     from gpurouter.gpu import placement, selection
@@ -280,7 +370,9 @@ def _wait_for_free(settings: Settings, spec: Any, need: int, device: int | None,
         for gpu in gpus:
             if device is not None and gpu.index != device:
                 continue
-            owed = 0 if device is not None else flying.get(gpu.index, (0, 0))[1]  # an evictor's own reservation is for itself
+            owed = (
+                0 if device is not None else flying.get(gpu.index, (0, 0))[1]
+            )  # an evictor's own reservation is for itself
             free = max(0, (gpu.memory_free_mib or 0) - promised.get(gpu.index, 0))
             seen = free if device is not None or seen is None else max(seen, free)
             if free - owed >= need:
@@ -317,8 +409,14 @@ def note_job(settings: Settings, profile: str, record: dict[str, Any]) -> None:
         for resident in users:
             if not state[resident.name]["loaded"] and resident.load is not None:
                 problem = run_action(resident.load, resident.timeout_s)
-                journal.append_record(settings.journal, "load", **record, resident=resident.name, ok=problem is None,
-                                      problem=problem)  # fmt: skip
+                journal.append_record(
+                    settings.journal,
+                    "load",
+                    **record,
+                    resident=resident.name,
+                    ok=problem is None,
+                    problem=problem,
+                )
                 if problem is not None:
                     continue
             state[resident.name] = {"loaded": True, "last_used": time.time()}

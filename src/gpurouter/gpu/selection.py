@@ -151,8 +151,9 @@ def _clamp(fraction: float) -> float:
     return min(1.0, max(0.0, fraction))
 
 
-def rank(gpus: Iterable[GpuSnapshot], select: str, promised: Mapping[int, int] | None = None,
-         rotation: int = 0) -> list[GpuSnapshot]:  # fmt: skip
+def rank(
+    gpus: Iterable[GpuSnapshot], select: str, promised: Mapping[int, int] | None = None, rotation: int = 0
+) -> list[GpuSnapshot]:
     """All devices in preference order for `select` (the order `pick` tries them in)."""
     owed = promised or {}
     by_index = sorted(gpus, key=lambda gpu: gpu.index)

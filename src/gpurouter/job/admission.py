@@ -12,26 +12,38 @@ import sys
 
 from gpurouter.errors import GpurouterError, NoFreeSlot, ProbeRefused
 from gpurouter.job import guard, journal, priority, route, slots
-from gpurouter.job.units import format_wait
 from gpurouter.job.decision import HELD_VAR, ROUTED_VAR, held_pools, routed_value
+from gpurouter.job.units import format_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
     from gpurouter.gpu.placement import Placement
-    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
+    from gpurouter.job.settings import Settings
     from gpurouter.job.slots import Slot
 
 
 def job_record(decision: Decision, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fields every journal record of this job carries (start, wait, busy, end...)."""
     taken = decision.taken_route  # None for a no_input pass: it takes no route and no pool
-    return {"profile": decision.profile, "route": taken, "metric": decision.metric,
-            "reason": decision.reason, "pid": os.getpid(), "argv": decision.argv, "pool": decision.pool if taken else None,
-            "kind": decision.kind, "via": decision.via, "input": decision.input, "uid": os.getuid(),
-            "priority": decision.rules.priority, **(extra or {})}  # fmt: skip
+    return {
+        "profile": decision.profile,
+        "route": taken,
+        "metric": decision.metric,
+        "reason": decision.reason,
+        "pid": os.getpid(),
+        "argv": decision.argv,
+        "pool": decision.pool if taken else None,
+        "kind": decision.kind,
+        "via": decision.via,
+        "input": decision.input,
+        "uid": os.getuid(),
+        "priority": decision.rules.priority,
+        **(extra or {}),
+    }
 
 
 class Admission:
@@ -43,8 +55,13 @@ class Admission:
 
     __slots__ = ("settings", "decision", "record", "verbose", "quiet", "_announced")
 
-    def __init__(self, settings: Settings, decision: Decision, verbose: bool = False,
-                 extra: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        decision: Decision,
+        verbose: bool = False,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings, self.decision, self.verbose = settings, decision, verbose
         self.record = job_record(decision, extra)
         self.quiet = False  # True while a caller's fail-fast tries find nothing: those are not refusals
@@ -66,7 +83,9 @@ class Admission:
         if self._announced:
             return
         self._announced = True
-        journal.append_record(self.settings.journal, "wait", **self.record, wait=format_wait(self.decision.wait_s))
+        journal.append_record(
+            self.settings.journal, "wait", **self.record, wait=format_wait(self.decision.wait_s)
+        )
         if self.verbose:
             say(f"waiting for a {self.decision.pool} slot ({format_wait(self.decision.wait_s)})")
 
@@ -76,8 +95,9 @@ class Admission:
 
     def start(self, slot: str | None, waited_s: float, **fields: Any) -> None:
         """Journal `start`: the job is launched (a pass-through is counted by its parent instead)."""
-        journal.append_record(self.settings.journal, "start", **self.record, slot=slot, waited_s=round(waited_s, 3),
-                              **fields)  # fmt: skip
+        journal.append_record(
+            self.settings.journal, "start", **self.record, slot=slot, waited_s=round(waited_s, 3), **fields
+        )
 
     def prelude(self, decision: Decision) -> float:
         """The verdicts that come before any slot: busy or refused outright, or a wait for the GPU
@@ -101,12 +121,19 @@ class Admission:
         rules = decision.rules
         assert rules.hours is not None
         now = time.localtime()
-        wait = route.seconds_until_window(rules.hours, now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec + time.time() % 1)
+        wait = route.seconds_until_window(
+            rules.hours, now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec + time.time() % 1
+        )
         if 0 < decision.wait_s < float("inf") and wait > decision.wait_s:
             why = f"the GPU window {rules.hours_text} opens in {wait:.0f}s, after the wait limit"
             raise self.busy(0.0, NoFreeSlot(decision.pool, decision.slots, 0.0, why=why))
-        journal.append_record(self.settings.journal, "wait", **self.record, wait=f"window {rules.hours_text}",
-                              window_in_s=round(wait, 1))  # fmt: skip
+        journal.append_record(
+            self.settings.journal,
+            "wait",
+            **self.record,
+            wait=f"window {rules.hours_text}",
+            window_in_s=round(wait, 1),
+        )
         if self.verbose:
             say(f"outside hours {rules.hours_text}: waiting {wait:.0f}s for the window")
         time.sleep(wait)  # one timed sleep until the window opens: nothing to poll
@@ -116,8 +143,17 @@ class Admission:
 class Held:
     """What `acquire` took for a job: slots (and devices), the env to add, the guard to apply."""
 
-    __slots__ = ("decision", "slots", "extra_fds", "env", "guard", "escaped_after_s", "waited_s", "record",
-                 "placement")  # fmt: skip
+    __slots__ = (
+        "decision",
+        "slots",
+        "extra_fds",
+        "env",
+        "guard",
+        "escaped_after_s",
+        "waited_s",
+        "record",
+        "placement",
+    )
 
     def __init__(self, decision: Decision, record: dict[str, Any]) -> None:
         self.decision = decision
@@ -152,9 +188,15 @@ class Held:
         self.extra_fds = []
 
 
-def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
-            verbose: bool = False, extra: Mapping[str, Any] | None = None,
-            admission: Admission | None = None, journal_start: bool = True) -> Held:  # fmt: skip
+def acquire(
+    settings: Settings,
+    decision: Decision,
+    environ: Mapping[str, str] | None = None,
+    verbose: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    admission: Admission | None = None,
+    journal_start: bool = True,
+) -> Held:
     """Carry out the decision up to the exec: window wait, devices or slot, escape; journal `start`.
 
     Args:
@@ -181,14 +223,22 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
         held.decision = decision
         record.update(route=decision.route, reason=decision.reason, argv=decision.argv, pool=decision.pool)
         if placement is not None:
-            record.update(gpus=[g.index for g in placement.gpus], uuids=[g.uuid for g in placement.gpus],
-                          vram_mib=placement.need_mib, placed=placement.reason)  # fmt: skip
+            record.update(
+                gpus=[g.index for g in placement.gpus],
+                uuids=[g.uuid for g in placement.gpus],
+                vram_mib=placement.need_mib,
+                placed=placement.reason,
+            )
             held.placement = placement
             held.slots = list(placement.slots)
             held.waited_s = placement.slots[0].waited_s + waited_window
             held.env["CUDA_VISIBLE_DEVICES"] = placement.visible_devices()
-            held.env[HELD_VAR] = ",".join([*held_pools(env_in), decision.pool, *(s.pool for s in placement.slots)])
-    held.guard = decision.spec.guard  # after placement: a low-VRAM fallback may have switched to the CPU route
+            held.env[HELD_VAR] = ",".join(
+                [*held_pools(env_in), decision.pool, *(s.pool for s in placement.slots)]
+            )
+    held.guard = (
+        decision.spec.guard
+    )  # after placement: a low-VRAM fallback may have switched to the CPU route
     if not held.slots and decision.no_slot_because is None:
         slot, escaped, gate_fds = _take_slot(log, decision, waited_window)
         held.extra_fds = gate_fds
@@ -199,7 +249,9 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
         else:
             held.escaped_after_s = escaped
             held.waited_s = escaped or 0.0
-            held.guard = guard.merged(held.guard, decision.rules.escape)  # capped and niced as configured for an escape
+            held.guard = guard.merged(
+                held.guard, decision.rules.escape
+            )  # capped and niced as configured for an escape
     if decision.action != route.PASS:
         # Whether or not a slot was taken (skip-lock, escape, held pool): the route args are in argv
         # now, so an intercepting link this job execs must not add them again.
@@ -211,10 +263,16 @@ def acquire(settings: Settings, decision: Decision, environ: Mapping[str, str] |
     if held.escaped_after_s is not None:
         held.env.update(guard.thread_env(held.guard, env_in))
     if journal_start and decision.action != route.PASS:  # the parent's `start` already counts this job
-        log.start(held.first_slot, held.waited_s, escaped=held.escaped_after_s is not None,
-                  no_slot_because=decision.no_slot_because)  # fmt: skip
+        log.start(
+            held.first_slot,
+            held.waited_s,
+            escaped=held.escaped_after_s is not None,
+            no_slot_because=decision.no_slot_because,
+        )
     if verbose:
-        slot_text = held.first_slot or ("none: escaped after max_wait" if held.escaped_after_s is not None else "none")
+        slot_text = held.first_slot or (
+            "none: escaped after max_wait" if held.escaped_after_s is not None else "none"
+        )
         say(f"{decision.route} ({decision.reason}), slot {slot_text}")
     return held
 
@@ -229,13 +287,22 @@ def to_cpu(decision: Decision, why: str, environ: Mapping[str, str] | None = Non
     spec = decision.rules.cpu
     env = {k: v for k, v in spec.env.items() if k not in env_in}
     env.update(guard.thread_env(spec.guard, env_in))
-    return decision.replace(route="cpu", spec=spec, reason=f"{decision.reason}; {why}", pool=spec.pool,
-                            slots=spec.slots, argv=route.job_argv(decision.base_argv, spec, decision.input_at), env=env,
-                            need_mib=None, gpu_count=None)  # fmt: skip
+    return decision.replace(
+        route="cpu",
+        spec=spec,
+        reason=f"{decision.reason}; {why}",
+        pool=spec.pool,
+        slots=spec.slots,
+        argv=route.job_argv(decision.base_argv, spec, decision.input_at),
+        env=env,
+        need_mib=None,
+        gpu_count=None,
+    )
 
 
-def _take_devices(log: Admission, decision: Decision,
-                  environ: Mapping[str, str] | None) -> tuple[Placement | None, Decision]:  # fmt: skip
+def _take_devices(
+    log: Admission, decision: Decision, environ: Mapping[str, str] | None
+) -> tuple[Placement | None, Decision]:
     """Place a device-aware GPU job; on low VRAM or no GPU, apply the profile's policy.
 
     Returns:
@@ -251,14 +318,24 @@ def _take_devices(log: Admission, decision: Decision,
     policy = spec.on_low_vram
     for attempt in range(4):
         try:
-            return devices.place(settings, spec, decision.need_mib, decision.gpu_count or 1, decision.wait_s,
-                                 log.wait, low_vram_waits=policy == "wait", environ=environ), decision  # fmt: skip
+            return devices.place(
+                settings,
+                spec,
+                decision.need_mib,
+                decision.gpu_count or 1,
+                decision.wait_s,
+                log.wait,
+                low_vram_waits=policy == "wait",
+                environ=environ,
+            ), decision
         except devices.NoGpu as missing:
             if rules.no_gpu in (None, "cpu"):
                 return None, to_cpu(decision, f"{missing}: cpu", environ)
             if rules.no_gpu == "busy":
-                raise log.busy(0.0, NoFreeSlot(decision.pool, decision.slots, 0.0, why=str(missing))) from None
-            raise log.refused(f"refused: {missing} and no_gpu = \"fail\"") from None
+                raise log.busy(
+                    0.0, NoFreeSlot(decision.pool, decision.slots, 0.0, why=str(missing))
+                ) from None
+            raise log.refused(f'refused: {missing} and no_gpu = "fail"') from None
         except devices.TooManyGpus as too_many:
             raise log.refused(too_many) from None
         except devices.LowVram as short:
@@ -275,7 +352,9 @@ def _take_devices(log: Admission, decision: Decision,
     return None, to_cpu(decision, "evictions did not make room: cpu", environ)
 
 
-def _take_slot(log: Admission, decision: Decision, already_waited: float) -> tuple[Slot | None, float | None, list[int]]:
+def _take_slot(
+    log: Admission, decision: Decision, already_waited: float
+) -> tuple[Slot | None, float | None, list[int]]:
     """(slot, None, fds to inherit) or (None, seconds waited, fds) after a max_wait escape.
 
     Raises:
@@ -292,12 +371,23 @@ def _take_slot(log: Admission, decision: Decision, already_waited: float) -> tup
     inherited: list[int] = []
     try:
         if rules.priority == "realtime":
-            held, inherited = priority.take_as_realtime(settings.lock_dir, decision.pool, decision.slots, wait_s, log.wait)
+            held, inherited = priority.take_as_realtime(
+                settings.lock_dir, decision.pool, decision.slots, wait_s, log.wait
+            )
         elif rules.priority == "batch":
-            held = priority.take_as_batch(settings.lock_dir, decision.pool, decision.slots, wait_s, log.wait, began,
-                                          yield_to_running=rules.batch_yields == "running")  # fmt: skip
+            held = priority.take_as_batch(
+                settings.lock_dir,
+                decision.pool,
+                decision.slots,
+                wait_s,
+                log.wait,
+                began,
+                yield_to_running=rules.batch_yields == "running",
+            )
         else:
-            held = slots.acquire_slot(settings.lock_dir, decision.pool, decision.slots, wait_s, on_wait=log.wait)
+            held = slots.acquire_slot(
+                settings.lock_dir, decision.pool, decision.slots, wait_s, on_wait=log.wait
+            )
     except NoFreeSlot as busy:
         waited = time.monotonic() - began
         if escape_after is not None and limit > escape_after and waited >= escape_after:

@@ -18,7 +18,8 @@ from gpurouter.job.validate import validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
 __all__ = ["Settings", "find_config", "load", "validate"]
 
@@ -87,8 +88,14 @@ def _read_toml(path: str, environ: Mapping[str, str] | None) -> dict[str, Any]:
         info = os.fstat(fd)
         if not _is_regular(info.st_mode):
             raise ConfigError(path, "", "not a regular file")
-        identity = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
-                    info.st_ctime_ns)  # fmt: skip
+        identity = (
+            os.path.abspath(path),
+            info.st_dev,
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+        )
         cached = memo.recall("config", identity, environ)
         if isinstance(cached, dict):
             return cached
@@ -117,5 +124,3 @@ def _is_regular(mode: int) -> bool:
     import stat
 
     return stat.S_ISREG(mode)
-
-

@@ -9,17 +9,17 @@ import os
 
 from gpurouter.errors import UsageError
 from gpurouter.job import guard, probe, route
+from gpurouter.job.records import Record
 from gpurouter.job.settings import ROUTES
 from gpurouter.job.units import format_wait
-from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
-    from gpurouter.job.settings import Profile, RouteSpec, Settings
     from gpurouter.job.route import Action
-    from gpurouter.job.settings import RouteName
+    from gpurouter.job.settings import Profile, RouteName, RouteSpec, Settings
 
 HELD_VAR = "GPUROUTER_HELD"
 ROUTED_VAR = "GPUROUTER_ROUTED"  # the profile a parent gpurouter already routed (its args are in argv)
@@ -29,9 +29,29 @@ SKIP_VAR = "GPUROUTER_SKIP_LOCK"
 class Decision(Record):
     """Everything decided for one job before a slot is taken."""
 
-    __slots__ = ("profile", "route", "reason", "metric", "kind", "via", "input", "executable", "argv",
-                 "pool", "slots", "wait_s", "env", "no_slot_because", "spec", "rules", "action",
-                 "base_argv", "need_mib", "gpu_count", "input_at")  # fmt: skip
+    __slots__ = (
+        "profile",
+        "route",
+        "reason",
+        "metric",
+        "kind",
+        "via",
+        "input",
+        "executable",
+        "argv",
+        "pool",
+        "slots",
+        "wait_s",
+        "env",
+        "no_slot_because",
+        "spec",
+        "rules",
+        "action",
+        "base_argv",
+        "need_mib",
+        "gpu_count",
+        "input_at",
+    )
     profile: str
     route: RouteName  # a no_input pass carries the CPU route's name but takes none: see `taken_route`
     reason: str
@@ -67,13 +87,26 @@ class Decision(Record):
     def summary(self) -> dict[str, Any]:
         """The decision as JSON-ready data (for `route --json` and the journal)."""
         return {
-            "profile": self.profile, "route": self.taken_route, "reason": self.reason, "metric": self.metric,
-            "kind": self.kind, "via": self.via, "input": self.input, "executable": self.executable,
-            "argv": self.argv, "pool": self.pool if self.taken_route else None, "slots": self.slots, "wait": format_wait(self.wait_s),
-            "env": self.env, "action": self.action, "priority": self.rules.priority,
-            "gpus": self.gpu_count, "vram_mib": self.need_mib,
-            "slot": None if self.no_slot_because else "pending", "no_slot_because": self.no_slot_because,
-        }  # fmt: skip
+            "profile": self.profile,
+            "route": self.taken_route,
+            "reason": self.reason,
+            "metric": self.metric,
+            "kind": self.kind,
+            "via": self.via,
+            "input": self.input,
+            "executable": self.executable,
+            "argv": self.argv,
+            "pool": self.pool if self.taken_route else None,
+            "slots": self.slots,
+            "wait": format_wait(self.wait_s),
+            "env": self.env,
+            "action": self.action,
+            "priority": self.rules.priority,
+            "gpus": self.gpu_count,
+            "vram_mib": self.need_mib,
+            "slot": None if self.no_slot_because else "pending",
+            "no_slot_because": self.no_slot_because,
+        }
 
 
 def routed_value(profile: str, route_name: str, command: str) -> str:
@@ -102,7 +135,9 @@ def holds_device_of(held: Sequence[str], pool: str) -> bool:
     and the nested device-mode call then ran with no slot and no CUDA_VISIBLE_DEVICES.
     """
     size = len(pool)
-    return any(len(p) > size and p.startswith(pool) and p[size:].isascii() and p[size:].isdigit() for p in held)
+    return any(
+        len(p) > size and p.startswith(pool) and p[size:].isascii() and p[size:].isdigit() for p in held
+    )
 
 
 def forced_route(option: str | None, environ: Mapping[str, str]) -> tuple[RouteName | None, str | None]:
@@ -133,9 +168,15 @@ def gpu_problem(settings: Settings, environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable: str,
-           forced: tuple[RouteName | None, str | None] = (None, None),
-           environ: Mapping[str, str] | None = None, intercepted: bool = False) -> Decision:  # fmt: skip
+def decide(
+    settings: Settings,
+    profile: Profile,
+    argv: Sequence[str],
+    executable: str,
+    forced: tuple[RouteName | None, str | None] = (None, None),
+    environ: Mapping[str, str] | None = None,
+    intercepted: bool = False,
+) -> Decision:
     """Probe and route one job; takes nothing and runs nothing.
 
     Raises:
@@ -170,18 +211,31 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         now = time.localtime()
         minute = now.tm_hour * 60 + now.tm_min
     chosen = route.choose_route(profile, result, *forced, minute_of_day=minute)
-    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and settings.backend.kind == "local" \
-            and (profile.no_gpu is not None or not settings.gpu.enabled):  # on Slurm the cluster knows the GPUs
+    if (
+        chosen.name == "gpu"
+        and chosen.action == route.RUN
+        and not forced[0]
+        and settings.backend.kind == "local"
+        and (profile.no_gpu is not None or not settings.gpu.enabled)
+    ):  # on Slurm the cluster knows the GPUs
         problem = gpu_problem(settings, env_in)
         if problem is not None:
             chosen = route.choose_route(profile, result, minute_of_day=minute, gpu_problem=problem)
-    if chosen.name == "gpu" and chosen.action == route.RUN and not forced[0] and profile.on_gpu_oom == "cpu" \
-            and result is not None and result.input is not None:
+    if (
+        chosen.name == "gpu"
+        and chosen.action == route.RUN
+        and not forced[0]
+        and profile.on_gpu_oom == "cpu"
+        and result is not None
+        and result.input is not None
+    ):
         from gpurouter.job import probe_cache  # loaded by the probe already
 
         oom = probe_cache.recall_oom(settings.lock_dir, result.input)
         if oom is not None:  # it died of GPU OOM before: the runner's retry must not meet the same OOM
-            chosen = route.Route(name="cpu", spec=profile.cpu, reason=f"{chosen.reason}; {oom}: cpu", action=route.RUN)
+            chosen = route.Route(
+                name="cpu", spec=profile.cpu, reason=f"{chosen.reason}; {oom}: cpu", action=route.RUN
+            )
     spec = chosen.spec
     no_slot = None
     if env_in.get(SKIP_VAR, "") not in ("", "0"):
@@ -198,38 +252,84 @@ def decide(settings: Settings, profile: Profile, argv: Sequence[str], executable
         if holds_device_of(held_pools(env_in), spec.pool):
             no_slot = no_slot or f"a {spec.pool} device is held by a parent gpurouter ({HELD_VAR})"
     return Decision(
-        profile=profile.name, route=chosen.name, reason=chosen.reason,
-        metric=None if result is None else result.metric, kind=None if result is None else result.kind,
-        via=None if result is None else result.via, input=None if result is None else result.input,
-        executable=executable, argv=route.job_argv(argv, spec, input_at), pool=spec.pool, slots=spec.slots,
-        wait_s=profile.wait_s, env=env, no_slot_because=no_slot, spec=spec, rules=profile, action=chosen.action,
-        base_argv=list(argv), need_mib=need_mib, gpu_count=gpu_count, input_at=input_at,
-    )  # fmt: skip
+        profile=profile.name,
+        route=chosen.name,
+        reason=chosen.reason,
+        metric=None if result is None else result.metric,
+        kind=None if result is None else result.kind,
+        via=None if result is None else result.via,
+        input=None if result is None else result.input,
+        executable=executable,
+        argv=route.job_argv(argv, spec, input_at),
+        pool=spec.pool,
+        slots=spec.slots,
+        wait_s=profile.wait_s,
+        env=env,
+        no_slot_because=no_slot,
+        spec=spec,
+        rules=profile,
+        action=chosen.action,
+        base_argv=list(argv),
+        need_mib=need_mib,
+        gpu_count=gpu_count,
+        input_at=input_at,
+    )
 
 
 def _no_input(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
     """`no_input = "pass"` and the job has no input argument at all (`ffmpeg -version`): exec it untouched,
     with no probe, no slot and no route args (issue 14)."""
     return Decision(
-        profile=profile.name, route=profile.cpu.name, reason=f"no input argument ({profile.input}): no_input = pass",
-        metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
-        pool=profile.cpu.pool, slots=0, wait_s=0.0, env={}, no_slot_because="no input argument (no_input = pass)",
-        spec=profile.cpu, rules=profile, action=route.NO_INPUT, base_argv=list(argv), need_mib=None,
-        gpu_count=None, input_at=None,
-    )  # fmt: skip
+        profile=profile.name,
+        route=profile.cpu.name,
+        reason=f"no input argument ({profile.input}): no_input = pass",
+        metric=None,
+        kind=None,
+        via=None,
+        input=None,
+        executable=executable,
+        argv=list(argv),
+        pool=profile.cpu.pool,
+        slots=0,
+        wait_s=0.0,
+        env={},
+        no_slot_because="no input argument (no_input = pass)",
+        spec=profile.cpu,
+        rules=profile,
+        action=route.NO_INPUT,
+        base_argv=list(argv),
+        need_mib=None,
+        gpu_count=None,
+        input_at=None,
+    )
 
 
-def _pass_through(profile: Profile, argv: Sequence[str], executable: str, parent_route: RouteName) -> Decision:
+def _pass_through(
+    profile: Profile, argv: Sequence[str], executable: str, parent_route: RouteName
+) -> Decision:
     """A nested call of a profile its parent gpurouter already routed (e.g. `run -- NAME` where NAME is
     itself an intercepting link): the parent probed, added the route args and holds the slot, so
     this call execs the real binary with the argv untouched."""
     return Decision(
-        profile=profile.name, route=parent_route, reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
-        metric=None, kind=None, via=None, input=None, executable=executable, argv=list(argv),
-        pool=profile.route(parent_route).pool, slots=profile.route(parent_route).slots, wait_s=0.0, env={},
-        no_slot_because="already routed by a parent gpurouter", spec=profile.route(parent_route), rules=profile,
+        profile=profile.name,
+        route=parent_route,
+        reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
+        metric=None,
+        kind=None,
+        via=None,
+        input=None,
+        executable=executable,
+        argv=list(argv),
+        pool=profile.route(parent_route).pool,
+        slots=profile.route(parent_route).slots,
+        wait_s=0.0,
+        env={},
+        no_slot_because="already routed by a parent gpurouter",
+        spec=profile.route(parent_route),
+        rules=profile,
         action=route.PASS,
-        base_argv=list(argv), need_mib=None, gpu_count=None, input_at=None,
-    )  # fmt: skip
-
-
+        base_argv=list(argv),
+        need_mib=None,
+        gpu_count=None,
+        input_at=None,
+    )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
-from gpurouter.job import config, decision, execute, options, runner
 from gpurouter.errors import ExitCode, GpurouterError, NoFreeSlot, UsageError
+from gpurouter.job import config, decision, execute, options, runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 
 def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
@@ -23,7 +23,9 @@ def fail(error: GpurouterError, busy_exit_code: int = ExitCode.NO_SLOT) -> int:
     return busy_exit_code if isinstance(error, NoFreeSlot) else error.exit_code
 
 
-def run_command(opts: Mapping[str, str | bool], command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+def run_command(
+    opts: Mapping[str, str | bool], command: Sequence[str], environ: Mapping[str, str] | None = None
+) -> int:
     """`gpurouter run [OPTIONS] -- COMMAND ...`: returns only on failure (else it has exec'd)."""
     env = os.environ if environ is None else environ
 
@@ -49,7 +51,7 @@ def _exit_code(load: Callable[[], config.Settings], act: Callable[[config.Settin
         return fail(error, busy)
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback for a user
+    except Exception as error:
         return internal_error(error)
     return ExitCode.WRAPPER_FAILED  # not reached: act() execs or raises
 
@@ -60,7 +62,9 @@ def internal_error(error: BaseException) -> int:
         import traceback
 
         traceback.print_exc()
-    say(f"internal error: {type(error).__name__}: {error} (GPUROUTER_DEBUG=1 shows the traceback; please report it)")
+    say(
+        f"internal error: {type(error).__name__}: {error} (GPUROUTER_DEBUG=1 shows the traceback; please report it)"
+    )
     return ExitCode.WRAPPER_FAILED
 
 
@@ -76,11 +80,17 @@ def say(message: str) -> None:
         pass
 
 
-def prepare(settings: config.Settings, opts: Mapping[str, str | bool], command: Sequence[str],
-            environ: Mapping[str, str]) -> decision.Decision:  # fmt: skip
+def prepare(
+    settings: config.Settings,
+    opts: Mapping[str, str | bool],
+    command: Sequence[str],
+    environ: Mapping[str, str],
+) -> decision.Decision:
     """Resolve the binary first (a typo never queues), then pick the profile and decide."""
     if command[0].startswith("-") and command[0] != "-":
-        raise UsageError(f"no such option: {command[0]} (put the command after --: run [OPTIONS] -- COMMAND ...)")
+        raise UsageError(
+            f"no such option: {command[0]} (put the command after --: run [OPTIONS] -- COMMAND ...)"
+        )
     executable = execute.resolve_command(command[0], environ.get("PATH"))
     profile = options.pick_profile(settings, command[0], _str(opts.get("profile")), environ)
     profile = options.apply_overrides(profile, opts)
@@ -96,7 +106,11 @@ def intercept(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         profile = options.pick_profile(settings, os.path.basename(argv[0]), None, env, intercepted=True)
         executable = execute.intercept_target(argv[0], profile, env)
         forced = decision.forced_route(None, env)
-        runner.run(settings, decision.decide(settings, profile, list(argv), executable, forced, env, intercepted=True), env)
+        runner.run(
+            settings,
+            decision.decide(settings, profile, list(argv), executable, forced, env, intercepted=True),
+            env,
+        )
 
     return _exit_code(lambda: config.load(None, env), act)
 

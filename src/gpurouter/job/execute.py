@@ -16,7 +16,8 @@ from gpurouter.errors import CommandNotFound, ExecFailed, ExitCode, NotExecutabl
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, NoReturn, Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import NoReturn
 
     from gpurouter.job.settings import Profile
     from gpurouter.job.slots import Slot
@@ -42,7 +43,9 @@ def resolve_command(command: str, search_path: str | None = None) -> str:
     if "/" in command:
         _check_runnable(command)
         return command
-    directories = (os.environ.get("PATH", os.defpath) if search_path is None else search_path).split(os.pathsep)
+    directories = (os.environ.get("PATH", os.defpath) if search_path is None else search_path).split(
+        os.pathsep
+    )
     denied = None
     for directory in directories:
         candidate = os.path.join(directory or ".", command)
@@ -75,8 +78,11 @@ def intercept_target(argv0: str, profile: Profile, environ: Mapping[str, str] | 
     # Never exec ourselves: a NAME-real (or binary) that resolves back to this launcher would
     # loop forever, re-taking slots each time.
     if os.path.realpath(target) in {os.path.realpath(link), os.path.realpath(sys.argv[0] or link)}:
-        hint = (f"set profiles.{profile.name}.binary to the real binary" if profile.binary
-                else f"rename the real {name} to {target}")  # fmt: skip
+        hint = (
+            f"set profiles.{profile.name}.binary to the real binary"
+            if profile.binary
+            else f"rename the real {name} to {target}"
+        )
         raise NotExecutable(target, f"resolves to gpurouter itself (a loop): {hint}")
     return target
 
@@ -128,30 +134,58 @@ def exec_command(path: str, argv: Sequence[str], env: Mapping[str, str], slot: S
         raise exec_error(path, error, argv, env) from None
 
 
-def exec_error(path: str, error: OSError, argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> ExecFailed:
+def exec_error(
+    path: str, error: OSError, argv: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> ExecFailed:
     """The error (and so the exit code) for an execve that failed: say which failure it was (issue 12)."""
     code = error.errno or 0
     if code in (errno.ENOENT, errno.ENOTDIR):
         if not os.path.lexists(path):
-            return ExecFailed(path, code, "command not found (it vanished before the exec)", ExitCode.NOT_FOUND)
+            return ExecFailed(
+                path, code, "command not found (it vanished before the exec)", ExitCode.NOT_FOUND
+            )
         head = _first_line(path)
         if head.startswith(b"#!"):
             interpreter = head[2:].strip().split(b" ")[0].decode("utf-8", "replace") or "(none)"
-            return ExecFailed(path, code, f"bad interpreter: its #! interpreter {interpreter} was not found",
-                              ExitCode.NOT_FOUND)  # fmt: skip
+            return ExecFailed(
+                path,
+                code,
+                f"bad interpreter: its #! interpreter {interpreter} was not found",
+                ExitCode.NOT_FOUND,
+            )
         if head.startswith(b"\x7fELF"):
-            return ExecFailed(path, code, "cannot be executed: its ELF interpreter (the dynamic loader) was not found",
-                              ExitCode.NOT_FOUND)  # fmt: skip
+            return ExecFailed(
+                path,
+                code,
+                "cannot be executed: its ELF interpreter (the dynamic loader) was not found",
+                ExitCode.NOT_FOUND,
+            )
         return ExecFailed(path, code, f"cannot be executed: {error.strerror}", ExitCode.NOT_FOUND)
     if code == errno.E2BIG:
         size = sum(len(a.encode("utf-8", "surrogateescape")) + 1 for a in argv)
         size += sum(len(k) + len(v) + 2 for k, v in (env or {}).items())
-        return ExecFailed(path, code, f"argument list too long ({size} bytes of arguments and environment)",
-                          ExitCode.WRAPPER_FAILED)  # fmt: skip
+        return ExecFailed(
+            path,
+            code,
+            f"argument list too long ({size} bytes of arguments and environment)",
+            ExitCode.WRAPPER_FAILED,
+        )
     if code == errno.ENOEXEC:
-        return ExecFailed(path, code, "cannot be executed: not a binary this system runs and no #! line "
-                                      "(Exec format error)", ExitCode.NOT_EXECUTABLE)  # fmt: skip
-    if code in (errno.EACCES, errno.EPERM, errno.ETXTBSY, errno.EISDIR, errno.ELIBBAD, errno.ELOOP, errno.ENAMETOOLONG):
+        return ExecFailed(
+            path,
+            code,
+            "cannot be executed: not a binary this system runs and no #! line (Exec format error)",
+            ExitCode.NOT_EXECUTABLE,
+        )
+    if code in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.ETXTBSY,
+        errno.EISDIR,
+        errno.ELIBBAD,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+    ):
         return ExecFailed(path, code, f"cannot be executed: {error.strerror}", ExitCode.NOT_EXECUTABLE)
     return ExecFailed(path, code, f"exec failed: {error.strerror or error}", ExitCode.WRAPPER_FAILED)
 

@@ -19,8 +19,14 @@ SHARED_DIR_MODE = 0o1777  # like /tmp: anyone may create, nobody may remove anot
 
 def describe_mode(mode: int) -> str:
     """'a FIFO', 'a directory', ... for messages."""
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     for test, name in kinds:
         if test(mode):
             return name
@@ -39,7 +45,9 @@ def open_shared_file(name: str, flags: int, dir_fd: int | None = None) -> int:
             fd = os.open(name, flags | _NO_SURPRISES, dir_fd=dir_fd)
         except FileNotFoundError:
             try:
-                fd = os.open(name, flags | _NO_SURPRISES | os.O_CREAT | os.O_EXCL, SHARED_FILE_MODE, dir_fd=dir_fd)
+                fd = os.open(
+                    name, flags | _NO_SURPRISES | os.O_CREAT | os.O_EXCL, SHARED_FILE_MODE, dir_fd=dir_fd
+                )
             except FileExistsError:
                 continue
             os.fchmod(fd, SHARED_FILE_MODE)  # the umask trimmed it; we just created it, so it is ours
@@ -60,7 +68,9 @@ def open_shared_file(name: str, flags: int, dir_fd: int | None = None) -> int:
             # fs.protected_hardlinks is 0, and always for root) is another file, maybe
             # /etc/shadow: appending a journal line or a claim to it would write the victim.
             os.close(fd)
-            raise OSError(errno.EINVAL, f"has {info.st_nlink} hard links (another file's name? refusing it)", name)
+            raise OSError(
+                errno.EINVAL, f"has {info.st_nlink} hard links (another file's name? refusing it)", name
+            )
         return fd
     raise OSError(errno.EAGAIN, "keeps appearing and disappearing", name)
 
@@ -113,8 +123,11 @@ def open_shared_dir(path: str, create: bool = True) -> int:
             # Why: a bare "No such file or directory" reads as if the lock dir itself were
             # the problem; say that it is the parent, which is never created.
             parent = os.path.dirname(os.path.abspath(path))
-            raise OSError(errno.ENOENT, f"its parent directory {parent} does not exist (only the last "
-                                        "component is created)", path) from None  # fmt: skip
+            raise OSError(
+                errno.ENOENT,
+                f"its parent directory {parent} does not exist (only the last component is created)",
+                path,
+            ) from None
         fd = os.open(path, flags)
     except OSError as error:
         if error.errno == errno.ELOOP or (error.errno == errno.ENOTDIR and os.path.islink(path)):
@@ -157,10 +170,14 @@ def write_replacing(path: str, data: bytes, mode: int) -> str:
         if stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode):
             _write_through(target, data, info.st_mode)
             return target
-        raise OSError(errno.EINVAL, f"is {describe_mode(info.st_mode)}, not a regular file (refusing to replace it)",
-                      path)  # fmt: skip
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                                dir=os.path.dirname(target))  # fmt: skip
+        raise OSError(
+            errno.EINVAL,
+            f"is {describe_mode(info.st_mode)}, not a regular file (refusing to replace it)",
+            path,
+        )
+    fd, temp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+    )
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)

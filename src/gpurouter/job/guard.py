@@ -12,7 +12,7 @@ from gpurouter.job.units import parse_cpus, parse_ionice
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
     from gpurouter.job.settings import Guard
 
@@ -20,14 +20,27 @@ if TYPE_CHECKING:
 # OpenMP (PyTorch, onnxruntime, CTranslate2/faster-whisper default intra_threads), the BLAS
 # family, numexpr, TensorFlow, Rust's rayon and Go's runtime.
 THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "RAYON_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "RAYON_NUM_THREADS",
     "GOMAXPROCS",
-)  # fmt: skip
+)
 
 # ioprio_set(2) has no wrapper in Python's os module; syscall numbers per architecture.
-_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314, "ppc64le": 273, "s390x": 282,
-               "riscv64": 30}  # fmt: skip
+_IOPRIO_SET = {
+    "x86_64": 251,
+    "aarch64": 30,
+    "i686": 289,
+    "armv7l": 314,
+    "ppc64le": 273,
+    "s390x": 282,
+    "riscv64": 30,
+}
 _IOPRIO_WHO_PROCESS = 1
 _IOPRIO_CLASS_SHIFT = 13
 
@@ -81,8 +94,11 @@ def _set_ioprio(klass: int, level: int) -> str | None:
 
 def merged(base: Guard, override: Guard) -> Guard:
     """`base` with every field `override` sets (an escape keeps the route's caps it does not change)."""
-    changes = {name: getattr(override, name) for name in ("threads", "nice", "ionice", "cpus")
-               if getattr(override, name) is not None}  # fmt: skip
+    changes = {
+        name: getattr(override, name)
+        for name in ("threads", "nice", "ionice", "cpus")
+        if getattr(override, name) is not None
+    }
     if override.force_env:
         changes["force_env"] = True
     return base.replace(**changes)

@@ -15,7 +15,8 @@ from gpurouter.job import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterator
+    from collections.abc import Iterator
+    from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -126,8 +127,9 @@ def _cut_back(fd: int, written: int) -> None:
         pass  # best effort: readers skip a torn line
 
 
-def read_records(path: str, tail_bytes: int | None = None,
-                 skipped: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+def read_records(
+    path: str, tail_bytes: int | None = None, skipped: dict[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Every well-formed record of a journal, oldest first; torn, foreign and malformed lines
     (`journal_reader.malformed`: the journal is world-writable) are skipped.
 

@@ -22,7 +22,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Final, Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import Any, BinaryIO, Final
 
     from gpurouter.job.settings import Settings
 
@@ -42,13 +43,38 @@ _METRIC_KEY: Final = b',"metric":'
 MAX_METRIC: Final = 1e15  # seconds, bytes or pixels: 31 million years, a PB, a 1e15-pixel frame
 MAX_SECONDS: Final = 1e9  # a wait or a run of 31 years
 MAX_MIB: Final = float(1 << 30)  # an EiB of VRAM
-_BOUNDED: Final = {"metric": MAX_METRIC, "waited_s": MAX_SECONDS, "duration_s": MAX_SECONDS,
-                   "elapsed_s": MAX_SECONDS, "window_in_s": MAX_SECONDS, "peak_vram_mib": MAX_MIB,
-                   "vram_mib": MAX_MIB}  # fmt: skip
-_TEXTS: Final = ("ts", "profile", "route", "pool", "reason", "kind", "via", "input", "slot", "priority",
-                 "pattern", "victim", "wait", "run_id")  # fmt: skip
-_INTEGERS: Final = {"pid": (1, 1 << 22), "job_pid": (1, 1 << 22), "uid": (0, (1 << 32) - 1),
-                    "exit_status": (-(1 << 31), (1 << 31) - 1), "signal": (0, 1 << 10)}  # fmt: skip
+_BOUNDED: Final = {
+    "metric": MAX_METRIC,
+    "waited_s": MAX_SECONDS,
+    "duration_s": MAX_SECONDS,
+    "elapsed_s": MAX_SECONDS,
+    "window_in_s": MAX_SECONDS,
+    "peak_vram_mib": MAX_MIB,
+    "vram_mib": MAX_MIB,
+}
+_TEXTS: Final = (
+    "ts",
+    "profile",
+    "route",
+    "pool",
+    "reason",
+    "kind",
+    "via",
+    "input",
+    "slot",
+    "priority",
+    "pattern",
+    "victim",
+    "wait",
+    "run_id",
+)
+_INTEGERS: Final = {
+    "pid": (1, 1 << 22),
+    "job_pid": (1, 1 << 22),
+    "uid": (0, (1 << 32) - 1),
+    "exit_status": (-(1 << 31), (1 << 31) - 1),
+    "signal": (0, 1 << 10),
+}
 
 
 def in_bounds(field: str, value: object) -> bool:
@@ -74,13 +100,17 @@ def malformed(record: Mapping[str, Any]) -> str | None:
             return field
     for field, (low, high) in _INTEGERS.items():
         value = record.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
             return field
     argv, gpus, devices = record.get("argv"), record.get("gpus"), record.get("devices")
     if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
         return "argv"
-    if gpus is not None and not (isinstance(gpus, list) and
-                                 all(isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 16 for g in gpus)):  # fmt: skip
+    if gpus is not None and not (
+        isinstance(gpus, list)
+        and all(isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 16 for g in gpus)
+    ):
         return "gpus"
     if devices is not None and not isinstance(devices, dict):
         return "devices"
@@ -152,8 +182,12 @@ class Scanner:
         since_epoch: keep only records at or after this time (seconds since the epoch).
     """
 
-    def __init__(self, events: Iterable[str] | None = None, profile: str | None = None,
-                 since_epoch: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        events: Iterable[str] | None = None,
+        profile: str | None = None,
+        since_epoch: float | None = None,
+    ) -> None:
         import json
 
         self.events = None if events is None else frozenset(events)
@@ -249,11 +283,17 @@ class Scanner:
         parsed: tuple[str, str | None, str | None] | None = None
         try:
             fields = self._loads(b'{"event":"' + raw + b"}")
-            if isinstance(fields, dict) and isinstance(fields.get("event"), str) and \
-                    set(fields) <= {"event", "profile", "route"}:  # fmt: skip
+            if (
+                isinstance(fields, dict)
+                and isinstance(fields.get("event"), str)
+                and set(fields) <= {"event", "profile", "route"}
+            ):
                 profile, route = fields.get("profile"), fields.get("route")
-                parsed = (fields["event"], profile if isinstance(profile, str) else None,
-                          route if isinstance(route, str) else None)  # fmt: skip
+                parsed = (
+                    fields["event"],
+                    profile if isinstance(profile, str) else None,
+                    route if isinstance(route, str) else None,
+                )
         except ValueError:
             pass
         if len(self._heads) < 100_000:  # a journal of random heads must not grow this without bound

@@ -33,7 +33,7 @@ class MediaInfo:
         height: Coded height in pixels of the first video stream; None for audio-only files.
     """
 
-    __slots__ = ("container", "duration_s", "width", "height")  # noqa: RUF023 (the fields' natural order)
+    __slots__ = ("container", "duration_s", "width", "height")
 
     def __init__(
         self, container: str, duration_s: float | None, width: int | None = None, height: int | None = None
@@ -71,7 +71,7 @@ def read_media_info(fd: int, size: int) -> MediaInfo | None:
     """
     try:
         return _detect(_Reader(fd, size))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None  # hostile, truncated or unreadable input must never fail a job: ffprobe decides
 
 

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import os
 
+from gpurouter.errors import ConfigError, UsageError
 from gpurouter.job import units
 from gpurouter.job.settings import PROBES, ROUTES
 from gpurouter.job.units import parse_wait
-from gpurouter.errors import ConfigError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from gpurouter.job.settings import Profile, Settings
 
 # (option, metavar or None for a flag, help)
 RUN_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
-    ("--profile", "NAME", "Profile to use (default: $GPUROUTER_PROFILE, else COMMAND's name if such a "
-                          "profile exists, else 'default')."),
+    (
+        "--profile",
+        "NAME",
+        "Profile to use (default: $GPUROUTER_PROFILE, else COMMAND's name if such a "
+        "profile exists, else 'default').",
+    ),
     ("--route", "gpu|cpu", "Force the route, skipping the probe (also $GPUROUTER_ROUTE)."),
     ("--probe", "duration|size|pixels|command", "Probe to measure the input with."),
     ("--threshold", "VALUE", "GPU when the metric is below this (e.g. 1h, 500MB, 1920x1080)."),
@@ -75,8 +79,9 @@ def parse_run_args(args: Sequence[str]) -> tuple[dict[str, str | bool], list[str
     return options, list(args[position:])
 
 
-def pick_profile(settings: Settings, command: str, named: str | None, environ: Mapping[str, str],
-                 intercepted: bool = False) -> Profile:  # fmt: skip
+def pick_profile(
+    settings: Settings, command: str, named: str | None, environ: Mapping[str, str], intercepted: bool = False
+) -> Profile:
     """The contract's profile order: --profile, $GPUROUTER_PROFILE, the command's name, 'default'.
 
     Raises:
@@ -87,7 +92,9 @@ def pick_profile(settings: Settings, command: str, named: str | None, environ: M
             if name not in settings.profiles and name != "default":
                 where = settings.path or "the built-in configuration"
                 known = ", ".join(sorted(settings.profiles)) or "none"
-                raise ConfigError(where, f"profiles.{name}", f"no such profile (named by {origin}; defined: {known})")
+                raise ConfigError(
+                    where, f"profiles.{name}", f"no such profile (named by {origin}; defined: {known})"
+                )
             return settings.profile(name)
     base = os.path.basename(command)
     if intercepted or base in settings.profiles:
@@ -116,7 +123,9 @@ def apply_overrides(profile: Profile, options: Mapping[str, str | bool]) -> Prof
         if changes.get("probe", profile.probe) is None:
             raise UsageError("--threshold needs a probe (--probe, or probe in the profile)")
         try:
-            changes["threshold"] = units.parse_threshold(str(threshold), str(changes.get("probe", profile.probe)))
+            changes["threshold"] = units.parse_threshold(
+                str(threshold), str(changes.get("probe", profile.probe))
+            )
         except ValueError as error:
             raise UsageError(f"--threshold: {error}") from None
         changes["threshold_text"] = str(threshold)

@@ -26,7 +26,7 @@ from gpurouter.job.slots import acquire_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
     from gpurouter.job.slots import Slot
 
@@ -47,7 +47,9 @@ def open_gate(lock_dir: str, pool: str, which: str) -> int:
     try:
         return fsutil.open_shared_file(f"{pool}.{which}", os.O_RDONLY, dir_fd=dir_fd)
     except OSError as error:
-        raise LockDirError(os.path.join(lock_dir, f"{pool}.{which}"), f"gate file unusable: {error.strerror}") from None
+        raise LockDirError(
+            os.path.join(lock_dir, f"{pool}.{which}"), f"gate file unusable: {error.strerror}"
+        ) from None
     finally:
         os.close(dir_fd)
 
@@ -67,8 +69,9 @@ def pass_gate(fd: int, blocking: bool) -> bool:
     return True
 
 
-def take_as_realtime(lock_dir: str, pool: str, size: int, wait_s: float,
-                     announce_wait: Callable[[], None]) -> tuple[Slot, list[int]]:  # fmt: skip
+def take_as_realtime(
+    lock_dir: str, pool: str, size: int, wait_s: float, announce_wait: Callable[[], None]
+) -> tuple[Slot, list[int]]:
     """A slot for a realtime job: batch steps back while we wait; returns (slot, gate fds the job keeps)."""
     waiting = open_gate(lock_dir, pool, WAITING)
     running = open_gate(lock_dir, pool, RUNNING)
@@ -84,8 +87,15 @@ def take_as_realtime(lock_dir: str, pool: str, size: int, wait_s: float,
     return held, [running]
 
 
-def take_as_batch(lock_dir: str, pool: str, size: int, wait_s: float, announce_wait: Callable[[], None],
-                  began: float, yield_to_running: bool) -> Slot:  # fmt: skip
+def take_as_batch(
+    lock_dir: str,
+    pool: str,
+    size: int,
+    wait_s: float,
+    announce_wait: Callable[[], None],
+    began: float,
+    yield_to_running: bool,
+) -> Slot:
     """A slot for a batch job: only while no realtime job waits (or runs, with `yield_to_running`)."""
     import time
 

@@ -17,14 +17,20 @@ from gpurouter.job.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Literal, Sequence
+    from collections.abc import Sequence
+    from typing import Literal
 
     MetricKind = Literal["duration", "size", "pixels", "number"]
 
     from gpurouter.job.settings import Profile, Settings
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO input must not hang us
-KIND_OF_PROBE: dict[str, MetricKind] = {"duration": "duration", "size": "size", "pixels": "pixels", "command": "number"}
+KIND_OF_PROBE: dict[str, MetricKind] = {
+    "duration": "duration",
+    "size": "size",
+    "pixels": "pixels",
+    "command": "number",
+}
 
 
 class ProbeResult(Record):
@@ -89,7 +95,9 @@ def _is_regular_file(path: str) -> bool:
         return False
 
 
-def probe_file(path: str, probe: str, settings: Settings, probe_command: tuple[str, ...] | None = None) -> ProbeResult:
+def probe_file(
+    path: str, probe: str, settings: Settings, probe_command: tuple[str, ...] | None = None
+) -> ProbeResult:
     """Measure one input file with one probe; never raises for a bad input."""
     kind = KIND_OF_PROBE[probe]
 
@@ -122,8 +130,13 @@ def probe_file(path: str, probe: str, settings: Settings, probe_command: tuple[s
         hit = probe_cache.recall(settings.lock_dir, cache_name)
         if hit is not None:
             metric, note = hit
-            return ProbeResult(input=path, metric=metric, kind=kind, via="cache",
-                               problem=None if metric is not None else note)  # fmt: skip
+            return ProbeResult(
+                input=path,
+                metric=metric,
+                kind=kind,
+                via="cache",
+                problem=None if metric is not None else note,
+            )
     if probe == "command":
         assert probe_command is not None
         metric, problem, lasting = _run_command_probe(probe_command, path, settings.probe_timeout_s)
@@ -160,9 +173,18 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
         return None, f"ffprobe not found ({settings.ffprobe!r} is not on PATH)", False
     # Compact sections ("stream|codec_type=video|width=320|...", "format|duration=2.0") rather than
     # JSON: `import json` pulls in `re`, several ms on a path that is already ffprobe-bound.
-    argv = [ffprobe, "-v", "error", "-protocol_whitelist", "file",
-            "-show_entries", "format=duration:stream=codec_type,width,height,duration:stream_disposition=attached_pic",
-            "-of", "compact=p=1", "file:" + os.path.abspath(path)]  # fmt: skip
+    argv = [
+        ffprobe,
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-show_entries",
+        "format=duration:stream=codec_type,width,height,duration:stream_disposition=attached_pic",
+        "-of",
+        "compact=p=1",
+        "file:" + os.path.abspath(path),
+    ]
     output, problem = _run_bounded(argv, settings.probe_timeout_s, "ffprobe")
     if output is None:
         return None, problem, problem is not None and "timed out" not in problem and "exit" in problem
@@ -207,7 +229,9 @@ def _compact_sections(output: str) -> list[tuple[str, dict[str, str]]] | None:
     return sections
 
 
-def _run_command_probe(command: tuple[str, ...], path: str, timeout_s: float) -> tuple[float | None, str | None, bool]:
+def _run_command_probe(
+    command: tuple[str, ...], path: str, timeout_s: float
+) -> tuple[float | None, str | None, bool]:
     from gpurouter.job.execute import find_executable
 
     program = find_executable(command[0])
@@ -262,9 +286,16 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             opened.append(devnull)
             # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's hung ffprobe).
-            pid = os.posix_spawn(*_dying_with_us(argv), dict(os.environ), setpgroup=0,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_write, 1),
-                                               (os.POSIX_SPAWN_DUP2, err_write, 2)])  # fmt: skip
+            pid = os.posix_spawn(
+                *_dying_with_us(argv),
+                dict(os.environ),
+                setpgroup=0,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, out_write, 1),
+                    (os.POSIX_SPAWN_DUP2, err_write, 2),
+                ],
+            )
         except OSError as error:
             for fd in opened:
                 os.close(fd)
@@ -296,8 +327,9 @@ def _pipe(opened: list[int]) -> tuple[int, int]:
     return read_end, write_end
 
 
-def _collect(pid: int, out_read: int, err_read: int, opened: list[int], deadline: float, timeout_s: float,
-             what: str) -> tuple[str | None, str | None]:  # fmt: skip
+def _collect(
+    pid: int, out_read: int, err_read: int, opened: list[int], deadline: float, timeout_s: float, what: str
+) -> tuple[str | None, str | None]:
     """Read the helper's output until it exits, the deadline passes or it prints too much."""
     import select
     import time
@@ -328,7 +360,10 @@ def _collect(pid: int, out_read: int, err_read: int, opened: list[int], deadline
             if total > _MAX_OUTPUT:
                 problem = f"printed more than {_MAX_OUTPUT >> 20} MiB (not a probe's output)"
     if problem is not None:
-        return None, f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}"
+        return (
+            None,
+            f"{what} timed out after {timeout_s:g}s" if problem == "timed out" else f"{what} {problem}",
+        )
     status = os.waitpid(pid, 0)[1]
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
@@ -415,5 +450,7 @@ def probe_job(profile: Profile, args: Sequence[str], settings: Settings) -> Prob
         return None
     path, why_not = select_input(args, profile.input)
     if path is None:
-        return ProbeResult(input=None, metric=None, kind=KIND_OF_PROBE[profile.probe], via=None, problem=why_not)
+        return ProbeResult(
+            input=None, metric=None, kind=KIND_OF_PROBE[profile.probe], via=None, problem=why_not
+        )
     return probe_file(path, profile.probe, settings, profile.probe_command)

@@ -25,7 +25,9 @@ def entry_name(kind: str, info: os.stat_result, command: tuple[str, ...] | None 
     The ctime is in the key (issue 12): `cp -p` or `touch -r` rewrites a file keeping its size
     and mtime, but no one can set the ctime back.
     """
-    name = f"{kind}-{info.st_dev:x}-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}-{info.st_ctime_ns:x}"
+    name = (
+        f"{kind}-{info.st_dev:x}-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}-{info.st_ctime_ns:x}"
+    )
     if command:
         name += f"-{zlib.crc32(chr(0).join(command).encode('utf-8', 'surrogateescape')):08x}"
     return name
@@ -81,7 +83,7 @@ def recall(lock_dir: str, name: str) -> tuple[float | None, str] | None:
         if value == "none":
             return None, note.strip()
         metric = float(value)
-        if not metric == metric or metric < 0 or metric == float("inf"):
+        if metric != metric or metric < 0 or metric == float("inf"):
             return None
         return metric, note.strip()
     except (OSError, ValueError):
@@ -118,8 +120,12 @@ def remember(lock_dir: str, name: str, metric: float | None, note: str) -> None:
     temporary = f".{name}.{os.getpid()}.tmp"
     try:
         payload = f"{'none' if metric is None else repr(float(metric))}\n{note}\n".encode("utf-8", "replace")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)  # fmt: skip
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
         try:
             os.write(fd, payload)
         finally:

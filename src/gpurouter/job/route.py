@@ -11,10 +11,11 @@ from gpurouter.job.units import within_hours
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final, Literal, Sequence
+    from collections.abc import Sequence
+    from typing import Final, Literal
 
-    from gpurouter.job.settings import Profile, RouteName, RouteSpec
     from gpurouter.job.probe import ProbeResult
+    from gpurouter.job.settings import Profile, RouteName, RouteSpec
 
     # run | refuse busy | refuse (fallback/no_gpu = "fail") | wait for the GPU window | a parent already
     # routed this job (interception inside `run`) | no_input = "pass" with no input argument (issue 14)
@@ -38,9 +39,14 @@ class Route(Record):
     action: Action
 
 
-def choose_route(profile: Profile, probe: ProbeResult | None, forced: RouteName | None = None,
-                 forced_by: str | None = None, minute_of_day: int | None = None,
-                 gpu_problem: str | None = None) -> Route:  # fmt: skip
+def choose_route(
+    profile: Profile,
+    probe: ProbeResult | None,
+    forced: RouteName | None = None,
+    forced_by: str | None = None,
+    minute_of_day: int | None = None,
+    gpu_problem: str | None = None,
+) -> Route:
     """GPU when metric < threshold, else CPU; then the GPU route's time window and availability.
 
     Args:
@@ -52,11 +58,17 @@ def choose_route(profile: Profile, probe: ProbeResult | None, forced: RouteName 
         gpu_problem: why no GPU is usable (None: usable, or not checked).
     """
     if forced is not None:
-        return Route(name=forced, spec=profile.route(forced), reason=f"forced by {forced_by or 'caller'}", action=RUN)
+        return Route(
+            name=forced, spec=profile.route(forced), reason=f"forced by {forced_by or 'caller'}", action=RUN
+        )
     route = _by_threshold(profile, probe)
     if route.name != "gpu":
         return route
-    if profile.hours is not None and minute_of_day is not None and not within_hours(profile.hours, minute_of_day):
+    if (
+        profile.hours is not None
+        and minute_of_day is not None
+        and not within_hours(profile.hours, minute_of_day)
+    ):
         why = f"outside hours {profile.hours_text}"
         if profile.outside_hours == "cpu":
             return Route(name="cpu", spec=profile.cpu, reason=f"{route.reason}; {why}: cpu", action=RUN)
@@ -66,8 +78,10 @@ def choose_route(profile: Profile, probe: ProbeResult | None, forced: RouteName 
         why = f"no usable GPU ({gpu_problem})"
         if profile.no_gpu in (None, "cpu"):
             return Route(name="cpu", spec=profile.cpu, reason=f"{route.reason}; {why}: cpu", action=RUN)
-        return route.replace(reason=f"{route.reason}; {why}: no_gpu = {profile.no_gpu}",
-                             action=BUSY if profile.no_gpu == "busy" else FAIL)  # fmt: skip
+        return route.replace(
+            reason=f"{route.reason}; {why}: no_gpu = {profile.no_gpu}",
+            action=BUSY if profile.no_gpu == "busy" else FAIL,
+        )
     return route
 
 
@@ -76,10 +90,18 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
         return Route(name="gpu", spec=profile.gpu, reason="no probe configured", action=RUN)
     if probe.metric is None:
         if profile.fallback == "fail":
-            return Route(name="cpu", spec=profile.cpu, action=FAIL,
-                         reason=f"no metric ({probe.problem}) and profile {profile.name!r} says fallback = \"fail\"")  # fmt: skip
-        return Route(name=profile.fallback, spec=profile.route(profile.fallback),
-                     reason=f"no metric ({probe.problem}): fallback {profile.fallback}", action=RUN)  # fmt: skip
+            return Route(
+                name="cpu",
+                spec=profile.cpu,
+                action=FAIL,
+                reason=f'no metric ({probe.problem}) and profile {profile.name!r} says fallback = "fail"',
+            )
+        return Route(
+            name=profile.fallback,
+            spec=profile.route(profile.fallback),
+            reason=f"no metric ({probe.problem}): fallback {profile.fallback}",
+            action=RUN,
+        )
     assert profile.threshold is not None  # a metric without a threshold returned above
     shown = units.format_human(probe.metric, probe.kind, beside=profile.threshold)
     limit = units.format_metric(profile.threshold, probe.kind)
@@ -87,7 +109,9 @@ def _by_threshold(profile: Profile, probe: ProbeResult | None) -> Route:
     compared = f"{probe.kind} {shown} {'<' if below else '>='} threshold {limit}"
     if profile.gpu_when == "above":  # the GPU for the big jobs where it pays (issue 14)
         name: RouteName = "cpu" if below else "gpu"
-        return Route(name=name, spec=profile.route(name), reason=f"{compared}: {name} (gpu_when = above)", action=RUN)
+        return Route(
+            name=name, spec=profile.route(name), reason=f"{compared}: {name} (gpu_when = above)", action=RUN
+        )
     name = "gpu" if below else "cpu"
     return Route(name=name, spec=profile.route(name), reason=compared, action=RUN)
 

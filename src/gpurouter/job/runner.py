@@ -13,14 +13,16 @@ from gpurouter.job.admission import acquire, warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, NoReturn
+    from collections.abc import Mapping
+    from typing import NoReturn
 
-    from gpurouter.job.settings import Settings
     from gpurouter.job.decision import Decision
+    from gpurouter.job.settings import Settings
 
 
-def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None,
-        verbose: bool = False) -> NoReturn:  # fmt: skip
+def run(
+    settings: Settings, decision: Decision, environ: Mapping[str, str] | None = None, verbose: bool = False
+) -> NoReturn:
     """Take the decision's slot, journal the start, and exec the job (which keeps the slot).
 
     Raises:
@@ -31,13 +33,17 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
 
     if decision.action == route.NO_INPUT:  # before Slurm and the monitor: `ffmpeg -version` is no job
         acquire(settings, decision, environ, verbose)  # journals `pass`, takes nothing
-        execute.exec_command(decision.executable, decision.argv, dict(os.environ if environ is None else environ), None)
+        execute.exec_command(
+            decision.executable, decision.argv, dict(os.environ if environ is None else environ), None
+        )
     if settings.backend.kind == "slurm" and decision.no_slot_because is None:
         from gpurouter.backends import slurm  # deferred: only the Slurm backend pays for it
 
         slurm.run_slurm(settings, decision, environ, verbose=verbose)  # exits like the job (never returns)
     if decision.rules.monitor:
-        from gpurouter.backends import monitor  # deferred: monitored runs start the job as a child instead of exec
+        from gpurouter.backends import (
+            monitor,
+        )  # deferred: monitored runs start the job as a child instead of exec
 
         raise SystemExit(monitor.run_monitored(settings, decision, environ, verbose))
     held = acquire(settings, decision, environ, verbose)
@@ -58,6 +64,7 @@ def run(settings: Settings, decision: Decision, environ: Mapping[str, str] | Non
         held.release()
         # Why (issue 12): the `start` above claims a job that never ran; this record, same pid,
         # tells the readers (stats, report) to take it back.
-        journal.append_record(settings.journal, "exec_failed", **held.record, errno=failed.errno,
-                              error=str(failed))  # fmt: skip
+        journal.append_record(
+            settings.journal, "exec_failed", **held.record, errno=failed.errno, error=str(failed)
+        )
         raise

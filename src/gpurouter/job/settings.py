@@ -69,22 +69,55 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "on_gpu_error": None,
     "gpu_error_patterns": None,
 }
-GUARD_DEFAULTS: dict[str, Any] = {"threads": None, "nice": None, "ionice": None, "cpus": None, "force_env": False}
+GUARD_DEFAULTS: dict[str, Any] = {
+    "threads": None,
+    "nice": None,
+    "ionice": None,
+    "cpus": None,
+    "force_env": False,
+}
 ROUTE_DEFAULTS: dict[str, Any] = {
-    "args": [], "slots": 1, "pool": None, "args_position": "append", "input_args": [], "env": {},
-    **GUARD_DEFAULTS, "ram_mib": None, "vram_mib": None, "gpus": None, "on_low_vram": "cpu",
-}  # fmt: skip
+    "args": [],
+    "slots": 1,
+    "pool": None,
+    "args_position": "append",
+    "input_args": [],
+    "env": {},
+    **GUARD_DEFAULTS,
+    "ram_mib": None,
+    "vram_mib": None,
+    "gpus": None,
+    "on_low_vram": "cpu",
+}
 GPU_DEFAULTS: dict[str, Any] = {
-    "enabled": True, "devices": None, "select": "score", "cushion_mib": 256,
+    "enabled": True,
+    "devices": None,
+    "select": "score",
+    "cushion_mib": 256,
     # vram_mib = "auto": MiB per device by model size named in the job's arguments (first match wins)
-    "vram_estimates": {"70b": 20000, "65b": 20000, "13b": 12000, "7b": 12000}, "vram_default_mib": 8000,
-}  # fmt: skip
-RESIDENT_DEFAULTS: dict[str, Any] = {"vram_mib": None, "unload": None, "load": None, "coexist": [],
-                                     "managed": False, "lazy": None, "device": None, "timeout": "10s",
-                                     "process": None, "status": None}  # fmt: skip
+    "vram_estimates": {"70b": 20000, "65b": 20000, "13b": 12000, "7b": 12000},
+    "vram_default_mib": 8000,
+}
+RESIDENT_DEFAULTS: dict[str, Any] = {
+    "vram_mib": None,
+    "unload": None,
+    "load": None,
+    "coexist": [],
+    "managed": False,
+    "lazy": None,
+    "device": None,
+    "timeout": "10s",
+    "process": None,
+    "status": None,
+}
 BACKEND_DEFAULTS: dict[str, Any] = {"kind": "local", "slurm": {}}
-SLURM_DEFAULTS: dict[str, Any] = {"partition": None, "account": None, "srun_args": [], "time": None,
-                                  "srun": "srun"}  # fmt: skip
+SLURM_DEFAULTS: dict[str, Any] = {
+    "partition": None,
+    "account": None,
+    "srun_args": [],
+    "time": None,
+    "srun": "srun",
+}
 PRIORITIES = ("realtime", "batch")
 ON_LOW_VRAM = ("cpu", "busy", "wait", "evict")
 SELECTS = ("score", "first", "round-robin")
@@ -124,8 +157,20 @@ class Guard(Record):
 class RouteSpec(Record):
     """What one route (gpu or cpu) of a profile adds to the job and which slots it may take."""
 
-    __slots__ = ("name", "args", "slots", "pool", "args_position", "env", "guard", "ram_mib", "vram_mib",
-                 "gpus", "on_low_vram", "input_args")  # fmt: skip
+    __slots__ = (
+        "name",
+        "args",
+        "slots",
+        "pool",
+        "args_position",
+        "env",
+        "guard",
+        "ram_mib",
+        "vram_mib",
+        "gpus",
+        "on_low_vram",
+        "input_args",
+    )
     name: RouteName
     args: tuple[str, ...]
     slots: int
@@ -155,8 +200,19 @@ class GpuSettings(Record):
 class Resident(Record):
     """A [residents.NAME] service that keeps VRAM and may be evicted."""
 
-    __slots__ = ("name", "vram_mib", "unload", "load", "coexist", "managed", "lazy", "device", "timeout_s",
-                 "process", "status")  # fmt: skip
+    __slots__ = (
+        "name",
+        "vram_mib",
+        "unload",
+        "load",
+        "coexist",
+        "managed",
+        "lazy",
+        "device",
+        "timeout_s",
+        "process",
+        "status",
+    )
     name: str
     vram_mib: int
     unload: dict[str, Any] | None
@@ -192,11 +248,35 @@ class Backend(Record):
 class Profile(Record):
     """The rules for one kind of job."""
 
-    __slots__ = ("name", "binary", "probe", "probe_command", "threshold", "threshold_text",
-                 "input", "fallback", "wait_s", "gpu", "cpu", "max_wait_s", "escape", "priority",
-                 "batch_yields", "hours", "hours_text", "outside_hours", "no_gpu", "monitor",
-                 "monitor_interval_s", "on_gpu_oom", "oom_patterns", "no_input", "gpu_when", "on_gpu_error",
-                 "gpu_error_patterns")  # fmt: skip
+    __slots__ = (
+        "name",
+        "binary",
+        "probe",
+        "probe_command",
+        "threshold",
+        "threshold_text",
+        "input",
+        "fallback",
+        "wait_s",
+        "gpu",
+        "cpu",
+        "max_wait_s",
+        "escape",
+        "priority",
+        "batch_yields",
+        "hours",
+        "hours_text",
+        "outside_hours",
+        "no_gpu",
+        "monitor",
+        "monitor_interval_s",
+        "on_gpu_oom",
+        "oom_patterns",
+        "no_input",
+        "gpu_when",
+        "on_gpu_error",
+        "gpu_error_patterns",
+    )
     name: str
     binary: str | None
     probe: ProbeName | None
@@ -212,7 +292,9 @@ class Profile(Record):
     escape: Guard
     priority: Priority | None
     batch_yields: BatchYields
-    hours: tuple[tuple[int, int], ...] | None  # minute-of-day ranges [start, end) when the GPU route may be used
+    hours: (
+        tuple[tuple[int, int], ...] | None
+    )  # minute-of-day ranges [start, end) when the GPU route may be used
     hours_text: str | None
     outside_hours: OutsideHours
     no_gpu: NoGpu | None  # None: not checked
@@ -233,8 +315,21 @@ class Profile(Record):
 class Settings(Record):
     """The effective, validated configuration."""
 
-    __slots__ = ("path", "lock_dir", "journal", "busy_exit_code", "ffprobe", "probe_timeout_s",
-                 "probe_cache", "profiles", "default_profile", "sources", "gpu", "residents", "backend")  # fmt: skip
+    __slots__ = (
+        "path",
+        "lock_dir",
+        "journal",
+        "busy_exit_code",
+        "ffprobe",
+        "probe_timeout_s",
+        "probe_cache",
+        "profiles",
+        "default_profile",
+        "sources",
+        "gpu",
+        "residents",
+        "backend",
+    )
     path: str | None
     lock_dir: str
     journal: str | None
@@ -253,5 +348,3 @@ class Settings(Record):
         """The named profile, or the defaults under that name when it is not configured."""
         found = self.profiles.get(name)
         return found if found is not None else self.default_profile.replace(name=name)
-
-

@@ -17,13 +17,13 @@ import fcntl
 import os
 import time
 
-from gpurouter.job import fsutil
 from gpurouter.errors import LockDirError, NoFreeSlot
+from gpurouter.job import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from types import TracebackType
-    from typing import Callable, Sequence
 
 # errnos that mean "someone else holds it", as opposed to a real failure (see filelock's _unix.py).
 _HELD_ELSEWHERE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES))
@@ -51,8 +51,9 @@ class Slot:
     def __enter__(self) -> Slot:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
     def __repr__(self) -> str:
@@ -80,7 +81,9 @@ def _open_slot_file(dir_fd: int, lock_dir: str, pool: str, index: int) -> int:
     try:
         return fsutil.open_shared_file(f"{pool}.{index}", os.O_RDONLY, dir_fd=dir_fd)
     except OSError as error:
-        raise LockDirError(slot_path(lock_dir, pool, index), f"slot file unusable: {error.strerror or error}") from None
+        raise LockDirError(
+            slot_path(lock_dir, pool, index), f"slot file unusable: {error.strerror or error}"
+        ) from None
 
 
 def _try_lock(fd: int, path: str) -> bool:
@@ -93,8 +96,9 @@ def _try_lock(fd: int, path: str) -> bool:
     return True
 
 
-def acquire_slot(lock_dir: str, pool: str, slots: int, wait_s: float,
-                 on_wait: Callable[[], None] | None = None) -> Slot:  # fmt: skip
+def acquire_slot(
+    lock_dir: str, pool: str, slots: int, wait_s: float, on_wait: Callable[[], None] | None = None
+) -> Slot:
     """Take one of the first `slots` slots of `pool`.
 
     Args:
@@ -114,8 +118,12 @@ def acquire_slot(lock_dir: str, pool: str, slots: int, wait_s: float,
     return acquire_any(lock_dir, [(pool, index) for index in range(slots)], wait_s, on_wait)
 
 
-def acquire_any(lock_dir: str, candidates: Sequence[tuple[str, int]], wait_s: float,
-                on_wait: Callable[[], None] | None = None) -> Slot:  # fmt: skip
+def acquire_any(
+    lock_dir: str,
+    candidates: Sequence[tuple[str, int]],
+    wait_s: float,
+    on_wait: Callable[[], None] | None = None,
+) -> Slot:
     """Take the first free slot of `candidates` (in order), or wait for whichever frees first.
 
     Raises:
@@ -162,8 +170,9 @@ def _warn_unusable(problems: list[LockDirError]) -> None:
             pass
 
 
-def _wait_for_any(lock_dir: str, candidates: list[tuple[str, int]], fds: list[int], wait_s: float,
-                  started: float) -> Slot:  # fmt: skip
+def _wait_for_any(
+    lock_dir: str, candidates: list[tuple[str, int]], fds: list[int], wait_s: float, started: float
+) -> Slot:
     if len(fds) == 1 and wait_s == float("inf"):
         fcntl.flock(fds[0], fcntl.LOCK_EX)  # sleeps in the kernel; nothing else to watch
         pool, index = candidates[0]
@@ -188,8 +197,12 @@ def _wait_for_any(lock_dir: str, candidates: list[tuple[str, int]], fds: list[in
         os.close(fds[position])  # a late winner: give the slot straight back
 
     for position in range(len(fds)):
-        threading.Thread(target=sleep_on, args=(position,), daemon=True,
-                         name=f"gpurouter-{candidates[position][0]}.{candidates[position][1]}").start()  # fmt: skip
+        threading.Thread(
+            target=sleep_on,
+            args=(position,),
+            daemon=True,
+            name=f"gpurouter-{candidates[position][0]}.{candidates[position][1]}",
+        ).start()
     # Past threading.TIMEOUT_MAX (~292 years) a bound is the same as none, and Event.wait would overflow.
     bounded = wait_s != float("inf") and wait_s < threading.TIMEOUT_MAX
     done.wait(max(0.0, wait_s - (time.monotonic() - started)) if bounded else None)

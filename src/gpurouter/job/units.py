@@ -10,9 +10,16 @@ import math
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _NUMBER_CHARS = frozenset("0123456789.+-")  # plus an exponent, see _split_number
 
 # The kinds a threshold can be, matching the probes that yield them.
@@ -142,8 +149,16 @@ def format_duration(seconds: float) -> str:
 
 def format_size(size: float) -> str:
     """'1GiB', '500MB', '123B': the largest unit that divides exactly."""
-    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10),
-                         ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):  # fmt: skip
+    for unit, factor in (
+        ("TiB", 2**40),
+        ("GiB", 2**30),
+        ("MiB", 2**20),
+        ("KiB", 2**10),
+        ("TB", 10**12),
+        ("GB", 10**9),
+        ("MB", 10**6),
+        ("KB", 10**3),
+    ):
         count = size / factor
         if size >= factor and count.is_integer() and float(int(count)) * factor == size:
             return f"{int(count)}{unit}"
@@ -190,7 +205,7 @@ def _rounded(value: float, kind: str | None) -> str:
     if kind == "duration":
         if value < 60:
             return format_duration(value) if float(value).is_integer() else f"{value:.1f}s"
-        whole = int(round(value))
+        whole = round(value)
         hours, rest = divmod(whole, 3600)
         minutes, seconds = divmod(rest, 60)
         parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
@@ -265,7 +280,9 @@ def parse_hours(text: str) -> tuple[tuple[int, int], ...]:
 
 def _minute_of_day(text: str) -> int:
     hours, colon, minutes = text.strip().partition(":")
-    if not (colon and (hours + minutes).isascii() and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+    if not (
+        colon and (hours + minutes).isascii() and hours.isdigit() and minutes.isdigit() and len(minutes) == 2
+    ):
         raise ValueError(f"{text.strip()!r} is not HH:MM")
     value = int(hours) * 60 + int(minutes)
     if int(minutes) > 59 or value > 24 * 60:

@@ -9,18 +9,44 @@ import os
 from gpurouter.errors import ConfigError
 from gpurouter.job import units
 from gpurouter.job.settings import (
-    ARGS_POSITIONS, BACKEND_DEFAULTS, BUILTIN, DEFAULT_GPU_ERROR_PATTERNS, DEFAULT_OOM_PATTERNS, DEFAULTS, FALLBACKS,
-    GPU_DEFAULTS, GPU_WHEN, GUARD_DEFAULTS, NO_INPUT, ON_LOW_VRAM, PRIORITIES, PROBES, PROFILE_DEFAULTS,
-    RESIDENT_DEFAULTS, ROUTE_DEFAULTS, ROUTES, SELECTS, SLURM_DEFAULTS, Backend, GpuSettings, Guard, Profile,
-    Resident, RouteSpec, Settings, SlurmSettings,
+    ARGS_POSITIONS,
+    BACKEND_DEFAULTS,
+    BUILTIN,
+    DEFAULT_GPU_ERROR_PATTERNS,
+    DEFAULT_OOM_PATTERNS,
+    DEFAULTS,
+    FALLBACKS,
+    GPU_DEFAULTS,
+    GPU_WHEN,
+    GUARD_DEFAULTS,
+    NO_INPUT,
+    ON_LOW_VRAM,
+    PRIORITIES,
+    PROBES,
+    PROFILE_DEFAULTS,
+    RESIDENT_DEFAULTS,
+    ROUTE_DEFAULTS,
+    ROUTES,
+    SELECTS,
+    SLURM_DEFAULTS,
+    Backend,
+    GpuSettings,
+    Guard,
+    Profile,
+    Resident,
+    RouteSpec,
+    Settings,
+    SlurmSettings,
 )
 from gpurouter.job.units import is_safe_name, parse_cpus, parse_hours, parse_ionice, parse_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
     from gpurouter.job.settings import RouteName
+
 
 def validate(document: Mapping[str, Any], source: str, path: str | None) -> Settings:
     """Turn a parsed TOML document into `Settings`, or raise `ConfigError` naming the key.
@@ -35,12 +61,16 @@ def validate(document: Mapping[str, Any], source: str, path: str | None) -> Sett
 
     lock_dir = _string(merged, "lock_dir", "", source)
     if not os.path.isabs(lock_dir):
-        raise ConfigError(source, "lock_dir", f"must be an absolute path (jobs start in many directories), got {lock_dir!r}")
+        raise ConfigError(
+            source, "lock_dir", f"must be an absolute path (jobs start in many directories), got {lock_dir!r}"
+        )
     journal = merged.get("journal")
     if journal is None:
         journal = os.path.join(lock_dir, "journal.jsonl")
     if not isinstance(journal, str):
-        raise ConfigError(source, "journal", f"must be a path string (\"\" turns the journal off), got {journal!r}")
+        raise ConfigError(
+            source, "journal", f'must be a path string ("" turns the journal off), got {journal!r}'
+        )
     if journal and not os.path.isabs(journal):
         raise ConfigError(source, "journal", f"must be an absolute path, got {journal!r}")
     busy = merged["busy_exit_code"]
@@ -106,10 +136,16 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         raise ConfigError(source, f"{where}.probe", f"must be one of {', '.join(PROBES)}, got {probe!r}")
     probe_command = merged["probe_command"]
     if probe == "command":
-        if not isinstance(probe_command, list) or not probe_command or \
-                not all(isinstance(a, str) and a for a in probe_command):
-            raise ConfigError(source, f"{where}.probe_command",
-                              'probe = "command" needs probe_command = ["program", "arg", ...]')
+        if (
+            not isinstance(probe_command, list)
+            or not probe_command
+            or not all(isinstance(a, str) and a for a in probe_command)
+        ):
+            raise ConfigError(
+                source,
+                f"{where}.probe_command",
+                'probe = "command" needs probe_command = ["program", "arg", ...]',
+            )
         probe_command = tuple(probe_command)
     elif probe_command is not None:
         raise ConfigError(source, f"{where}.probe_command", 'only used with probe = "command"')
@@ -122,7 +158,9 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         if threshold_text is None:
             raise ConfigError(source, f"{where}.threshold", f"is required with probe = {probe!r}")
         if threshold_text == "auto":
-            threshold = None  # decided per job from the fit of monitored runs and live free VRAM (autotune.py)
+            threshold = (
+                None  # decided per job from the fit of monitored runs and live free VRAM (autotune.py)
+            )
         else:
             try:
                 threshold = units.parse_threshold(threshold_text, probe)
@@ -132,21 +170,31 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
 
     input_rule = merged["input"]
     if isinstance(input_rule, bool) or not isinstance(input_rule, (str, int)) or input_rule == "":
-        raise ConfigError(source, f"{where}.input",
-                          f'must be "last", "first", an argument index or a flag like "--input", got {input_rule!r}')
+        raise ConfigError(
+            source,
+            f"{where}.input",
+            f'must be "last", "first", an argument index or a flag like "--input", got {input_rule!r}',
+        )
     if isinstance(input_rule, str) and input_rule not in ("last", "first") and not input_rule.startswith("-"):
-        raise ConfigError(source, f"{where}.input",
-                          f'must be "last", "first", an argument index or a flag like "--input", got {input_rule!r}')
+        raise ConfigError(
+            source,
+            f"{where}.input",
+            f'must be "last", "first", an argument index or a flag like "--input", got {input_rule!r}',
+        )
 
     fallback = merged["fallback"]
     if fallback not in FALLBACKS:
-        raise ConfigError(source, f"{where}.fallback", f"must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        raise ConfigError(
+            source, f"{where}.fallback", f"must be one of {', '.join(FALLBACKS)}, got {fallback!r}"
+        )
     try:
         wait_s = parse_wait(merged["wait"])
     except ValueError as error:
         raise ConfigError(source, f"{where}.wait", str(error)) from None
 
-    routes = {route: _build_route(route, table.get(route, {}), f"{where}.{route}", source) for route in ROUTES}
+    routes = {
+        route: _build_route(route, table.get(route, {}), f"{where}.{route}", source) for route in ROUTES
+    }
     max_wait = merged["max_wait"]
     max_wait_s = None if max_wait is None else _duration(merged, "max_wait", where, source)
     escape = _build_guard(_table(table, "escape", source, where), f"{where}.escape", source)
@@ -154,7 +202,9 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     hours = None
     if hours_text is not None:
         if not isinstance(hours_text, str):
-            raise ConfigError(source, f"{where}.hours", f'must be a string like "18:00-09:00", got {hours_text!r}')
+            raise ConfigError(
+                source, f"{where}.hours", f'must be a string like "18:00-09:00", got {hours_text!r}'
+            )
         try:
             hours = parse_hours(hours_text)
         except ValueError as error:
@@ -163,7 +213,9 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     if patterns is None:
         patterns = list(DEFAULT_OOM_PATTERNS)
     if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
-        raise ConfigError(source, f"{where}.oom_patterns", f"must be a list of non-empty strings, got {patterns!r}")
+        raise ConfigError(
+            source, f"{where}.oom_patterns", f"must be a list of non-empty strings, got {patterns!r}"
+        )
     monitor = merged["monitor"]
     if not isinstance(monitor, bool):
         raise ConfigError(source, f"{where}.monitor", f"must be true or false, got {monitor!r}")
@@ -171,28 +223,43 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     if error_patterns is None:
         error_patterns = list(DEFAULT_GPU_ERROR_PATTERNS)
     if not isinstance(error_patterns, list) or not all(isinstance(p, str) and p for p in error_patterns):
-        raise ConfigError(source, f"{where}.gpu_error_patterns",
-                          f"must be a list of non-empty strings, got {error_patterns!r}")  # fmt: skip
+        raise ConfigError(
+            source,
+            f"{where}.gpu_error_patterns",
+            f"must be a list of non-empty strings, got {error_patterns!r}",
+        )
     interval = _duration(merged, "monitor_interval", where, source)
     if not 0.05 <= interval <= 3600:
         raise ConfigError(source, f"{where}.monitor_interval", "must be between 50ms and 1h")
     return Profile(
-        name=name, binary=binary, probe=probe, probe_command=probe_command, threshold=threshold,
-        threshold_text=threshold_text, input=input_rule, fallback=fallback, wait_s=wait_s,
-        gpu=routes["gpu"], cpu=routes["cpu"], max_wait_s=max_wait_s, escape=escape,
-        priority=_choice(merged, "priority", PRIORITIES + (None,), where, source),
+        name=name,
+        binary=binary,
+        probe=probe,
+        probe_command=probe_command,
+        threshold=threshold,
+        threshold_text=threshold_text,
+        input=input_rule,
+        fallback=fallback,
+        wait_s=wait_s,
+        gpu=routes["gpu"],
+        cpu=routes["cpu"],
+        max_wait_s=max_wait_s,
+        escape=escape,
+        priority=_choice(merged, "priority", (*PRIORITIES, None), where, source),
         batch_yields=_choice(merged, "batch_yields", ("waiting", "running"), where, source),
-        hours=hours, hours_text=hours_text,
+        hours=hours,
+        hours_text=hours_text,
         outside_hours=_choice(merged, "outside_hours", ("cpu", "busy", "wait"), where, source),
         no_gpu=_choice(merged, "no_gpu", ("cpu", "busy", "fail", None), where, source),
-        monitor=monitor, monitor_interval_s=interval,
+        monitor=monitor,
+        monitor_interval_s=interval,
         on_gpu_oom=_choice(merged, "on_gpu_oom", ("cpu", None), where, source),
         oom_patterns=tuple(patterns),
         no_input=_choice(merged, "no_input", NO_INPUT, where, source),
         gpu_when=_choice(merged, "gpu_when", GPU_WHEN, where, source),
         on_gpu_error=_choice(merged, "on_gpu_error", ("cpu", None), where, source),
         gpu_error_patterns=tuple((p, DEFAULT_GPU_ERROR_PATTERNS.get(p, "custom")) for p in error_patterns),
-    )  # fmt: skip
+    )
 
 
 def _build_route(name: RouteName, table: object, where: str, source: str) -> RouteSpec:
@@ -208,30 +275,57 @@ def _build_route(name: RouteName, table: object, where: str, source: str) -> Rou
         raise ConfigError(source, f"{where}.slots", f"must be an integer from 1 to 1024, got {slots!r}")
     pool = merged["pool"] if merged["pool"] is not None else name
     if not isinstance(pool, str) or not is_safe_name(pool):
-        raise ConfigError(source, f"{where}.pool",
-                          f"must be a name of letters, digits, '-' and '_', got {merged['pool']!r}")
+        raise ConfigError(
+            source, f"{where}.pool", f"must be a name of letters, digits, '-' and '_', got {merged['pool']!r}"
+        )
     position = merged["args_position"]
     if position not in ARGS_POSITIONS:
-        raise ConfigError(source, f"{where}.args_position", f"must be one of {', '.join(ARGS_POSITIONS)}, got {position!r}")
+        raise ConfigError(
+            source, f"{where}.args_position", f"must be one of {', '.join(ARGS_POSITIONS)}, got {position!r}"
+        )
     input_args = merged["input_args"]
     if not isinstance(input_args, list) or not all(isinstance(a, str) for a in input_args):
         raise ConfigError(source, f"{where}.input_args", f"must be a list of strings, got {input_args!r}")
     env = merged["env"]
-    if not isinstance(env, dict) or not all(isinstance(v, str) and k and "=" not in k for k, v in env.items()):
-        raise ConfigError(source, f"{where}.env", f"must be a table of NAME = \"value\" strings, got {env!r}")
+    if not isinstance(env, dict) or not all(
+        isinstance(v, str) and k and "=" not in k for k, v in env.items()
+    ):
+        raise ConfigError(source, f"{where}.env", f'must be a table of NAME = "value" strings, got {env!r}')
     guard = _build_guard({k: v for k, v in table.items() if k in GUARD_DEFAULTS}, where, source)
     vram = merged["vram_mib"]
-    if vram is not None and vram != "auto" and (isinstance(vram, bool) or not isinstance(vram, int)
-                                                or not 1 <= vram <= 1 << 24):  # fmt: skip  # a 400-digit int (issue 12)
-        raise ConfigError(source, f"{where}.vram_mib", f'must be MiB per device (an integer from 1 to 16777216) or "auto", got {vram!r}')
+    if (
+        vram is not None
+        and vram != "auto"
+        and (isinstance(vram, bool) or not isinstance(vram, int) or not 1 <= vram <= 1 << 24)
+    ):  # a 400-digit int (issue 12)
+        raise ConfigError(
+            source,
+            f"{where}.vram_mib",
+            f'must be MiB per device (an integer from 1 to 16777216) or "auto", got {vram!r}',
+        )
     gpus = merged["gpus"]
-    if gpus is not None and gpus != "auto" and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 64):
-        raise ConfigError(source, f"{where}.gpus", f'must be a device count from 1 to 64 or "auto", got {gpus!r}')
+    if (
+        gpus is not None
+        and gpus != "auto"
+        and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 64)
+    ):
+        raise ConfigError(
+            source, f"{where}.gpus", f'must be a device count from 1 to 64 or "auto", got {gpus!r}'
+        )
     return RouteSpec(
-        name=name, args=tuple(args), slots=slots, pool=pool, args_position=position, env=dict(env), guard=guard,
-        ram_mib=_opt_int(merged, "ram_mib", 1, 1 << 30, where, source), vram_mib=vram, gpus=gpus,
-        on_low_vram=_choice(merged, "on_low_vram", ON_LOW_VRAM, where, source), input_args=tuple(input_args),
-    )  # fmt: skip
+        name=name,
+        args=tuple(args),
+        slots=slots,
+        pool=pool,
+        args_position=position,
+        env=dict(env),
+        guard=guard,
+        ram_mib=_opt_int(merged, "ram_mib", 1, 1 << 30, where, source),
+        vram_mib=vram,
+        gpus=gpus,
+        on_low_vram=_choice(merged, "on_low_vram", ON_LOW_VRAM, where, source),
+        input_args=tuple(input_args),
+    )
 
 
 def _build_guard(table: Mapping[str, Any], where: str, source: str) -> Guard:
@@ -252,9 +346,13 @@ def _build_guard(table: Mapping[str, Any], where: str, source: str) -> Guard:
     force_env = merged["force_env"]
     if not isinstance(force_env, bool):
         raise ConfigError(source, f"{where}.force_env", f"must be true or false, got {force_env!r}")
-    return Guard(threads=_opt_int(merged, "threads", 1, 4096, where, source),
-                 nice=_opt_int(merged, "nice", -20, 19, where, source),
-                 ionice=ionice, cpus=cpus, force_env=force_env)  # fmt: skip
+    return Guard(
+        threads=_opt_int(merged, "threads", 1, 4096, where, source),
+        nice=_opt_int(merged, "nice", -20, 19, where, source),
+        ionice=ionice,
+        cpus=cpus,
+        force_env=force_env,
+    )
 
 
 def _build_gpu(table: Mapping[str, Any], source: str) -> GpuSettings:
@@ -265,21 +363,32 @@ def _build_gpu(table: Mapping[str, Any], source: str) -> GpuSettings:
     devices = merged["devices"]
     if devices is not None:
         if not isinstance(devices, list) or not all(
-            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d) for d in devices
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
+            for d in devices
         ):
-            raise ConfigError(source, "gpu.devices", f'must be a list of indices or UUIDs like [0, "GPU-..."], got {devices!r}')
+            raise ConfigError(
+                source,
+                "gpu.devices",
+                f'must be a list of indices or UUIDs like [0, "GPU-..."], got {devices!r}',
+            )
         devices = tuple(devices)
     estimates = merged["vram_estimates"]
     if not isinstance(estimates, dict) or not all(
-        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in estimates.items()
+        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for k, v in estimates.items()
     ):
-        raise ConfigError(source, "gpu.vram_estimates", f'must be a table like {{"70b" = 20000}}, got {estimates!r}')
+        raise ConfigError(
+            source, "gpu.vram_estimates", f'must be a table like {{"70b" = 20000}}, got {estimates!r}'
+        )
     default_mib = _int(merged, "vram_default_mib", 1, 1 << 24, "gpu", source)
-    return GpuSettings(enabled=merged["enabled"], devices=devices,
-                       select=_choice(merged, "select", SELECTS, "gpu", source),
-                       cushion_mib=_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
-                       vram_estimates={k.lower(): v for k, v in estimates.items()},
-                       vram_default_mib=default_mib)  # fmt: skip
+    return GpuSettings(
+        enabled=merged["enabled"],
+        devices=devices,
+        select=_choice(merged, "select", SELECTS, "gpu", source),
+        cushion_mib=_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
+        vram_estimates={k.lower(): v for k, v in estimates.items()},
+        vram_default_mib=default_mib,
+    )
 
 
 def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Resident]:
@@ -297,7 +406,11 @@ def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Residen
             _check_action(merged[action], f"{where}.{action}", source)
         process = merged["process"]
         if process is not None and (not isinstance(process, str) or not process.strip() or "\0" in process):
-            raise ConfigError(source, f"{where}.process", f'must be a process name or pattern like "ollama", got {process!r}')
+            raise ConfigError(
+                source,
+                f"{where}.process",
+                f'must be a process name or pattern like "ollama", got {process!r}',
+            )
         coexist = merged["coexist"]
         if not isinstance(coexist, list) or not all(isinstance(c, str) for c in coexist):
             raise ConfigError(source, f"{where}.coexist", f"must be a list of profile names, got {coexist!r}")
@@ -305,15 +418,25 @@ def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Residen
             if not isinstance(merged[flag], bool):
                 raise ConfigError(source, f"{where}.{flag}", f"must be true or false, got {merged[flag]!r}")
         lazy = merged["lazy"]
-        if lazy is None:  # the heuristic of the eviction scheduler we grew from: unload-only services load lazily
+        if (
+            lazy is None
+        ):  # the heuristic of the eviction scheduler we grew from: unload-only services load lazily
             lazy = merged["unload"] is not None and merged["load"] is None and not merged["managed"]
         if not isinstance(lazy, bool):
             raise ConfigError(source, f"{where}.lazy", f"must be true or false, got {lazy!r}")
         residents[name] = Resident(
-            name=name, vram_mib=vram, unload=merged["unload"], load=merged["load"], coexist=tuple(coexist),
-            managed=merged["managed"], lazy=lazy, device=merged["device"],
-            timeout_s=_duration(merged, "timeout", where, source), process=process, status=merged["status"],
-        )  # fmt: skip
+            name=name,
+            vram_mib=vram,
+            unload=merged["unload"],
+            load=merged["load"],
+            coexist=tuple(coexist),
+            managed=merged["managed"],
+            lazy=lazy,
+            device=merged["device"],
+            timeout_s=_duration(merged, "timeout", where, source),
+            process=process,
+            status=merged["status"],
+        )
     return residents
 
 
@@ -328,13 +451,19 @@ def _check_action(action: object, where: str, source: str) -> None:
     if "http" in action:
         method, _, url = str(action["http"]).partition(" ")
         if not method.isalpha() or not url.startswith(("http://", "https://")):
-            raise ConfigError(source, where, f'http must be "METHOD URL" like "POST http://127.0.0.1:11434/api/generate", got {action["http"]!r}')
+            raise ConfigError(
+                source,
+                where,
+                f'http must be "METHOD URL" like "POST http://127.0.0.1:11434/api/generate", got {action["http"]!r}',
+            )
         if "body" in action and not isinstance(action["body"], str):
             raise ConfigError(source, f"{where}.body", "must be a string (JSON text)")
     else:
         command = action["command"]
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
-            raise ConfigError(source, f"{where}.command", f'must be a list like ["systemctl", "stop", "x"], got {command!r}')
+            raise ConfigError(
+                source, f"{where}.command", f'must be a list like ["systemctl", "stop", "x"], got {command!r}'
+            )
 
 
 def _build_backend(table: Mapping[str, Any], source: str) -> Backend:
@@ -348,12 +477,21 @@ def _build_backend(table: Mapping[str, Any], source: str) -> Backend:
     slurm = {**SLURM_DEFAULTS, **slurm}
     for key in ("partition", "account", "time"):
         if slurm[key] is not None and (not isinstance(slurm[key], str) or not slurm[key]):
-            raise ConfigError(source, f"backend.slurm.{key}", f"must be a non-empty string, got {slurm[key]!r}")
+            raise ConfigError(
+                source, f"backend.slurm.{key}", f"must be a non-empty string, got {slurm[key]!r}"
+            )
     if not isinstance(slurm["srun_args"], list) or not all(isinstance(a, str) for a in slurm["srun_args"]):
         raise ConfigError(source, "backend.slurm.srun_args", "must be a list of strings")
-    return Backend(kind=kind, slurm=SlurmSettings(partition=slurm["partition"], account=slurm["account"],
-                                                  srun_args=tuple(slurm["srun_args"]), time=slurm["time"],
-                                                  srun=_string(slurm, "srun", "backend.slurm", source)))
+    return Backend(
+        kind=kind,
+        slurm=SlurmSettings(
+            partition=slurm["partition"],
+            account=slurm["account"],
+            srun_args=tuple(slurm["srun_args"]),
+            time=slurm["time"],
+            srun=_string(slurm, "srun", "backend.slurm", source),
+        ),
+    )
 
 
 def _table(document: Mapping[str, Any], key: str, source: str, where: str = "") -> dict[str, Any]:
@@ -397,7 +535,9 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, source:
 def _string(table: Mapping[str, Any], key: str, where: str, source: str) -> str:
     value = table[key]
     if not isinstance(value, str) or not value:
-        raise ConfigError(source, f"{where}.{key}" if where else key, f"must be a non-empty string, got {value!r}")
+        raise ConfigError(
+            source, f"{where}.{key}" if where else key, f"must be a non-empty string, got {value!r}"
+        )
     return value
 
 
@@ -405,7 +545,7 @@ def _duration(table: Mapping[str, Any], key: str, where: str, source: str) -> fl
     value = table[key]
     dotted = f"{where}.{key}" if where else key
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(source, dotted, f"must be a duration like \"20s\", got {value!r}")
+        raise ConfigError(source, dotted, f'must be a duration like "20s", got {value!r}')
     try:
         return units.parse_duration(str(value))
     except ValueError as error:

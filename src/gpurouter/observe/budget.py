@@ -36,8 +36,17 @@ def check(settings: Settings) -> dict[str, Any]:
     pools: dict[str, dict[str, Any]] = {}
     for profile in settings.profiles.values():
         for spec in (profile.gpu, profile.cpu):
-            entry = pools.setdefault(f"{spec.name}:{spec.pool}", {"route": spec.name, "pool": spec.pool, "slots": 0,
-                                                                  "vram_mib": 0, "ram_mib": 0, "profiles": []})  # fmt: skip
+            entry = pools.setdefault(
+                f"{spec.name}:{spec.pool}",
+                {
+                    "route": spec.name,
+                    "pool": spec.pool,
+                    "slots": 0,
+                    "vram_mib": 0,
+                    "ram_mib": 0,
+                    "profiles": [],
+                },
+            )
             entry["slots"] = max(entry["slots"], spec.slots)
             if isinstance(spec.vram_mib, int):
                 entry["vram_mib"] = max(entry["vram_mib"], spec.vram_mib)
@@ -55,22 +64,46 @@ def check(settings: Settings) -> dict[str, Any]:
                 headroom = None if total is None else total - need - settings.gpu.cushion_mib
                 fits = headroom is not None and headroom > 0
                 ok &= fits
-                rows.append({"check": f"GPU {gpu.index} ({gpu.name}) pool {entry['pool']}",
-                             "need_mib": need, "have_mib": total, "headroom_mib": headroom, "ok": fits,
-                             "advice": None if fits else _gpu_advice(entry, total, settings.gpu.cushion_mib)})  # fmt: skip
+                rows.append(
+                    {
+                        "check": f"GPU {gpu.index} ({gpu.name}) pool {entry['pool']}",
+                        "need_mib": need,
+                        "have_mib": total,
+                        "headroom_mib": headroom,
+                        "ok": fits,
+                        "advice": None if fits else _gpu_advice(entry, total, settings.gpu.cushion_mib),
+                    }
+                )
             if not query.gpus:
-                rows.append({"check": f"pool {entry['pool']}", "need_mib": need, "have_mib": None,
-                             "headroom_mib": None, "ok": None, "advice": f"no GPU to check against ({query.message})"})  # fmt: skip
+                rows.append(
+                    {
+                        "check": f"pool {entry['pool']}",
+                        "need_mib": need,
+                        "have_mib": None,
+                        "headroom_mib": None,
+                        "ok": None,
+                        "advice": f"no GPU to check against ({query.message})",
+                    }
+                )
         if entry["ram_mib"] and ram is not None:
             reserve = max(RAM_RESERVE_MIN_MIB, int(ram * RAM_RESERVE_FRACTION))
             need = entry["slots"] * entry["ram_mib"]
             headroom = ram - reserve - need
             fits = headroom > 0
             ok &= fits
-            rows.append({"check": f"RAM for {entry['route']} pool {entry['pool']}", "need_mib": need,
-                         "have_mib": ram - reserve, "headroom_mib": headroom, "ok": fits,
-                         "advice": None if fits else f"lower {entry['route']}.slots to "
-                         f"{max(0, (ram - reserve) // entry['ram_mib'])} or ram_mib, or add RAM"})  # fmt: skip
+            rows.append(
+                {
+                    "check": f"RAM for {entry['route']} pool {entry['pool']}",
+                    "need_mib": need,
+                    "have_mib": ram - reserve,
+                    "headroom_mib": headroom,
+                    "ok": fits,
+                    "advice": None
+                    if fits
+                    else f"lower {entry['route']}.slots to "
+                    f"{max(0, (ram - reserve) // entry['ram_mib'])} or ram_mib, or add RAM",
+                }
+            )
     return {"ok": ok, "gpu_source": query.source, "ram_mib": ram, "rows": rows}
 
 
@@ -78,5 +111,7 @@ def _gpu_advice(entry: dict[str, Any], total: int | None, cushion: int) -> str:
     if total is None:
         return "the device does not report its memory"
     fitting = max(0, (total - cushion) // entry["vram_mib"])
-    return (f"lower gpu.slots of pool {entry['pool']} to {fitting}, or vram_mib, "
-            f"or lower the threshold so fewer large jobs reach the GPU")  # fmt: skip
+    return (
+        f"lower gpu.slots of pool {entry['pool']} to {fitting}, or vram_mib, "
+        f"or lower the threshold so fewer large jobs reach the GPU"
+    )

@@ -9,7 +9,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Final, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, Final
 
 
 GPU_COLOR: Final = "#2e7d32"
@@ -21,8 +22,15 @@ FIT_COLOR: Final = "#757575"
 INK: Final = "#212121"
 GRID: Final = "#e0e0e0"
 SERIES: Final = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e", "#827717")
-WAIT_BUCKETS: Final = (("0", 0.0005), ("< 1s", 1.0), ("1-10s", 10.0), ("10s-1m", 60.0), ("1-10m", 600.0),
-                       ("10m-1h", 3600.0), ("> 1h", math.inf))  # fmt: skip
+WAIT_BUCKETS: Final = (
+    ("0", 0.0005),
+    ("< 1s", 1.0),
+    ("1-10s", 10.0),
+    ("10s-1m", 60.0),
+    ("1-10m", 600.0),
+    ("10m-1h", 3600.0),
+    ("> 1h", math.inf),
+)
 MAX_HOURLY_BARS: Final = 24 * 14  # beyond two weeks, bars per day
 
 
@@ -39,8 +47,9 @@ class Chart:
     def rect(self, x: float, y: float, w: float, h: float, fill: str) -> None:
         self.items.append(("rect", x, y, w, h, fill))
 
-    def line(self, x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1.0,
-             dash: bool = False) -> None:  # fmt: skip
+    def line(
+        self, x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1.0, dash: bool = False
+    ) -> None:
         self.items.append(("line", x1, y1, x2, y2, stroke, width, dash))
 
     def polyline(self, points: Sequence[tuple[float, float]], stroke: str, width: float = 1.5) -> None:
@@ -50,8 +59,16 @@ class Chart:
     def circle(self, x: float, y: float, r: float, fill: str) -> None:
         self.items.append(("circle", x, y, r, fill))
 
-    def text(self, x: float, y: float, text: str, size: int = 12, anchor: str = "start", fill: str = INK,
-             bold: bool = False) -> None:  # fmt: skip
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        size: int = 12,
+        anchor: str = "start",
+        fill: str = INK,
+        bold: bool = False,
+    ) -> None:
         """Text with its baseline at y; anchor start | middle | end."""
         self.items.append(("text", x, y, text, size, anchor, fill, bold))
 
@@ -59,8 +76,16 @@ class Chart:
 class _Plot:
     """Maps data to pixels inside a chart's plot area, and draws the axes."""
 
-    def __init__(self, chart: Chart, x_range: tuple[float, float], y_range: tuple[float, float],
-                 left: int = 70, right: int = 20, top: int = 56, bottom: int = 50) -> None:  # fmt: skip
+    def __init__(
+        self,
+        chart: Chart,
+        x_range: tuple[float, float],
+        y_range: tuple[float, float],
+        left: int = 70,
+        right: int = 20,
+        top: int = 56,
+        bottom: int = 50,
+    ) -> None:
         self.chart = chart
         self.left, self.top = left, top
         self.right, self.bottom = chart.width - right, chart.height - bottom
@@ -73,8 +98,15 @@ class _Plot:
     def y(self, value: float) -> float:
         return self.bottom - (value - self.y0) / (self.y1 - self.y0) * (self.bottom - self.top)
 
-    def axes(self, x_ticks: Iterable[float] | None, y_ticks: Iterable[float], x_label: Callable[[float], str],
-             y_label: Callable[[float], str], x_title: str = "", y_title: str = "") -> None:  # fmt: skip
+    def axes(
+        self,
+        x_ticks: Iterable[float] | None,
+        y_ticks: Iterable[float],
+        x_label: Callable[[float], str],
+        y_label: Callable[[float], str],
+        x_title: str = "",
+        y_title: str = "",
+    ) -> None:
         chart = self.chart
         for tick in y_ticks:
             y = self.y(tick)
@@ -110,8 +142,28 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-_DURATION_STEPS: Final = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
-                          86400, 172800, 604800)  # fmt: skip
+_DURATION_STEPS: Final = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    172800,
+    604800,
+)
 
 
 def metric_ticks(kind: str, high: float, count: int = 6) -> list[float]:
@@ -127,7 +179,7 @@ def metric_ticks(kind: str, high: float, count: int = 6) -> list[float]:
         return [tick * unit for tick in nice_ticks(0, high / unit, count)]
     else:
         return nice_ticks(0, high, count)
-    return [step * i for i in range(int(math.ceil(high / step)) + 1)]
+    return [step * i for i in range(math.ceil(high / step) + 1)]
 
 
 def time_ticks(first: float, last: float, count: int = 6) -> list[float]:
@@ -178,17 +230,22 @@ def routing_chart(buckets: Mapping[float, list[int]], span_s: float) -> Chart:
     _title(chart)
     _legend(chart, [("GPU", GPU_COLOR), ("CPU", CPU_COLOR), ("busy", BUSY_COLOR)], chart.width - 12)
     first, last = min(buckets), max(buckets)
-    slots = int(round((last - first) / span_s)) + 1
+    slots = round((last - first) / span_s) + 1
     top = max(sum(counts) for counts in buckets.values())
     plot = _Plot(chart, (0, slots), (0, nice_ticks(0, top)[-1]))
     step = max(1, slots // 8)
     fmt = "%m-%d" if per == "day" else "%m-%d %H:00"
-    plot.axes([i + 0.5 for i in range(0, slots, step)], nice_ticks(0, top),
-              lambda tick: time.strftime(fmt, time.localtime(first + int(tick) * span_s)), lambda tick: f"{tick:g}",
-              "local time", "jobs")  # fmt: skip
+    plot.axes(
+        [i + 0.5 for i in range(0, slots, step)],
+        nice_ticks(0, top),
+        lambda tick: time.strftime(fmt, time.localtime(first + int(tick) * span_s)),
+        lambda tick: f"{tick:g}",
+        "local time",
+        "jobs",
+    )
     width = (plot.right - plot.left) / slots
     for start, counts in buckets.items():
-        index = int(round((start - first) / span_s))
+        index = round((start - first) / span_s)
         x = plot.left + index * width + width * 0.1
         base = 0
         for count, color in zip(counts, (GPU_COLOR, CPU_COLOR, BUSY_COLOR), strict=True):
@@ -200,8 +257,15 @@ def routing_chart(buckets: Mapping[float, list[int]], span_s: float) -> Chart:
     return chart
 
 
-def vram_chart(profile: str, kind: str, points: Sequence[tuple[float, float]], ooms: Sequence[float],
-               threshold: float | None, budget_mib: float | None, model: Any) -> Chart:  # fmt: skip
+def vram_chart(
+    profile: str,
+    kind: str,
+    points: Sequence[tuple[float, float]],
+    ooms: Sequence[float],
+    threshold: float | None,
+    budget_mib: float | None,
+    model: Any,
+) -> Chart:
     """Peak VRAM of monitored GPU runs against the metric, with threshold, budget and fit."""
     from gpurouter.observe.stats import human_metric
 
@@ -220,17 +284,35 @@ def vram_chart(profile: str, kind: str, points: Sequence[tuple[float, float]], o
         unit, per = per_unit(kind, model.slope)
         subtitle += f", fit {model.intercept:.0f} MiB + {per:.3g} MiB per {unit}, R^2 {model.r2:.2f}"
     _title(chart, subtitle)
-    plot.axes(x_ticks, y_ticks, lambda tick: human_metric(tick, kind), lambda tick: f"{tick:g}",
-              f"metric ({kind})", "peak MiB")  # fmt: skip
+    plot.axes(
+        x_ticks,
+        y_ticks,
+        lambda tick: human_metric(tick, kind),
+        lambda tick: f"{tick:g}",
+        f"metric ({kind})",
+        "peak MiB",
+    )
     if budget_mib:
         chart.line(
             plot.left, plot.y(budget_mib), plot.right, plot.y(budget_mib), BUDGET_COLOR, 1.5, dash=True
         )
-        chart.text(plot.left + 6, plot.y(budget_mib) - 5, f"budget per job {budget_mib:.0f} MiB", 11,
-                   fill=BUDGET_COLOR)  # fmt: skip
+        chart.text(
+            plot.left + 6,
+            plot.y(budget_mib) - 5,
+            f"budget per job {budget_mib:.0f} MiB",
+            11,
+            fill=BUDGET_COLOR,
+        )
     if model is not None:
-        chart.line(plot.x(0), plot.y(max(0.0, model.intercept)), plot.x(x_ticks[-1]),
-                   plot.y(min(y_ticks[-1], model.intercept + model.slope * x_ticks[-1])), FIT_COLOR, 1.0, dash=True)  # fmt: skip
+        chart.line(
+            plot.x(0),
+            plot.y(max(0.0, model.intercept)),
+            plot.x(x_ticks[-1]),
+            plot.y(min(y_ticks[-1], model.intercept + model.slope * x_ticks[-1])),
+            FIT_COLOR,
+            1.0,
+            dash=True,
+        )
     if threshold is not None and math.isfinite(threshold):
         x = plot.x(threshold)
         chart.line(x, plot.top, x, plot.bottom, OOM_COLOR, 2.0)
@@ -263,8 +345,14 @@ def wait_chart(waits: Sequence[float]) -> Chart:
     )
     y_ticks = nice_ticks(0, max(counts))
     plot = _Plot(chart, (0, len(counts)), (0, y_ticks[-1]))
-    plot.axes([i + 0.5 for i in range(len(counts))], y_ticks, lambda tick: WAIT_BUCKETS[int(tick)][0],
-              lambda tick: f"{tick:g}", "waited", "jobs")  # fmt: skip
+    plot.axes(
+        [i + 0.5 for i in range(len(counts))],
+        y_ticks,
+        lambda tick: WAIT_BUCKETS[int(tick)][0],
+        lambda tick: f"{tick:g}",
+        "waited",
+        "jobs",
+    )
     width = (plot.right - plot.left) / len(counts)
     for index, count in enumerate(counts):
         if count:
@@ -276,8 +364,13 @@ def wait_chart(waits: Sequence[float]) -> Chart:
     return chart
 
 
-def device_chart(key: str, title: str, series: Mapping[str, Sequence[tuple[float, float]]], unit: str,
-                 y_max: float | None = None) -> Chart:  # fmt: skip
+def device_chart(
+    key: str,
+    title: str,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    unit: str,
+    y_max: float | None = None,
+) -> Chart:
     """One line per device over time (one point per monitored run, at its end)."""
     chart = Chart(key, title, height=300)
     if not any(series.values()):
@@ -293,8 +386,14 @@ def device_chart(key: str, title: str, series: Mapping[str, Sequence[tuple[float
     plot = _Plot(chart, (first, last), (0, y_ticks[-1]))
     span = max(1.0, last - first)
     fmt = "%H:%M" if span < 86400 else "%m-%d %H:%M"
-    plot.axes(time_ticks(first, last), y_ticks,
-              lambda tick: time.strftime(fmt, time.localtime(tick)), lambda tick: f"{tick:g}", "end of run", unit)  # fmt: skip
+    plot.axes(
+        time_ticks(first, last),
+        y_ticks,
+        lambda tick: time.strftime(fmt, time.localtime(tick)),
+        lambda tick: f"{tick:g}",
+        "end of run",
+        unit,
+    )
     for n, points in enumerate(series.values()):
         color = SERIES[n % len(SERIES)]
         ordered = sorted(points)
@@ -306,5 +405,3 @@ def device_chart(key: str, title: str, series: Mapping[str, Sequence[tuple[float
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:60] or "profile"
-
-

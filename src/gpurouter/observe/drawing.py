@@ -9,7 +9,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
     from gpurouter.observe.charts import Chart
 
@@ -22,11 +23,13 @@ def _esc(text: str) -> str:
 
 def svg(chart: Chart) -> str:
     """The chart as an inline SVG element."""
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {chart.width} {chart.height}" '
-           f'width="{chart.width}" height="{chart.height}" role="img" aria-label="{_esc(chart.title)}" '
-           'font-family="DejaVu Sans, Verdana, sans-serif">',
-           f"<title>{_esc(chart.title)}</title>",
-           f'<rect width="{chart.width}" height="{chart.height}" fill="#ffffff"/>']  # fmt: skip
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {chart.width} {chart.height}" '
+        f'width="{chart.width}" height="{chart.height}" role="img" aria-label="{_esc(chart.title)}" '
+        'font-family="DejaVu Sans, Verdana, sans-serif">',
+        f"<title>{_esc(chart.title)}</title>",
+        f'<rect width="{chart.width}" height="{chart.height}" fill="#ffffff"/>',
+    ]
     for item in chart.items:
         kind = item[0]
         if kind == "rect":
@@ -35,8 +38,10 @@ def svg(chart: Chart) -> str:
         elif kind == "line":
             _, x1, y1, x2, y2, stroke, width, dash = item
             extra = ' stroke-dasharray="6 4"' if dash else ""
-            out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" '
-                       f'stroke-width="{width}"{extra}/>')  # fmt: skip
+            out.append(
+                f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" '
+                f'stroke-width="{width}"{extra}/>'
+            )
         elif kind == "polyline":
             _, points, stroke, width = item
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
@@ -47,8 +52,10 @@ def svg(chart: Chart) -> str:
         elif kind == "text":
             _, x, y, text, size, anchor, fill, bold = item
             weight = ' font-weight="bold"' if bold else ""
-            out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}"'
-                       f"{weight}>{_esc(text)}</text>")  # fmt: skip
+            out.append(
+                f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}"'
+                f"{weight}>{_esc(text)}</text>"
+            )
     out.append("</svg>")
     return "\n".join(out)
 
@@ -84,13 +91,13 @@ def png(chart: Chart, path: str, scale: int = 2) -> None:
                 if dash
                 else [((x1 * s, y1 * s), (x2 * s, y2 * s))]
             ):
-                draw.line([a, b], fill=stroke, width=max(1, int(round(width * s))))
+                draw.line([a, b], fill=stroke, width=max(1, round(width * s)))
         elif kind == "polyline":
             _, points, stroke, width = item
             draw.line(
                 [(x * s, y * s) for x, y in points],
                 fill=stroke,
-                width=max(1, int(round(width * s))),
+                width=max(1, round(width * s)),
                 joint="curve",
             )
         elif kind == "circle":
@@ -99,8 +106,15 @@ def png(chart: Chart, path: str, scale: int = 2) -> None:
         elif kind == "text":
             _, x, y, text, size, anchor, fill, bold = item
             where = {"start": "ls", "middle": "ms", "end": "rs"}[anchor]
-            draw.text((x * s, y * s), text, font=font(size), fill=fill, anchor=where,
-                      stroke_width=1 if bold else 0, stroke_fill=fill)  # fmt: skip
+            draw.text(
+                (x * s, y * s),
+                text,
+                font=font(size),
+                fill=fill,
+                anchor=where,
+                stroke_width=1 if bold else 0,
+                stroke_fill=fill,
+            )
     import io
 
     from gpurouter.job import fsutil
@@ -144,10 +158,12 @@ def html(summary: Mapping[str, Any], made: Sequence[Chart], since: str | None, g
     rows = []
     for name, row in summary["profiles"].items():
         peak = row["peak_vram_mib"]
-        rows.append(f"<tr><td>{_esc(name)}</td><td>{row['gpu']}</td><td>{row['cpu']}</td><td>{row['busy']}</td>"
-                    f"<td>{row['busy_rate'] * 100:.1f}%</td><td>{_fmt(row['wait_p50_s'], 's')}</td>"
-                    f"<td>{_fmt(row['wait_p95_s'], 's')}</td><td>{row['escapes']}</td><td>{row['oom']}</td>"
-                    f"<td>{_fmt(peak['max'], ' MiB', 0)}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{_esc(name)}</td><td>{row['gpu']}</td><td>{row['cpu']}</td><td>{row['busy']}</td>"
+            f"<td>{row['busy_rate'] * 100:.1f}%</td><td>{_fmt(row['wait_p50_s'], 's')}</td>"
+            f"<td>{_fmt(row['wait_p95_s'], 's')}</td><td>{row['escapes']}</td><td>{row['oom']}</td>"
+            f"<td>{_fmt(peak['max'], ' MiB', 0)}</td></tr>"
+        )
     advice = "".join(f"<li>{_esc(line)}</li>" for line in summary["advice"])
     figures = "\n".join(f'<figure id="{chart.key}">{svg(chart)}</figure>' for chart in made)
     files = ", ".join(_esc(path) for path in summary.get("files") or []) or "none"
@@ -178,5 +194,3 @@ def html(summary: Mapping[str, Any], made: Sequence[Chart], since: str | None, g
 
 def _fmt(value: float | None, unit: str, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
-
-

@@ -6,7 +6,8 @@ from gpurouter.gpu import nvml, selection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
     from gpurouter.job.settings import Settings
 
@@ -35,13 +36,28 @@ def view(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[s
     for r in settings.residents.values():
         look = seen[r.name]
         unloading = state[r.name].get("unloading")
-        resident_rows.append({
-            "name": r.name, "vram_mib": r.vram_mib, "loaded": look.loaded,
-            "state": "unloading" if unloading else "loaded" if look.loaded else "unloaded",
-            "measured_mib": look.mib, "source": look.source, "measured_device": look.device,
-            "source_note": look.note or None, "believed_loaded": state[r.name]["loaded"],
-            "last_used": state[r.name]["last_used"] or None, "managed": r.managed, "lazy": r.lazy,
-            "coexist": list(r.coexist), "device": r.device,
-        })  # fmt: skip
-    return {"source": query.source, "message": query.message, "devices": rows, "residents": resident_rows,
-            "pid_namespace": foreign}  # fmt: skip
+        resident_rows.append(
+            {
+                "name": r.name,
+                "vram_mib": r.vram_mib,
+                "loaded": look.loaded,
+                "state": "unloading" if unloading else "loaded" if look.loaded else "unloaded",
+                "measured_mib": look.mib,
+                "source": look.source,
+                "measured_device": look.device,
+                "source_note": look.note or None,
+                "believed_loaded": state[r.name]["loaded"],
+                "last_used": state[r.name]["last_used"] or None,
+                "managed": r.managed,
+                "lazy": r.lazy,
+                "coexist": list(r.coexist),
+                "device": r.device,
+            }
+        )
+    return {
+        "source": query.source,
+        "message": query.message,
+        "devices": rows,
+        "residents": resident_rows,
+        "pid_namespace": foreign,
+    }

@@ -20,7 +20,8 @@ from gpurouter.job import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Final
 
     from gpurouter.job.settings import Settings
 
@@ -81,14 +82,20 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         "GPU runs that ran out of memory and fell back to the CPU.",
     )
     evictions = _Family("gpurouter_evictions_total", "counter", "Residents unloaded to make room, by victim.")
-    attempts = _Family("gpurouter_eviction_attempts_total", "counter",
-                       "Eviction attempts by outcome: evicted, failed, no_victim, in_flight (waited for one).")  # fmt: skip
+    attempts = _Family(
+        "gpurouter_eviction_attempts_total",
+        "counter",
+        "Eviction attempts by outcome: evicted, failed, no_victim, in_flight (waited for one).",
+    )
     evict_failed = _Family(
         "gpurouter_eviction_failures_total", "counter", "Resident evictions that failed, by victim."
     )
     waits = _Family("gpurouter_wait_seconds", "summary", "Seconds a started job waited for its slot.")
-    malformed = _Family("gpurouter_journal_malformed_records_total", "counter",
-                        "Journal lines skipped as malformed (not JSON, wrong types, numbers out of range).")  # fmt: skip
+    malformed = _Family(
+        "gpurouter_journal_malformed_records_total",
+        "counter",
+        "Journal lines skipped as malformed (not JSON, wrong types, numbers out of range).",
+    )
     malformed.add(summary.get("malformed", 0))
     for name, row in summary["profiles"].items():
         for route in ("gpu", "cpu"):
@@ -105,7 +112,9 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
             waits.add(figures["sum"], "_sum", profile=name)
             waits.add(figures["n"], "_count", profile=name)
     for victim, tally in summary["evictions"].items():
-        evictions.add(tally["ok"], victim=victim)  # a failed unload or an attempt with no victim evicted nothing
+        evictions.add(
+            tally["ok"], victim=victim
+        )  # a failed unload or an attempt with no victim evicted nothing
         evict_failed.add(tally["failed"], victim=victim)
     for outcome, count in (summary.get("eviction_attempts") or {}).items():
         attempts.add(count, outcome=outcome)
@@ -140,9 +149,27 @@ def families(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Iterabl
         utilization.add(None if gpu.utilization_percent is None else gpu.utilization_percent / 100, **labels)
         temperature.add(gpu.temperature_c, **labels)
         power.add(gpu.power_w, **labels)
-    every = [jobs, busy, refused, escapes, ooms, evictions, evict_failed, attempts, waits, malformed, in_use, total,
-             waiting,
-             free, memory, used, utilization, temperature, power]  # fmt: skip
+    every = [
+        jobs,
+        busy,
+        refused,
+        escapes,
+        ooms,
+        evictions,
+        evict_failed,
+        attempts,
+        waits,
+        malformed,
+        in_use,
+        total,
+        waiting,
+        free,
+        memory,
+        used,
+        utilization,
+        temperature,
+        power,
+    ]
     return [family for family in every if family.samples]
 
 
@@ -151,8 +178,13 @@ def exposition(summary: Mapping[str, Any], slot_rows: Iterable[Any], gpus: Itera
     return "".join(family.text() + "\n" for family in families(summary, slot_rows, gpus))
 
 
-def write_textfile(settings: Settings, path: str, profile: str | None = None,
-                   journals: Iterable[str] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def write_textfile(
+    settings: Settings,
+    path: str,
+    profile: str | None = None,
+    journals: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Gather the figures, slots and GPUs and replace `path` with them atomically.
 
     Returns:

@@ -8,7 +8,8 @@ from gpurouter.job.units import format_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from collections.abc import Sequence
+    from typing import Any
 
     from gpurouter.job.settings import Guard, Profile, RouteSpec, Settings
     from gpurouter.observe.status import SlotRow
@@ -19,40 +20,70 @@ def _guard_data(guard: Guard) -> dict[str, Any]:
 
 
 def _route_data(spec: RouteSpec) -> dict[str, Any]:
-    return {"args": list(spec.args), "slots": spec.slots, "pool": spec.pool,
-            "args_position": spec.args_position, "env": dict(spec.env), **_guard_data(spec.guard),
-            "ram_mib": spec.ram_mib, "vram_mib": spec.vram_mib, "gpus": spec.gpus,
-            "on_low_vram": spec.on_low_vram, "input_args": list(spec.input_args)}  # fmt: skip
+    return {
+        "args": list(spec.args),
+        "slots": spec.slots,
+        "pool": spec.pool,
+        "args_position": spec.args_position,
+        "env": dict(spec.env),
+        **_guard_data(spec.guard),
+        "ram_mib": spec.ram_mib,
+        "vram_mib": spec.vram_mib,
+        "gpus": spec.gpus,
+        "on_low_vram": spec.on_low_vram,
+        "input_args": list(spec.input_args),
+    }
 
 
 def _profile_data(profile: Profile) -> dict[str, Any]:
     return {
-        "binary": profile.binary, "probe": profile.probe,
+        "binary": profile.binary,
+        "probe": profile.probe,
         "probe_command": list(profile.probe_command) if profile.probe_command else None,
-        "threshold": profile.threshold_text, "input": profile.input, "fallback": profile.fallback,
+        "threshold": profile.threshold_text,
+        "input": profile.input,
+        "fallback": profile.fallback,
         "wait": format_wait(profile.wait_s),
         "max_wait": None if profile.max_wait_s is None else units.format_duration(profile.max_wait_s),
-        "priority": profile.priority, "batch_yields": profile.batch_yields, "hours": profile.hours_text,
-        "outside_hours": profile.outside_hours, "no_gpu": profile.no_gpu, "monitor": profile.monitor,
-        "monitor_interval": units.format_duration(profile.monitor_interval_s), "on_gpu_oom": profile.on_gpu_oom,
-        "oom_patterns": list(profile.oom_patterns), "no_input": profile.no_input, "gpu_when": profile.gpu_when,
-        "on_gpu_error": profile.on_gpu_error, "gpu_error_patterns": [p for p, _ in profile.gpu_error_patterns],
-        "gpu": _route_data(profile.gpu), "cpu": _route_data(profile.cpu), "escape": _guard_data(profile.escape),
-    }  # fmt: skip
+        "priority": profile.priority,
+        "batch_yields": profile.batch_yields,
+        "hours": profile.hours_text,
+        "outside_hours": profile.outside_hours,
+        "no_gpu": profile.no_gpu,
+        "monitor": profile.monitor,
+        "monitor_interval": units.format_duration(profile.monitor_interval_s),
+        "on_gpu_oom": profile.on_gpu_oom,
+        "oom_patterns": list(profile.oom_patterns),
+        "no_input": profile.no_input,
+        "gpu_when": profile.gpu_when,
+        "on_gpu_error": profile.on_gpu_error,
+        "gpu_error_patterns": [p for p, _ in profile.gpu_error_patterns],
+        "gpu": _route_data(profile.gpu),
+        "cpu": _route_data(profile.cpu),
+        "escape": _guard_data(profile.escape),
+    }
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The effective configuration with, for each value, the file that set it (or 'built-in')."""
     values: dict[str, Any] = {
-        "lock_dir": settings.lock_dir, "journal": settings.journal or "",
-        "busy_exit_code": settings.busy_exit_code, "ffprobe": settings.ffprobe,
-        "probe_timeout": units.format_duration(settings.probe_timeout_s), "probe_cache": settings.probe_cache,
-        "gpu": {**settings.gpu.as_dict(), "devices": list(settings.gpu.devices) if settings.gpu.devices else None},
+        "lock_dir": settings.lock_dir,
+        "journal": settings.journal or "",
+        "busy_exit_code": settings.busy_exit_code,
+        "ffprobe": settings.ffprobe,
+        "probe_timeout": units.format_duration(settings.probe_timeout_s),
+        "probe_cache": settings.probe_cache,
+        "gpu": {
+            **settings.gpu.as_dict(),
+            "devices": list(settings.gpu.devices) if settings.gpu.devices else None,
+        },
         "backend": {"kind": settings.backend.kind, "slurm": settings.backend.slurm.as_dict()},
-        "residents": {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.as_dict().items() if k != "name"}
-                      for name, r in sorted(settings.residents.items())},
+        "residents": {
+            name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.as_dict().items() if k != "name"}
+            for name, r in sorted(settings.residents.items())
+        },
         "profiles": {name: _profile_data(p) for name, p in sorted(settings.profiles.items())},
-    }  # fmt: skip
+    }
     if "default" not in settings.profiles:
         values["profiles"]["default"] = _profile_data(settings.profile("default"))
     sources: dict[str, str] = {}
@@ -60,7 +91,11 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     def walk(prefix: str, node: dict[str, Any]) -> None:
         for key, value in node.items():
             dotted = f"{prefix}.{key}" if prefix else key
-            if isinstance(value, dict) and (key in ("gpu", "cpu", "escape") or prefix in ("", "profiles")) and key not in ("env", "residents", "backend"):
+            if (
+                isinstance(value, dict)
+                and (key in ("gpu", "cpu", "escape") or prefix in ("", "profiles"))
+                and key not in ("env", "residents", "backend")
+            ):
                 walk(dotted, value)
             else:
                 sources[dotted] = settings.sources.get(dotted, BUILTIN)
@@ -103,31 +138,41 @@ def _toml_value(value: Any) -> str:
 
 def status_text(rows: Sequence[SlotRow]) -> str:
     """A table of slots, holders and waiters."""
-    lines = [f"{'SLOT':<12}{'STATE':<7}{'PID':>8}  {'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'SINCE':<31}COMMAND"]
+    lines = [
+        f"{'SLOT':<12}{'STATE':<7}{'PID':>8}  {'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'SINCE':<31}COMMAND"
+    ]
     for row in rows:
         name = f"{row.pool}.{row.index}"
         if row.index < 0 and row.holder is not None:  # a priority gate of the pool
             for job in row.holder.get("realtime", []):
-                lines.append(f"{row.pool + ' rt':<12}{'rt':<7}{job['pid']:>8}  {str(job.get('user', '?')):<10}"
-                             f"{str(job.get('profile') or '?'):<20}{'':<6}{str(job.get('ts') or '?'):<31}"
-                             f"realtime {row.holder['gate'].split('-')[1]}")  # fmt: skip
+                lines.append(
+                    f"{row.pool + ' rt':<12}{'rt':<7}{job['pid']:>8}  {job.get('user', '?')!s:<10}"
+                    f"{job.get('profile') or '?'!s:<20}{'':<6}{job.get('ts') or '?'!s:<31}"
+                    f"realtime {row.holder['gate'].split('-')[1]}"
+                )
             for job in row.waiters:
-                lines.append(f"{row.pool + ' gate':<12}{'batch':<7}{job['pid']:>8}  {str(job.get('user', '?')):<10}"
-                             f"{str(job.get('profile') or '?'):<20}{'':<6}{str(job.get('ts') or '?'):<31}"
-                             "batch waiting for realtime jobs")  # fmt: skip
+                lines.append(
+                    f"{row.pool + ' gate':<12}{'batch':<7}{job['pid']:>8}  {job.get('user', '?')!s:<10}"
+                    f"{job.get('profile') or '?'!s:<20}{'':<6}{job.get('ts') or '?'!s:<31}"
+                    "batch waiting for realtime jobs"
+                )
             continue
         if row.holder is None:
             lines.append(f"{name:<12}free")
         else:
             h = row.holder
             command = " ".join(h.get("command") or [])[:60]
-            lines.append(f"{name:<12}{'held':<7}{h['pid']:>8}  {str(h.get('user', '?')):<10}"
-                         f"{str(h.get('profile') or '?'):<20}{str(h.get('route') or '?'):<6}"
-                         f"{str(h.get('ts') or '?'):<31}{command}")  # fmt: skip
+            lines.append(
+                f"{name:<12}{'held':<7}{h['pid']:>8}  {h.get('user', '?')!s:<10}"
+                f"{h.get('profile') or '?'!s:<20}{h.get('route') or '?'!s:<6}"
+                f"{h.get('ts') or '?'!s:<31}{command}"
+            )
         for w in row.waiters:
             command = " ".join(w.get("command") or [])[:60]
-            lines.append(f"{'':<12}{'wait':<7}{w['pid']:>8}  {str(w.get('user', '?')):<10}"
-                         f"{str(w.get('profile') or '?'):<20}{'':<6}{str(w.get('ts') or '?'):<31}{command}")  # fmt: skip
+            lines.append(
+                f"{'':<12}{'wait':<7}{w['pid']:>8}  {w.get('user', '?')!s:<10}"
+                f"{w.get('profile') or '?'!s:<20}{'':<6}{w.get('ts') or '?'!s:<31}{command}"
+            )
     return "\n".join(lines)
 
 
@@ -140,18 +185,22 @@ def gpus_text(view: dict[str, Any]) -> str:
     lines = [f"source: {view['source']}" + (f"  ({view['message']})" if view["message"] else "")]
     for d in view["devices"]:
         mem = f"{_q(d['memory_used_mib'])}/{_q(d['memory_total_mib'])} MiB"
-        lines.append(f"[{d['index']}] {d['name'] or '?'}  {mem}  free {_q(d['memory_free_mib'])}"
-                     f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
-                     f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
-                     f"{_nvenc(d)}{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}")  # fmt: skip
+        lines.append(
+            f"[{d['index']}] {d['name'] or '?'}  {mem}  free {_q(d['memory_free_mib'])}"
+            f" (promised {d['promised_mib']})  util {_q(d['utilization_percent'])}%"
+            f"  {_q(d['temperature_c'])}C  {_q(d['power_w'])}W  score {d['score']}"
+            f"{_nvenc(d)}{'' if d['allowed'] else '  (not allowed by [gpu] devices)'}  {d['uuid'] or ''}"
+        )
     if view.get("pid_namespace"):
         lines.append(f"note: {view['pid_namespace']}: claims count in full, residents from status or belief")
     for r in view["residents"]:
         flags = [k for k in ("managed", "lazy") if r[k]]
         state = r.get("state") or ("loaded" if r["loaded"] else "unloaded")
         measured = f"{r['measured_mib']} MiB by {r['source']}" if r.get("source") else "?"
-        lines.append(f"resident {r['name']}: {r['vram_mib']} MiB, {state} ({measured})"
-                     f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}")  # fmt: skip
+        lines.append(
+            f"resident {r['name']}: {r['vram_mib']} MiB, {state} ({measured})"
+            f"{', ' + ', '.join(flags) if flags else ''}, coexist {r['coexist'] or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -165,12 +214,16 @@ def _nvenc(device: dict[str, Any]) -> str:
 
 def budget_text(report: dict[str, Any]) -> str:
     """The budget worksheet in words."""
-    lines = [f"memory budget: {'fits' if report['ok'] else 'DOES NOT FIT'}  (GPUs from {report['gpu_source']},"
-             f" RAM {report['ram_mib']} MiB)"]  # fmt: skip
+    lines = [
+        f"memory budget: {'fits' if report['ok'] else 'DOES NOT FIT'}  (GPUs from {report['gpu_source']},"
+        f" RAM {report['ram_mib']} MiB)"
+    ]
     for row in report["rows"]:
         verdict = "ok" if row["ok"] else ("?" if row["ok"] is None else "NO")
-        lines.append(f"  [{verdict}] {row['check']}: need {row['need_mib']} MiB, have {_q(row['have_mib'])} MiB,"
-                     f" headroom {_q(row['headroom_mib'])} MiB" + (f" -> {row['advice']}" if row["advice"] else ""))  # fmt: skip
+        lines.append(
+            f"  [{verdict}] {row['check']}: need {row['need_mib']} MiB, have {_q(row['have_mib'])} MiB,"
+            f" headroom {_q(row['headroom_mib'])} MiB" + (f" -> {row['advice']}" if row["advice"] else "")
+        )
     return "\n".join(lines)
 
 
@@ -182,44 +235,68 @@ def stats_report_text(summary: dict[str, Any]) -> str:
     """The full stats summary: profiles, pools, run times and peak VRAM, evictions, advice."""
     files = summary.get("files") or [summary["journal"] or "none"]
     more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
-    lines = [f"journal: {files[-1]}{more}  lines: {summary['lines']}  records: {summary['records']}"
-             f"  since: {summary['since'] or 'start'}"
-             + (f"  ({summary['first']} .. {summary['last']})" if summary.get("first") else "")]  # fmt: skip
+    lines = [
+        f"journal: {files[-1]}{more}  lines: {summary['lines']}  records: {summary['records']}"
+        f"  since: {summary['since'] or 'start'}"
+        + (f"  ({summary['first']} .. {summary['last']})" if summary.get("first") else "")
+    ]
     if not summary["profiles"]:
         lines.append("no jobs in the journal" + (" for this profile" if summary.get("profile") else ""))
     else:
-        lines.append(f"{'PROFILE':<24}{'GPU':>7}{'CPU':>7}{'BUSY':>7}{'BUSY%':>7}{'WAIT p50':>10}{'WAIT p95':>10}"
-                     f"{'ESCAPED':>9}{'REFUSED':>9}{'OOM':>5}")  # fmt: skip
+        lines.append(
+            f"{'PROFILE':<24}{'GPU':>7}{'CPU':>7}{'BUSY':>7}{'BUSY%':>7}{'WAIT p50':>10}{'WAIT p95':>10}"
+            f"{'ESCAPED':>9}{'REFUSED':>9}{'OOM':>5}"
+        )
         for name, row in summary["profiles"].items():
-            lines.append(f"{name:<24}{row['gpu']:>7}{row['cpu']:>7}{row['busy']:>7}{row['busy_rate'] * 100:>6.1f}%"
-                         f"{_seconds(row['wait_p50_s']):>10}{_seconds(row['wait_p95_s']):>10}{row['escapes']:>9}"
-                         f"{row['refused']:>9}{row['oom']:>5}")  # fmt: skip
+            lines.append(
+                f"{name:<24}{row['gpu']:>7}{row['cpu']:>7}{row['busy']:>7}{row['busy_rate'] * 100:>6.1f}%"
+                f"{_seconds(row['wait_p50_s']):>10}{_seconds(row['wait_p95_s']):>10}{row['escapes']:>9}"
+                f"{row['refused']:>9}{row['oom']:>5}"
+            )
     if summary["pools"]:
         lines.append("")
         lines.append(f"{'POOL':<16}{'ROUTE':<7}{'STARTS':>8}{'BUSY':>8}{'BUSY%':>7}")
         for name, pool in summary["pools"].items():
-            lines.append(f"{name:<16}{pool['route'] or '?':<7}{pool['starts']:>8}{pool['busy']:>8}"
-                         f"{pool['busy_rate'] * 100:>6.1f}%")  # fmt: skip
-    timed = [(name, route, row["duration_s"][route], row) for name, row in summary["profiles"].items()
-             for route in ("gpu", "cpu") if row["duration_s"][route]["n"]]  # fmt: skip
+            lines.append(
+                f"{name:<16}{pool['route'] or '?':<7}{pool['starts']:>8}{pool['busy']:>8}"
+                f"{pool['busy_rate'] * 100:>6.1f}%"
+            )
+    timed = [
+        (name, route, row["duration_s"][route], row)
+        for name, row in summary["profiles"].items()
+        for route in ("gpu", "cpu")
+        if row["duration_s"][route]["n"]
+    ]
     if timed:
         lines.append("")
-        lines.append(f"{'RUN TIME':<24}{'ROUTE':<7}{'RUNS':>6}{'p50':>9}{'p95':>9}{'MAX':>9}{'PEAK VRAM p50/max':>20}")
+        lines.append(
+            f"{'RUN TIME':<24}{'ROUTE':<7}{'RUNS':>6}{'p50':>9}{'p95':>9}{'MAX':>9}{'PEAK VRAM p50/max':>20}"
+        )
         for name, route, figures, row in timed:
             peak = row["peak_vram_mib"]
-            vram = f"{_q(_int(peak['p50']))}/{_q(_int(peak['max']))} MiB" if route == "gpu" and peak["n"] else "-"
-            lines.append(f"{name:<24}{route:<7}{figures['n']:>6}{_span(figures['p50']):>9}{_span(figures['p95']):>9}"
-                         f"{_span(figures['max']):>9}{vram:>20}")  # fmt: skip
+            vram = (
+                f"{_q(_int(peak['p50']))}/{_q(_int(peak['max']))} MiB"
+                if route == "gpu" and peak["n"]
+                else "-"
+            )
+            lines.append(
+                f"{name:<24}{route:<7}{figures['n']:>6}{_span(figures['p50']):>9}{_span(figures['p95']):>9}"
+                f"{_span(figures['max']):>9}{vram:>20}"
+            )
     ooms = [(name, row) for name, row in summary["profiles"].items() if row["oom"] or row["oom_retries"]]
     for name, row in ooms:
-        lines.append(f"oom: {name}: {row['oom']} GPU run(s) out of memory, {row['oom_retries']} re-run on the CPU"
-                     f" ({row['oom_retries_ok']} succeeded)")  # fmt: skip
+        lines.append(
+            f"oom: {name}: {row['oom']} GPU run(s) out of memory, {row['oom_retries']} re-run on the CPU"
+            f" ({row['oom_retries_ok']} succeeded)"
+        )
     for victim, tally in summary["evictions"].items():
         lines.append(f"evictions: {victim}: {tally['ok']} ok, {tally['failed']} failed")
     attempts = summary.get("eviction_attempts") or {}
     if attempts.get("no_victim") or attempts.get("in_flight"):
-        lines.append(f"evictions: {attempts.get('no_victim', 0)} attempt(s) found no victim that makes room, "
-                     f"{attempts.get('in_flight', 0)} waited for an eviction in flight")  # fmt: skip
+        lines.append(
+            f"evictions: {attempts.get('no_victim', 0)} attempt(s) found no victim that makes room, "
+            f"{attempts.get('in_flight', 0)} waited for an eviction in flight"
+        )
     if summary["advice"]:
         lines.append("")
     lines.extend(f"advice: {line}" for line in summary["advice"])
@@ -227,7 +304,7 @@ def stats_report_text(summary: dict[str, Any]) -> str:
 
 
 def _int(value: float | None) -> int | None:
-    return None if value is None else int(round(value))
+    return None if value is None else round(value)
 
 
 def _span(seconds: float | None) -> str:
@@ -260,15 +337,22 @@ def tune_text(result: dict[str, Any]) -> str:
         f"largest:    the largest run that fit was {shown(fit['max_metric'])}, peak {fit['max_metric_peak_mib']:.0f} MiB"
         f" (smallest {shown(fit['min_metric'])})",
         f"budget:     {result['budget_mib']:.0f} MiB per job = {result['budget_why']}",
-    ]  # fmt: skip
+    ]
     if result["ooms"]:
-        lines.append(f"oom:        {len(result['ooms'])} GPU run(s) ran out of memory, the smallest at {shown(result['ooms'][0])}")
+        lines.append(
+            f"oom:        {len(result['ooms'])} GPU run(s) ran out of memory, the smallest at {shown(result['ooms'][0])}"
+        )
     current = result["current_text"] or "none"
     if result["threshold_text"] is None:
-        verdict = ("every job fits whatever its metric: no threshold needed" if result["every_job_fits"]
-                   else "not even the smallest job fits the budget: route this profile to the CPU")  # fmt: skip
+        verdict = (
+            "every job fits whatever its metric: no threshold needed"
+            if result["every_job_fits"]
+            else "not even the smallest job fits the budget: route this profile to the CPU"
+        )
         lines.append(f"threshold:  {verdict} (now {current})")
     else:
-        lines.append(f"threshold:  {result['threshold_text']}   (now {current}; GPU when the metric is below it)")
+        lines.append(
+            f"threshold:  {result['threshold_text']}   (now {current}; GPU when the metric is below it)"
+        )
     lines.extend(f"note:       {note}" for note in result["notes"])
     return "\n".join(lines)

@@ -24,7 +24,8 @@ from gpurouter.observe.drawing import html, png
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterable, Mapping, TypeGuard
+    from collections.abc import Iterable, Mapping
+    from typing import Any, TypeGuard
 
     from gpurouter.job.settings import Settings
     from gpurouter.observe.charts import Chart
@@ -32,13 +33,19 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- data
 
 
-def gather(settings: Settings, since_s: float | None = None, journals: Iterable[str] | None = None,
-           now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def gather(
+    settings: Settings,
+    since_s: float | None = None,
+    journals: Iterable[str] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
     """One pass over the journal for the charts: hourly routing, waits, monitored runs, OOMs."""
     from gpurouter.job import journal_reader
 
     cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
-    scanner = journal_reader.Scanner(events=("start", "busy", "end", "oom", "exec_failed"), since_epoch=cutoff)
+    scanner = journal_reader.Scanner(
+        events=("start", "busy", "end", "oom", "exec_failed"), since_epoch=cutoff
+    )
     hours: dict[float, list[int]] = {}
     waits: list[float] = []
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -97,7 +104,12 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
             ooms.setdefault(profile, []).append(float(metric))
         elif event == "end" and route == "gpu":
             single = not (isinstance(record.get("gpus"), list) and len(record["gpus"]) > 1)  # as fit.runs
-            if record.get("exit_status", 0) == 0 and single and _number(metric) and _number(record.get("peak_vram_mib")):
+            if (
+                record.get("exit_status", 0) == 0
+                and single
+                and _number(metric)
+                and _number(record.get("peak_vram_mib"))
+            ):
                 runs.setdefault(profile, []).append((float(metric), float(record["peak_vram_mib"])))
             devices = record.get("devices")
             if isinstance(devices, dict) and epoch is not None:
@@ -110,9 +122,18 @@ def gather(settings: Settings, since_s: float | None = None, journals: Iterable[
                         utilization.setdefault(str(index), []).append((epoch, float(used)))
                     if _number(peak):
                         memory.setdefault(str(index), []).append((epoch, float(peak)))
-    return {"hours": hours, "waits": waits, "runs": runs, "kinds": kinds, "ooms": ooms,
-            "utilization": dict(sorted(utilization.items())), "memory": dict(sorted(memory.items())),
-            "lines": scanner.lines, "files": scanner.files, "malformed": scanner.malformed}  # fmt: skip
+    return {
+        "hours": hours,
+        "waits": waits,
+        "runs": runs,
+        "kinds": kinds,
+        "ooms": ooms,
+        "utilization": dict(sorted(utilization.items())),
+        "memory": dict(sorted(memory.items())),
+        "lines": scanner.lines,
+        "files": scanner.files,
+        "malformed": scanner.malformed,
+    }
 
 
 def _number(value: object) -> TypeGuard[float]:
@@ -165,15 +186,28 @@ def charts(
     if not names:
         made.append(vram_chart("(no monitored profile)", "number", [], [], None, None, None))
     made.append(wait_chart(data["waits"]))
-    made.append(device_chart("gpu-utilization", "GPU utilization per device (mean per run)", data["utilization"],
-                             "percent", 100))  # fmt: skip
+    made.append(
+        device_chart(
+            "gpu-utilization",
+            "GPU utilization per device (mean per run)",
+            data["utilization"],
+            "percent",
+            100,
+        )
+    )
     made.append(device_chart("gpu-memory", "GPU memory used per device (max per run)", data["memory"], "MiB"))
     return made
 
 
-def write(settings: Settings, html_path: str | None, png_dir: str | None = None, since_s: float | None = None,
-          journals: Iterable[str] | None = None, environ: Mapping[str, str] | None = None,
-          now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def write(
+    settings: Settings,
+    html_path: str | None,
+    png_dir: str | None = None,
+    since_s: float | None = None,
+    journals: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Build the charts and write the page (and the PNGs); returns what was written.
 
     Raises:
@@ -186,8 +220,12 @@ def write(settings: Settings, html_path: str | None, png_dir: str | None = None,
     summary = stats.summarise(settings, since_s=since_s, journals=journals, now=now)
     data = gather(settings, since_s, journals, now)
     made = charts(settings, data, environ)
-    written: dict[str, Any] = {"html": None, "png": [], "charts": [chart.title for chart in made],
-                               "malformed": max(summary["malformed"], data["malformed"])}  # fmt: skip
+    written: dict[str, Any] = {
+        "html": None,
+        "png": [],
+        "charts": [chart.title for chart in made],
+        "malformed": max(summary["malformed"], data["malformed"]),
+    }
     if html_path:
         since = None if since_s is None else f"{since_s:g}s"
         prometheus.replace_atomically(html_path, html(summary, made, since, generated))

@@ -12,10 +12,23 @@ if TYPE_CHECKING:
 
     from gpurouter.job.settings import Settings
 
-SQUEUE_FIELDS = (("job_id", "%i"), ("state", "%T"), ("name", "%j"), ("user", "%u"), ("partition", "%P"),
-                 ("nodes", "%N"), ("reason", "%r"), ("gres", "%b"), ("cpus", "%C"), ("memory", "%m"),
-                 ("elapsed", "%M"), ("time_limit", "%l"), ("submitted", "%V"), ("started", "%S"),
-                 ("comment", "%k"))  # fmt: skip
+SQUEUE_FIELDS = (
+    ("job_id", "%i"),
+    ("state", "%T"),
+    ("name", "%j"),
+    ("user", "%u"),
+    ("partition", "%P"),
+    ("nodes", "%N"),
+    ("reason", "%r"),
+    ("gres", "%b"),
+    ("cpus", "%C"),
+    ("memory", "%m"),
+    ("elapsed", "%M"),
+    ("time_limit", "%l"),
+    ("submitted", "%V"),
+    ("started", "%S"),
+    ("comment", "%k"),
+)
 _SEPARATOR = "\x1f"
 
 
@@ -35,9 +48,16 @@ def slurm_jobs(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     squeue_name = os.path.join(os.path.dirname(srun), "squeue") if "/" in srun else "squeue"
     squeue = find_executable(squeue_name, env.get("PATH"))
     if squeue is None:
-        raise SlurmError(f"squeue not found (PATH={env.get('PATH', '')}): the Slurm view needs Slurm's client tools")
-    argv = [squeue, "--noheader", "--all", "--sort=V,i",
-            "--format=" + _SEPARATOR.join(code for _, code in SQUEUE_FIELDS)]  # fmt: skip
+        raise SlurmError(
+            f"squeue not found (PATH={env.get('PATH', '')}): the Slurm view needs Slurm's client tools"
+        )
+    argv = [
+        squeue,
+        "--noheader",
+        "--all",
+        "--sort=V,i",
+        "--format=" + _SEPARATOR.join(code for _, code in SQUEUE_FIELDS),
+    ]
     if slurm.partition:
         argv.append(f"--partition={slurm.partition}")
     try:
@@ -54,7 +74,7 @@ def slurm_jobs(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         job: dict[str, Any] = dict(zip((name for name, _ in SQUEUE_FIELDS), values))
         if not job["name"].startswith(JOB_NAME_PREFIX):
             continue
-        job["profile"] = job["name"][len(JOB_NAME_PREFIX):]
+        job["profile"] = job["name"][len(JOB_NAME_PREFIX) :]
         comment = job.pop("comment")
         job["route"] = comment.split("route=", 1)[1].split()[0] if "route=" in comment else None
         job["job_id"] = _int(job["job_id"])
@@ -72,14 +92,18 @@ def jobs_text(jobs: Sequence[Mapping[str, Any]], settings: Settings | None = Non
     where = ""
     if settings is not None:
         where = f" (partition {settings.backend.slurm.partition or 'of the cluster default'})"
-    lines = [f"backend: slurm{where}: {len(jobs)} gpurouter job(s) running or pending",
-             f"{'JOBID':>8}  {'STATE':<11}{'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'GRES':<14}{'ELAPSED':>10}  "
-             "NODE / REASON"]  # fmt: skip
+    lines = [
+        f"backend: slurm{where}: {len(jobs)} gpurouter job(s) running or pending",
+        f"{'JOBID':>8}  {'STATE':<11}{'USER':<10}{'PROFILE':<20}{'ROUTE':<6}{'GRES':<14}{'ELAPSED':>10}  "
+        "NODE / REASON",
+    ]
     for job in jobs:
         where_or_why = job.get("nodes") if job.get("state") != "PENDING" else f"({job.get('reason')})"
-        lines.append(f"{str(job.get('job_id')):>8}  {str(job.get('state')):<11}{str(job.get('user')):<10}"
-                     f"{str(job.get('profile')):<20}{str(job.get('route') or '?'):<6}"
-                     f"{str(job.get('gres') or '-'):<14}{str(job.get('elapsed')):>10}  {where_or_why or '-'}")  # fmt: skip
+        lines.append(
+            f"{job.get('job_id')!s:>8}  {job.get('state')!s:<11}{job.get('user')!s:<10}"
+            f"{job.get('profile')!s:<20}{job.get('route') or '?'!s:<6}"
+            f"{job.get('gres') or '-'!s:<14}{job.get('elapsed')!s:>10}  {where_or_why or '-'}"
+        )
     return "\n".join(lines)
 
 

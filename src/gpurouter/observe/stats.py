@@ -22,7 +22,8 @@ from gpurouter.job.journal_reader import _EVENT_KEY, _METRIC_KEY, _OURS, Scanner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
+    from typing import Any, Final
 
     from gpurouter.job.settings import Settings
 
@@ -56,22 +57,44 @@ class Quantiles:
         if not n:
             return {"n": 0, "min": None, "p50": None, "p95": None, "max": None, "mean": None, "sum": 0.0}
         total = sum(ordered)
-        return {"n": n, "min": ordered[0], "p50": percentile(ordered, 0.5), "p95": percentile(ordered, 0.95),
-                "max": ordered[-1], "mean": round(total / n, 3), "sum": round(total, 3)}  # fmt: skip
+        return {
+            "n": n,
+            "min": ordered[0],
+            "p50": percentile(ordered, 0.5),
+            "p95": percentile(ordered, 0.95),
+            "max": ordered[-1],
+            "mean": round(total / n, 3),
+            "sum": round(total, 3),
+        }
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:
     """Nearest-rank percentile of already sorted values."""
     if not ordered:
         return None
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 class _Profile:
     """Running figures of one profile."""
 
-    __slots__ = ("starts", "busy", "escapes", "refused", "oom", "oom_retries", "oom_retries_ok", "oom_metrics",
-                 "oom_kind", "busy_pools", "waits", "durations", "peaks", "monitored", "exec_failed")  # fmt: skip
+    __slots__ = (
+        "starts",
+        "busy",
+        "escapes",
+        "refused",
+        "oom",
+        "oom_retries",
+        "oom_retries_ok",
+        "oom_metrics",
+        "oom_kind",
+        "busy_pools",
+        "waits",
+        "durations",
+        "peaks",
+        "monitored",
+        "exec_failed",
+    )
 
     def __init__(self) -> None:
         self.starts = {"gpu": 0, "cpu": 0}
@@ -91,19 +114,29 @@ class _Profile:
         attempts = gpu + cpu + busy
         waits = self.waits.summary()
         return {
-            "gpu": gpu, "cpu": cpu, "busy": busy, "busy_gpu": self.busy["gpu"], "busy_cpu": self.busy["cpu"],
+            "gpu": gpu,
+            "cpu": cpu,
+            "busy": busy,
+            "busy_gpu": self.busy["gpu"],
+            "busy_cpu": self.busy["cpu"],
             "busy_rate": round(busy / attempts, 4) if attempts else 0.0,
             "busy_by_pool": dict(sorted(self.busy_pools.items())),
-            "wait_p50_s": waits["p50"], "wait_p95_s": waits["p95"], "wait_max_s": waits["max"],
-            "refused": self.refused, "escapes": self.escapes, "exec_failed": self.exec_failed,
-            "oom": self.oom, "oom_min_metric": min(self.oom_metrics) if self.oom_metrics else None,
+            "wait_p50_s": waits["p50"],
+            "wait_p95_s": waits["p95"],
+            "wait_max_s": waits["max"],
+            "refused": self.refused,
+            "escapes": self.escapes,
+            "exec_failed": self.exec_failed,
+            "oom": self.oom,
+            "oom_min_metric": min(self.oom_metrics) if self.oom_metrics else None,
             "oom_kind": self.oom_kind,
-            "oom_retries": self.oom_retries, "oom_retries_ok": self.oom_retries_ok,
+            "oom_retries": self.oom_retries,
+            "oom_retries_ok": self.oom_retries_ok,
             "monitored": self.monitored,
             "duration_s": {route: q.summary() for route, q in self.durations.items()},
             "peak_vram_mib": self.peaks.summary(),
             "waits": waits,
-        }  # fmt: skip
+        }
 
 
 _FLAT: Final = frozenset({"start", "busy", "escape", "refused", "exec_failed"})
@@ -122,8 +155,10 @@ def _plan(scanner: Scanner, tally: _Tally, raw: bytes) -> Any:
     return (head[0], head[1], head[2], tally.profile(head[1]).waits.values)
 
 
-_END_FIELDS: Final = tuple((name, f',"{name}":'.encode()) for name in ("metric", "duration_s", "elapsed_s", "peak_vram_mib",
-                                                                       "exit_status"))  # fmt: skip
+_END_FIELDS: Final = tuple(
+    (name, f',"{name}":'.encode())
+    for name in ("metric", "duration_s", "elapsed_s", "peak_vram_mib", "exit_status")
+)
 
 
 def _cut_end(line: bytes, event: str, name: str, route: str | None) -> dict[str, Any] | None:
@@ -135,7 +170,7 @@ def _cut_end(line: bytes, event: str, name: str, route: str | None) -> dict[str,
     """
     cut = line.find(b',"devices":{')
     if cut > 0:
-        if not (line.endswith(b"}}}}\n") or line.endswith(b',"devices":{}}\n')):
+        if not (line.endswith((b"}}}}\n", b',"devices":{}}\n'))):
             return None
         part = line[:cut]
     elif line[-2:] == b"}\n":
@@ -144,8 +179,12 @@ def _cut_end(line: bytes, event: str, name: str, route: str | None) -> dict[str,
         return None
     if part.count(b"{") != 1 or b"\\" in part:
         return None
-    record: dict[str, Any] = {"event": event, "profile": name, "route": route,
-                              "ts": line[13 : line.find(b'"', 13)].decode("ascii", "replace")}  # fmt: skip
+    record: dict[str, Any] = {
+        "event": event,
+        "profile": name,
+        "route": route,
+        "ts": line[13 : line.find(b'"', 13)].decode("ascii", "replace"),
+    }
     for field, key in _END_FIELDS:
         at = part.rfind(key)
         if at < 0:
@@ -194,8 +233,16 @@ class _Tally:
             row = self.profiles[name] = _Profile()
         return row
 
-    def flat(self, event: str, name: str, route: str | None, pool: str | None, waited: object,
-             retry: bool, count: int = 1) -> None:  # fmt: skip
+    def flat(
+        self,
+        event: str,
+        name: str,
+        route: str | None,
+        pool: str | None,
+        waited: object,
+        retry: bool,
+        count: int = 1,
+    ) -> None:
         """`count` start, busy, escape or refused records (a start's wait is added once)."""
         row = self.profile(name)
         if event == "start":
@@ -237,8 +284,14 @@ class _Tally:
         route = route if isinstance(route, str) else None
         if event in _FLAT:
             pool = record.get("pool")
-            self.flat(event, name, route, pool if isinstance(pool, str) else None, record.get("waited_s"),
-                      bool(record.get("retry_of")))  # fmt: skip
+            self.flat(
+                event,
+                name,
+                route,
+                pool if isinstance(pool, str) else None,
+                record.get("waited_s"),
+                bool(record.get("retry_of")),
+            )
             return
         row = self.profile(name)
         if event == "oom":
@@ -279,8 +332,13 @@ class _Tally:
         return dict(sorted(rows.items()))
 
 
-def summarise(settings: Settings, since_s: float | None = None, profile: str | None = None,
-              now: float | None = None, journals: Iterable[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    settings: Settings,
+    since_s: float | None = None,
+    profile: str | None = None,
+    now: float | None = None,
+    journals: Iterable[str] | None = None,
+) -> dict[str, Any]:
     """Jobs by profile and route, refusals by pool and their rate, waits, durations, peak VRAM,
     evictions, escapes and OOM fallbacks; and advice in words where the figures call for it.
 
@@ -307,7 +365,12 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
     retries: dict[str, int] = {}
     first = last = None
     decode, recent = scanner.decode, scanner.recent
-    ours, event_key, metric_key, unseen = _OURS, _EVENT_KEY, _METRIC_KEY, _UNSEEN  # locals: no global look-ups
+    ours, event_key, metric_key, unseen = (
+        _OURS,
+        _EVENT_KEY,
+        _METRIC_KEY,
+        _UNSEEN,
+    )  # locals: no global look-ups
     plan_of, count_of = plans.get, counts.get
     for line in scanner.lines_of(default_files(settings, journals)):
         plan = None
@@ -376,14 +439,23 @@ def summarise(settings: Settings, since_s: float | None = None, profile: str | N
         waits_all.values.extend(row.waits.values)
     evictions = dict(sorted(tally.evictions.items()))
     return {
-        "journal": settings.journal, "files": scanner.files,
-        "since": None if since_s is None else f"{since_s:g}s", "profile": profile,
-        "records": tally.records, "lines": scanner.lines, "decoded": scanner.decoded, "malformed": scanner.malformed,
-        "first": tally.first, "last": tally.last,
-        "profiles": profiles, "pools": tally.pool_rows(), "waits": waits_all.summary(), "evictions": evictions,
+        "journal": settings.journal,
+        "files": scanner.files,
+        "since": None if since_s is None else f"{since_s:g}s",
+        "profile": profile,
+        "records": tally.records,
+        "lines": scanner.lines,
+        "decoded": scanner.decoded,
+        "malformed": scanner.malformed,
+        "first": tally.first,
+        "last": tally.last,
+        "profiles": profiles,
+        "pools": tally.pool_rows(),
+        "waits": waits_all.summary(),
+        "evictions": evictions,
         "eviction_attempts": dict(tally.eviction_attempts),
         "advice": advise(settings, profiles, evictions),
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- advice
@@ -408,33 +480,48 @@ def advise(
         if row["busy_gpu"] >= ADVISE_MIN_COUNT and row["busy_gpu"] / gpu_attempts > ADVISE_REFUSAL_RATE:
             share = f"{row['busy_gpu']} refusals on the GPU pool ({row['busy_gpu'] / gpu_attempts:.0%} of GPU attempts)"
             if rules.wait_s == 0:
-                advice.append(f'{name}: {share} under wait = "fail": a runner that retries at once (GNU parallel, '
-                              'the PeerTube runner) burns its retries in a second; set wait = "block" or a bounded '
-                              'wait (e.g. "30m"), or more GPU slots if VRAM allows (gpurouter config --check)')  # fmt: skip
+                advice.append(
+                    f'{name}: {share} under wait = "fail": a runner that retries at once (GNU parallel, '
+                    'the PeerTube runner) burns its retries in a second; set wait = "block" or a bounded '
+                    'wait (e.g. "30m"), or more GPU slots if VRAM allows (gpurouter config --check)'
+                )
             else:
-                advice.append(f"{name}: {share} after waiting up to {format_wait(rules.wait_s)}: a longer wait, "
-                              "more GPU slots if VRAM allows (gpurouter config --check), or a lower threshold "
-                              "(more jobs to the CPU)")  # fmt: skip
-        if row["busy_cpu"] >= ADVISE_MIN_COUNT and row["busy_cpu"] > row["cpu"] and \
-                row["busy_cpu"] / cpu_attempts > ADVISE_REFUSAL_RATE:  # fmt: skip
-            advice.append(f"{name}: {row['busy_cpu']} refusals on the CPU pool against {row['cpu']} CPU runs: "
-                          "the threshold sends too many jobs to the CPU; raise the threshold (more jobs to the GPU) "
-                          "or the CPU slots if RAM allows")  # fmt: skip
+                advice.append(
+                    f"{name}: {share} after waiting up to {format_wait(rules.wait_s)}: a longer wait, "
+                    "more GPU slots if VRAM allows (gpurouter config --check), or a lower threshold "
+                    "(more jobs to the CPU)"
+                )
+        if (
+            row["busy_cpu"] >= ADVISE_MIN_COUNT
+            and row["busy_cpu"] > row["cpu"]
+            and row["busy_cpu"] / cpu_attempts > ADVISE_REFUSAL_RATE
+        ):
+            advice.append(
+                f"{name}: {row['busy_cpu']} refusals on the CPU pool against {row['cpu']} CPU runs: "
+                "the threshold sends too many jobs to the CPU; raise the threshold (more jobs to the GPU) "
+                "or the CPU slots if RAM allows"
+            )
         if row["oom"]:
             kind = rules.probe if rules.probe in ("duration", "size", "pixels") else row["oom_kind"]
             smallest = human_metric(row["oom_min_metric"], kind)
-            advice.append(f"{name}: {row['oom']} GPU run(s) ran out of memory (smallest input {smallest}, "
-                          f"threshold {rules.threshold_text or 'none'}): lower the threshold below that "
-                          f"(gpurouter tune {name} fits it to the runs)")  # fmt: skip
+            advice.append(
+                f"{name}: {row['oom']} GPU run(s) ran out of memory (smallest input {smallest}, "
+                f"threshold {rules.threshold_text or 'none'}): lower the threshold below that "
+                f"(gpurouter tune {name} fits it to the runs)"
+            )
         started = row["gpu"] + row["cpu"]
         if row["escapes"] >= ADVISE_MIN_COUNT and started and row["escapes"] / started > ADVISE_ESCAPE_RATE:
             limit = "unset" if rules.max_wait_s is None else units.format_duration(rules.max_wait_s)
-            advice.append(f"{name}: {row['escapes']} of {started} jobs ran without a slot after max_wait ({limit}): "
-                          "more slots (if memory allows) or a longer max_wait")  # fmt: skip
+            advice.append(
+                f"{name}: {row['escapes']} of {started} jobs ran without a slot after max_wait ({limit}): "
+                "more slots (if memory allows) or a longer max_wait"
+            )
     for victim, tally in evictions.items():
         if tally["failed"] >= ADVISE_MIN_COUNT and tally["failed"] > tally["ok"]:
-            advice.append(f"resident {victim}: {tally['failed']} evictions failed against {tally['ok']} that worked: "
-                          "check its unload action (gpurouter gpus)")  # fmt: skip
+            advice.append(
+                f"resident {victim}: {tally['failed']} evictions failed against {tally['ok']} that worked: "
+                "check its unload action (gpurouter gpus)"
+            )
     return advice
 
 

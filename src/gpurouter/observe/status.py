@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 from gpurouter.job import journal
+from gpurouter.job.kernel import kernel_flocks
 from gpurouter.job.records import Record
 from gpurouter.job.units import is_safe_name
-from gpurouter.job.kernel import kernel_flocks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -134,7 +134,11 @@ def slot_rows(settings: Settings, skipped: dict[str, int] | None = None) -> list
                     # The locking pid is gone but the lock lives on in a process that inherited the
                     # fd (a monitored job whose gpurouter was killed -9): show that process.
                     for owner in _processes_with_open(info):
-                        holder = {**process_info(owner), "locked_by": pid, **starts.get((pid, f"{pool}.{index}"), {})}
+                        holder = {
+                            **process_info(owner),
+                            "locked_by": pid,
+                            **starts.get((pid, f"{pool}.{index}"), {}),
+                        }
                         break
             waiting = [pid for pid in dict.fromkeys(entry.get("waiting", [])) if pid not in seen]
             seen.update(waiting)
@@ -144,8 +148,12 @@ def slot_rows(settings: Settings, skipped: dict[str, int] | None = None) -> list
     return rows
 
 
-def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], dict[str, list[int]]],
-               starts: dict[tuple[int, str | None], dict[str, Any]]) -> list[SlotRow]:  # fmt: skip
+def _gate_rows(
+    settings: Settings,
+    pool: str,
+    locks: dict[tuple[int, int, int], dict[str, list[int]]],
+    starts: dict[tuple[int, str | None], dict[str, Any]],
+) -> list[SlotRow]:
     """Realtime jobs announced at a pool's gates (holders) and batch jobs sleeping there (waiters)."""
     from gpurouter.job.priority import RUNNING, WAITING
 
@@ -161,13 +169,17 @@ def _gate_rows(settings: Settings, pool: str, locks: dict[tuple[int, int, int], 
             continue
         holders = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("held", [])]
         waiters = [{**process_info(pid), **starts.get((pid, None), {})} for pid in entry.get("waiting", [])]
-        rows.append(SlotRow(pool=pool, index=-1, path=path, holder={"gate": gate, "realtime": holders},
-                            waiters=waiters))  # fmt: skip
+        rows.append(
+            SlotRow(
+                pool=pool, index=-1, path=path, holder={"gate": gate, "realtime": holders}, waiters=waiters
+            )
+        )
     return rows
 
 
-def _latest_starts(settings: Settings,
-                   skipped: dict[str, int] | None = None) -> dict[tuple[int, str | None], dict[str, Any]]:  # fmt: skip
+def _latest_starts(
+    settings: Settings, skipped: dict[str, int] | None = None
+) -> dict[tuple[int, str | None], dict[str, Any]]:
     """Journal details of recent start/wait records by (pid, slot)."""
     found: dict[tuple[int, str | None], dict[str, Any]] = {}
     if not settings.journal:
@@ -175,5 +187,7 @@ def _latest_starts(settings: Settings,
     for record in journal.read_records(settings.journal, tail_bytes=4 << 20, skipped=skipped):
         if record.get("event") in ("start", "wait") and isinstance(record.get("pid"), int):
             slot = record.get("slot") if record["event"] == "start" else None
-            found[(record["pid"], slot)] = {k: record.get(k) for k in ("profile", "route", "ts", "reason", "priority")}
+            found[(record["pid"], slot)] = {
+                k: record.get(k) for k in ("profile", "route", "ts", "reason", "priority")
+            }
     return found

@@ -18,7 +18,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Mapping, TextIO
+    from collections.abc import Mapping
+    from typing import Any, Final, TextIO
 
     from gpurouter.job.settings import Settings
 
@@ -29,8 +30,9 @@ _DIM: Final = "\x1b[2m"
 _GREEN, _YELLOW, _RED, _CYAN = "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[36m"
 
 
-def snapshot(settings: Settings, events: int = 12, environ: Mapping[str, str] | None = None,
-             now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def snapshot(
+    settings: Settings, events: int = 12, environ: Mapping[str, str] | None = None, now: float | None = None
+) -> dict[str, Any]:
     """Everything one frame shows, as plain data: devices, slots, the last journal events."""
     from gpurouter.job import journal
     from gpurouter.observe import status
@@ -46,9 +48,17 @@ def snapshot(settings: Settings, events: int = 12, environ: Mapping[str, str] | 
             last.append(record)
             if len(last) > events:
                 del last[0]
-    return {"now": time.time() if now is None else now, "journal": settings.journal, "gpu_source": view["source"],
-            "gpu_message": view["message"], "devices": view["devices"], "residents": view["residents"],
-            "slots": [row.as_dict() for row in rows], "events": last, "malformed": skipped["malformed"]}  # fmt: skip
+    return {
+        "now": time.time() if now is None else now,
+        "journal": settings.journal,
+        "gpu_source": view["source"],
+        "gpu_message": view["message"],
+        "devices": view["devices"],
+        "residents": view["residents"],
+        "slots": [row.as_dict() for row in rows],
+        "events": last,
+        "malformed": skipped["malformed"],
+    }
 
 
 class _Style:
@@ -64,15 +74,20 @@ class _Style:
         if fraction is None:
             return "[" + "?" * width + "]"
         fraction = min(1.0, max(0.0, fraction))
-        full = int(round(fraction * width))
+        full = round(fraction * width)
         if not self.color:
             return "[" + "#" * full + "." * (width - full) + "]"
         tint = _GREEN if fraction < 0.6 else _YELLOW if fraction < 0.85 else _RED
         return f"[{tint}{'|' * full}{_RESET}{_DIM}{'.' * (width - full)}{_RESET}]"
 
 
-def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, color: bool = False,
-          interval_s: float | None = None) -> list[str]:  # fmt: skip
+def frame(
+    data: Mapping[str, Any],
+    width: int = 100,
+    height: int | None = None,
+    color: bool = False,
+    interval_s: float | None = None,
+) -> list[str]:
     """The lines of one frame (pure). Lines are cut to `width`; events fill what `height` leaves."""
     from gpurouter.job.journal_reader import skipped_text
 
@@ -96,7 +111,7 @@ def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, 
             f"{_q(used):>6}/{_q(total):<6} MiB  free {_q(device['memory_free_mib']):>6}  "
             f"util {style.bar(None if util is None else util / 100, 10)} {_q(util):>3}%  "
             f"{_q(device['temperature_c'])}C  {_watts(device['power_w'])}"
-        )  # fmt: skip
+        )
         if device.get("promised_mib"):
             lines.append(f"      promised to starting jobs: {device['promised_mib']} MiB")
     for resident in data.get("residents") or []:
@@ -106,7 +121,8 @@ def frame(data: Mapping[str, Any], width: int = 100, height: int | None = None, 
     lines.extend(_pool_lines(data["slots"], now, style))
     lines.append("")
     lines.append(
-        style("LAST EVENTS", _BOLD) + (f"  ({data['journal']})" if data["journal"] else "  (no journal)")
+        style("LAST EVENTS", _BOLD)
+        + (f"  ({data['journal']})" if data["journal"] else "  (no journal)")
         + (f"  {skipped_text(data['malformed'])}" if data.get("malformed") else "")
     )
     events = [_event_line(record) for record in data["events"]]
@@ -150,8 +166,10 @@ def _job(job: Mapping[str, Any], now: float) -> str:
     started = epoch_of(job.get("ts"))
     age = "" if started is None else f"for {_age(now - started)}"
     command = " ".join(job.get("command") or [])
-    return (f"pid {job['pid']:<7} {str(job.get('user', '?')):<10} {str(job.get('profile') or '?'):<18} "
-            f"{str(job.get('route') or ''):<4} {age:<10} {command}")  # fmt: skip
+    return (
+        f"pid {job['pid']:<7} {job.get('user', '?')!s:<10} {job.get('profile') or '?'!s:<18} "
+        f"{job.get('route') or ''!s:<4} {age:<10} {command}"
+    )
 
 
 def _event_line(record: Mapping[str, Any]) -> str:
@@ -175,8 +193,10 @@ def _event_line(record: Mapping[str, Any]) -> str:
     reason = record.get("reason")
     if reason and event in ("start", "busy", "refused"):
         detail.append(str(reason))
-    return (f"  {clock:<8}  {event:<8} {str(record.get('profile') or '-'):<18} {str(record.get('route') or '-'):<4}"
-            f"  {'  '.join(detail)}")  # fmt: skip
+    return (
+        f"  {clock:<8}  {event:<8} {record.get('profile') or '-'!s:<18} {record.get('route') or '-'!s:<4}"
+        f"  {'  '.join(detail)}"
+    )
 
 
 def _age(seconds: float) -> str:
@@ -231,8 +251,13 @@ def _wants_color(stream: TextIO) -> bool:
         return False
 
 
-def live(settings: Settings, interval_s: float, stdin: TextIO, stdout: TextIO,
-         environ: Mapping[str, str] | None = None) -> int:  # fmt: skip
+def live(
+    settings: Settings,
+    interval_s: float,
+    stdin: TextIO,
+    stdout: TextIO,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Redraw a frame every `interval_s` on the alternate screen until q, Q, Ctrl-C or end of input.
 
     Returns:
@@ -258,8 +283,13 @@ def live(settings: Settings, interval_s: float, stdin: TextIO, stdout: TextIO,
         while True:
             size = os.get_terminal_size(out_fd)
             data = snapshot(settings, events=max(0, size.lines - 8), environ=environ)
-            lines = frame(data, width=size.columns, height=size.lines - 1, color=_wants_color(stdout),
-                          interval_s=interval_s)  # fmt: skip
+            lines = frame(
+                data,
+                width=size.columns,
+                height=size.lines - 1,
+                color=_wants_color(stdout),
+                interval_s=interval_s,
+            )
             write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\x1b[J")
             stdout.flush()
             deadline = time.monotonic() + interval_s

@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import os
 
-from gpurouter.job import fsutil
-from gpurouter.gpu.fit import MIN_RUNS, fit, runs, threshold_for
 from gpurouter.errors import GpurouterError
+from gpurouter.gpu.fit import MIN_RUNS, fit, runs, threshold_for
+from gpurouter.job import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Final, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Final
 
     from gpurouter.job.settings import Settings
 
@@ -37,8 +38,12 @@ class TuneRefused(GpurouterError):
     exit_code = 1
 
 
-def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None = None,
-           override_mib: float | None = None) -> dict[str, Any]:  # fmt: skip
+def budget(
+    settings: Settings,
+    profile: str,
+    environ: Mapping[str, str] | None = None,
+    override_mib: float | None = None,
+) -> dict[str, Any]:
     """The VRAM one job of the profile may use: `vram_mib` if configured, else
     (smallest allowed device's total - cushion) / GPU slots.
 
@@ -53,11 +58,16 @@ def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None =
     from gpurouter.gpu import nvml, selection
 
     query = nvml.query_gpus(environ)
-    totals = [(g.memory_total_mib, g) for g in selection.eligible(query.gpus, settings.gpu.devices)
-              if g.memory_total_mib]  # fmt: skip
+    totals = [
+        (g.memory_total_mib, g)
+        for g in selection.eligible(query.gpus, settings.gpu.devices)
+        if g.memory_total_mib
+    ]
     if not totals:
-        raise TuneRefused(f"no VRAM budget for {profile}: no GPU seen ({query.message or 'none'}), "
-                          "no gpu.vram_mib configured; give --budget-mib")  # fmt: skip
+        raise TuneRefused(
+            f"no VRAM budget for {profile}: no GPU seen ({query.message or 'none'}), "
+            "no gpu.vram_mib configured; give --budget-mib"
+        )
     total, gpu = min(totals, key=lambda item: item[0])
     cushion, slots = settings.gpu.cushion_mib, rules.gpu.slots
     mib = (total - cushion) / slots
@@ -67,8 +77,14 @@ def budget(settings: Settings, profile: str, environ: Mapping[str, str] | None =
     }
 
 
-def propose(settings: Settings, profile: str, since_s: float | None = None, journals: Iterable[str] | None = None,
-            environ: Mapping[str, str] | None = None, budget_mib: float | None = None) -> dict[str, Any]:  # fmt: skip
+def propose(
+    settings: Settings,
+    profile: str,
+    since_s: float | None = None,
+    journals: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    budget_mib: float | None = None,
+) -> dict[str, Any]:
     """Fit the profile's runs and propose a threshold, with the evidence, as plain data.
 
     Raises:
@@ -82,9 +98,11 @@ def propose(settings: Settings, profile: str, since_s: float | None = None, jour
     kind = rules.probe if rules.probe in ("duration", "size", "pixels") else found["kind"] or "number"
     if len(points) < MIN_RUNS:
         ignored = ignored_text(found)
-        raise TuneRefused(f"{profile}: {len(points)} monitored GPU run(s) with a metric and a peak VRAM in the "
-                          f"journal; tune needs at least {MIN_RUNS} (set monitor = true on the profile and let "
-                          f"it run){'; ' + ignored if ignored else ''}")  # fmt: skip
+        raise TuneRefused(
+            f"{profile}: {len(points)} monitored GPU run(s) with a metric and a peak VRAM in the "
+            f"journal; tune needs at least {MIN_RUNS} (set monitor = true on the profile and let "
+            f"it run){'; ' + ignored if ignored else ''}"
+        )
     try:
         model = fit(points)
     except ValueError as error:
@@ -97,26 +115,41 @@ def propose(settings: Settings, profile: str, since_s: float | None = None, jour
     if below:
         capped_by_oom = below[0]
         raw = below[0]
-        notes.append(f"a GPU run of {human_metric(below[0], kind)} ran out of memory: the threshold stays "
-                     "below it")  # fmt: skip
+        notes.append(
+            f"a GPU run of {human_metric(below[0], kind)} ran out of memory: the threshold stays below it"
+        )
     proposed = _round_down(raw, kind)
     if math.isfinite(raw) and raw > model.max_metric:
-        notes.append(f"extrapolated beyond the largest run seen ({human_metric(model.max_metric, kind)}): "
-                     "watch the first runs above it, or let more runs come in and tune again")  # fmt: skip
+        notes.append(
+            f"extrapolated beyond the largest run seen ({human_metric(model.max_metric, kind)}): "
+            "watch the first runs above it, or let more runs come in and tune again"
+        )
     if model.r2 < 0.8:
         notes.append(f"a weak fit (R² {model.r2:.2f}): peak VRAM depends on more than this metric")
     unit, per = per_unit(kind, model.slope)
     return {
-        "profile": profile, "kind": kind, "runs": model.n, "skipped": found["skipped"], "ooms": found["ooms"],
-        "fit": model.as_dict(), "slope_per_unit": {"unit": unit, "mib": per},
-        "budget_mib": allowed["mib"], "budget_why": allowed["why"],
+        "profile": profile,
+        "kind": kind,
+        "runs": model.n,
+        "skipped": found["skipped"],
+        "ooms": found["ooms"],
+        "fit": model.as_dict(),
+        "slope_per_unit": {"unit": unit, "mib": per},
+        "budget_mib": allowed["mib"],
+        "budget_why": allowed["why"],
         "threshold": proposed if math.isfinite(proposed) and proposed > 0 else None,
         "threshold_text": _text(proposed, kind) if proposed > 0 else None,
-        "every_job_fits": math.isinf(proposed), "no_job_fits": proposed <= 0,
-        "current": rules.threshold, "current_text": rules.threshold_text, "capped_by_oom": capped_by_oom,
-        "points": points, "notes": notes, "malformed": found["malformed"], "untrusted": found["untrusted"],
+        "every_job_fits": math.isinf(proposed),
+        "no_job_fits": proposed <= 0,
+        "current": rules.threshold,
+        "current_text": rules.threshold_text,
+        "capped_by_oom": capped_by_oom,
+        "points": points,
+        "notes": notes,
+        "malformed": found["malformed"],
+        "untrusted": found["untrusted"],
         "out_of_range": found["out_of_range"],
-    }  # fmt: skip
+    }
 
 
 def ignored_text(found: Mapping[str, Any]) -> str:
@@ -178,8 +211,8 @@ def apply(config_path: str, profile: str, threshold_text: str) -> str:
         raise TuneRefused("--apply needs tomlkit (pip install 'gpurouter[tune]')") from None
     import tomllib
 
-    from gpurouter.job import config
     from gpurouter.errors import ConfigError
+    from gpurouter.job import config
 
     # A symlinked config (e.g. from a config-management checkout) is edited where it points, and
     # stays a symlink; the target must be a regular file (issue 12).
@@ -212,5 +245,7 @@ def apply(config_path: str, profile: str, threshold_text: str) -> str:
         fsutil.write_replacing(backup, original, os.stat(config_path).st_mode & 0o7777)
         fsutil.write_replacing(config_path, text.encode("utf-8"), os.stat(config_path).st_mode & 0o7777)
     except OSError as error:
-        raise TuneRefused(f"not applied: {error.filename or config_path}: {error.strerror or error}") from None
+        raise TuneRefused(
+            f"not applied: {error.filename or config_path}: {error.strerror or error}"
+        ) from None
     return backup
