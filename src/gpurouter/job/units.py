@@ -221,6 +221,30 @@ def _rounded(value: float, kind: str | None) -> str:
     return f"{value:.4g}"
 
 
+def format_coarse(value: float | None, kind: str | None) -> str:
+    """A metric rounded to two or three figures for the tools' tables, advice and chart ticks: 1h53m,
+    5m14s, 12.5s; 1.5GiB, 700MiB; 2.1MP; else the number. Coarser than `format_human` (decision
+    reasons), which keeps every unit of a duration so a reason never hides which side it fell on."""
+    if value is None:
+        return "none"
+    if kind == "duration":
+        if value < 60:
+            return f"{value:.1f}s".replace(".0s", "s")
+        minutes, seconds = divmod(int(value), 60)
+        if value < 3600:
+            return f"{minutes}m" if not seconds else f"{minutes}m{seconds:02d}s"
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}h" if not minutes else f"{hours}h{minutes:02d}m"
+    if kind == "size":
+        for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value >= factor:
+                return f"{value / factor:.3g}{unit}"
+        return f"{value:.0f}B"
+    if kind == "pixels":
+        return f"{value / 1e6:.3g}MP"
+    return f"{value:.4g}"
+
+
 # ---------------------------------------------------------------- the profile's other forms
 
 

@@ -8,15 +8,14 @@ import os
 
 from gpurouter.errors import ConfigError
 from gpurouter.job import units
+from gpurouter.job.config_values import check_keys, choice, duration, opt_int, string, sub_table
 from gpurouter.job.settings import (
     ARGS_POSITIONS,
-    BACKEND_DEFAULTS,
     BUILTIN,
     DEFAULT_GPU_ERROR_PATTERNS,
     DEFAULT_OOM_PATTERNS,
     DEFAULTS,
     FALLBACKS,
-    GPU_DEFAULTS,
     GPU_WHEN,
     GUARD_DEFAULTS,
     NO_INPUT,
@@ -24,21 +23,15 @@ from gpurouter.job.settings import (
     PRIORITIES,
     PROBES,
     PROFILE_DEFAULTS,
-    RESIDENT_DEFAULTS,
     ROUTE_DEFAULTS,
     ROUTES,
-    SELECTS,
-    SLURM_DEFAULTS,
-    Backend,
-    GpuSettings,
     Guard,
     Profile,
-    Resident,
     RouteSpec,
     Settings,
-    SlurmSettings,
 )
 from gpurouter.job.units import is_safe_name, parse_cpus, parse_hours, parse_ionice, parse_wait
+from gpurouter.job.validate_box import build_backend, build_gpu, build_residents
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,11 +48,11 @@ def validate(document: Mapping[str, Any], source: str, path: str | None) -> Sett
         ConfigError: a key is unknown or a value has the wrong type or form.
     """
     tables = ("profiles", "gpu", "residents", "backend")
-    _check_keys(document, set(DEFAULTS) | set(tables), "", source)
+    check_keys(document, set(DEFAULTS) | set(tables), "", source)
     merged = {**DEFAULTS, **{k: v for k, v in document.items() if k not in tables}}
     sources = {key: source for key in document if key not in tables}
 
-    lock_dir = _string(merged, "lock_dir", "", source)
+    lock_dir = string(merged, "lock_dir", "", source)
     if not os.path.isabs(lock_dir):
         raise ConfigError(
             source, "lock_dir", f"must be an absolute path (jobs start in many directories), got {lock_dir!r}"
@@ -79,7 +72,7 @@ def validate(document: Mapping[str, Any], source: str, path: str | None) -> Sett
     probe_cache = merged["probe_cache"]
     if not isinstance(probe_cache, bool):
         raise ConfigError(source, "probe_cache", f"must be true or false, got {probe_cache!r}")
-    timeout_s = _duration(merged, "probe_timeout", "", source)
+    timeout_s = duration(merged, "probe_timeout", "", source)
     if timeout_s <= 0:
         raise ConfigError(source, "probe_timeout", "must be longer than 0s")
 
@@ -101,15 +94,15 @@ def validate(document: Mapping[str, Any], source: str, path: str | None) -> Sett
         lock_dir=lock_dir,
         journal=journal or None,
         busy_exit_code=busy,
-        ffprobe=_string(merged, "ffprobe", "", source),
+        ffprobe=string(merged, "ffprobe", "", source),
         probe_timeout_s=timeout_s,
         probe_cache=probe_cache,
         profiles=profiles,
         default_profile=profiles.get("default") or build_profile("default", {}, BUILTIN),
         sources=sources,
-        gpu=_build_gpu(_table(document, "gpu", source), source),
-        residents=_build_residents(_table(document, "residents", source), source),
-        backend=_build_backend(_table(document, "backend", source), source),
+        gpu=build_gpu(sub_table(document, "gpu", source), source),
+        residents=build_residents(sub_table(document, "residents", source), source),
+        backend=build_backend(sub_table(document, "backend", source), source),
     )
 
 
@@ -125,7 +118,7 @@ def _key_sources(table: Mapping[str, Any], prefix: str, source: str) -> dict[str
 
 def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     where = f"profiles.{name}"
-    _check_keys(table, set(PROFILE_DEFAULTS) | set(ROUTES) | {"escape"}, where, source)
+    check_keys(table, set(PROFILE_DEFAULTS) | set(ROUTES) | {"escape"}, where, source)
     merged = {**PROFILE_DEFAULTS, **table}
 
     binary = merged["binary"]
@@ -196,8 +189,8 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         route: _build_route(route, table.get(route, {}), f"{where}.{route}", source) for route in ROUTES
     }
     max_wait = merged["max_wait"]
-    max_wait_s = None if max_wait is None else _duration(merged, "max_wait", where, source)
-    escape = _build_guard(_table(table, "escape", source, where), f"{where}.escape", source)
+    max_wait_s = None if max_wait is None else duration(merged, "max_wait", where, source)
+    escape = _build_guard(sub_table(table, "escape", source, where), f"{where}.escape", source)
     hours_text = merged["hours"]
     hours = None
     if hours_text is not None:
@@ -228,7 +221,7 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
             f"{where}.gpu_error_patterns",
             f"must be a list of non-empty strings, got {error_patterns!r}",
         )
-    interval = _duration(merged, "monitor_interval", where, source)
+    interval = duration(merged, "monitor_interval", where, source)
     if not 0.05 <= interval <= 3600:
         raise ConfigError(source, f"{where}.monitor_interval", "must be between 50ms and 1h")
     return Profile(
@@ -245,19 +238,19 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         cpu=routes["cpu"],
         max_wait_s=max_wait_s,
         escape=escape,
-        priority=_choice(merged, "priority", (*PRIORITIES, None), where, source),
-        batch_yields=_choice(merged, "batch_yields", ("waiting", "running"), where, source),
+        priority=choice(merged, "priority", (*PRIORITIES, None), where, source),
+        batch_yields=choice(merged, "batch_yields", ("waiting", "running"), where, source),
         hours=hours,
         hours_text=hours_text,
-        outside_hours=_choice(merged, "outside_hours", ("cpu", "busy", "wait"), where, source),
-        no_gpu=_choice(merged, "no_gpu", ("cpu", "busy", "fail", None), where, source),
+        outside_hours=choice(merged, "outside_hours", ("cpu", "busy", "wait"), where, source),
+        no_gpu=choice(merged, "no_gpu", ("cpu", "busy", "fail", None), where, source),
         monitor=monitor,
         monitor_interval_s=interval,
-        on_gpu_oom=_choice(merged, "on_gpu_oom", ("cpu", None), where, source),
+        on_gpu_oom=choice(merged, "on_gpu_oom", ("cpu", None), where, source),
         oom_patterns=tuple(patterns),
-        no_input=_choice(merged, "no_input", NO_INPUT, where, source),
-        gpu_when=_choice(merged, "gpu_when", GPU_WHEN, where, source),
-        on_gpu_error=_choice(merged, "on_gpu_error", ("cpu", None), where, source),
+        no_input=choice(merged, "no_input", NO_INPUT, where, source),
+        gpu_when=choice(merged, "gpu_when", GPU_WHEN, where, source),
+        on_gpu_error=choice(merged, "on_gpu_error", ("cpu", None), where, source),
         gpu_error_patterns=tuple((p, DEFAULT_GPU_ERROR_PATTERNS.get(p, "custom")) for p in error_patterns),
     )
 
@@ -265,7 +258,7 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
 def _build_route(name: RouteName, table: object, where: str, source: str) -> RouteSpec:
     if not isinstance(table, dict):
         raise ConfigError(source, where, "must be a table")
-    _check_keys(table, set(ROUTE_DEFAULTS), where, source)
+    check_keys(table, set(ROUTE_DEFAULTS), where, source)
     merged = {**ROUTE_DEFAULTS, **table}
     args = merged["args"]
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -320,16 +313,16 @@ def _build_route(name: RouteName, table: object, where: str, source: str) -> Rou
         args_position=position,
         env=dict(env),
         guard=guard,
-        ram_mib=_opt_int(merged, "ram_mib", 1, 1 << 30, where, source),
+        ram_mib=opt_int(merged, "ram_mib", 1, 1 << 30, where, source),
         vram_mib=vram,
         gpus=gpus,
-        on_low_vram=_choice(merged, "on_low_vram", ON_LOW_VRAM, where, source),
+        on_low_vram=choice(merged, "on_low_vram", ON_LOW_VRAM, where, source),
         input_args=tuple(input_args),
     )
 
 
 def _build_guard(table: Mapping[str, Any], where: str, source: str) -> Guard:
-    _check_keys(table, set(GUARD_DEFAULTS), where, source)
+    check_keys(table, set(GUARD_DEFAULTS), where, source)
     merged = {**GUARD_DEFAULTS, **table}
     ionice = merged["ionice"]
     if ionice is not None:
@@ -347,206 +340,9 @@ def _build_guard(table: Mapping[str, Any], where: str, source: str) -> Guard:
     if not isinstance(force_env, bool):
         raise ConfigError(source, f"{where}.force_env", f"must be true or false, got {force_env!r}")
     return Guard(
-        threads=_opt_int(merged, "threads", 1, 4096, where, source),
-        nice=_opt_int(merged, "nice", -20, 19, where, source),
+        threads=opt_int(merged, "threads", 1, 4096, where, source),
+        nice=opt_int(merged, "nice", -20, 19, where, source),
         ionice=ionice,
         cpus=cpus,
         force_env=force_env,
     )
-
-
-def _build_gpu(table: Mapping[str, Any], source: str) -> GpuSettings:
-    _check_keys(table, set(GPU_DEFAULTS), "gpu", source)
-    merged = {**GPU_DEFAULTS, **table}
-    if not isinstance(merged["enabled"], bool):
-        raise ConfigError(source, "gpu.enabled", f"must be true or false, got {merged['enabled']!r}")
-    devices = merged["devices"]
-    if devices is not None:
-        if not isinstance(devices, list) or not all(
-            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
-            for d in devices
-        ):
-            raise ConfigError(
-                source,
-                "gpu.devices",
-                f'must be a list of indices or UUIDs like [0, "GPU-..."], got {devices!r}',
-            )
-        devices = tuple(devices)
-    estimates = merged["vram_estimates"]
-    if not isinstance(estimates, dict) or not all(
-        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0
-        for k, v in estimates.items()
-    ):
-        raise ConfigError(
-            source, "gpu.vram_estimates", f'must be a table like {{"70b" = 20000}}, got {estimates!r}'
-        )
-    default_mib = _int(merged, "vram_default_mib", 1, 1 << 24, "gpu", source)
-    return GpuSettings(
-        enabled=merged["enabled"],
-        devices=devices,
-        select=_choice(merged, "select", SELECTS, "gpu", source),
-        cushion_mib=_int(merged, "cushion_mib", 0, 1 << 20, "gpu", source),
-        vram_estimates={k.lower(): v for k, v in estimates.items()},
-        vram_default_mib=default_mib,
-    )
-
-
-def _build_residents(table: Mapping[str, Any], source: str) -> dict[str, Resident]:
-    residents = {}
-    for name, raw in table.items():
-        where = f"residents.{name}"
-        if not isinstance(raw, dict):
-            raise ConfigError(source, where, "must be a table")
-        _check_keys(raw, set(RESIDENT_DEFAULTS), where, source)
-        merged = {**RESIDENT_DEFAULTS, **raw}
-        vram = _opt_int(merged, "vram_mib", 1, 1 << 24, where, source)
-        if vram is None:
-            raise ConfigError(source, f"{where}.vram_mib", "is required: the MiB the service keeps resident")
-        for action in ("unload", "load", "status"):
-            _check_action(merged[action], f"{where}.{action}", source)
-        process = merged["process"]
-        if process is not None and (not isinstance(process, str) or not process.strip() or "\0" in process):
-            raise ConfigError(
-                source,
-                f"{where}.process",
-                f'must be a process name or pattern like "ollama", got {process!r}',
-            )
-        coexist = merged["coexist"]
-        if not isinstance(coexist, list) or not all(isinstance(c, str) for c in coexist):
-            raise ConfigError(source, f"{where}.coexist", f"must be a list of profile names, got {coexist!r}")
-        for flag in ("managed",):
-            if not isinstance(merged[flag], bool):
-                raise ConfigError(source, f"{where}.{flag}", f"must be true or false, got {merged[flag]!r}")
-        lazy = merged["lazy"]
-        if (
-            lazy is None
-        ):  # the heuristic of the eviction scheduler we grew from: unload-only services load lazily
-            lazy = merged["unload"] is not None and merged["load"] is None and not merged["managed"]
-        if not isinstance(lazy, bool):
-            raise ConfigError(source, f"{where}.lazy", f"must be true or false, got {lazy!r}")
-        residents[name] = Resident(
-            name=name,
-            vram_mib=vram,
-            unload=merged["unload"],
-            load=merged["load"],
-            coexist=tuple(coexist),
-            managed=merged["managed"],
-            lazy=lazy,
-            device=merged["device"],
-            timeout_s=_duration(merged, "timeout", where, source),
-            process=process,
-            status=merged["status"],
-        )
-    return residents
-
-
-def _check_action(action: object, where: str, source: str) -> None:
-    if action is None:
-        return
-    shape = '{ http = "METHOD URL", body = "..." } or { command = ["argv", ...] }'
-    if not isinstance(action, dict) or not (set(action) <= {"http", "body", "command", "headers"}):
-        raise ConfigError(source, where, f"must be {shape}, got {action!r}")
-    if ("http" in action) == ("command" in action):
-        raise ConfigError(source, where, f"needs exactly one of http or command: {shape}")
-    if "http" in action:
-        method, _, url = str(action["http"]).partition(" ")
-        if not method.isalpha() or not url.startswith(("http://", "https://")):
-            raise ConfigError(
-                source,
-                where,
-                f'http must be "METHOD URL" like "POST http://127.0.0.1:11434/api/generate", got {action["http"]!r}',
-            )
-        if "body" in action and not isinstance(action["body"], str):
-            raise ConfigError(source, f"{where}.body", "must be a string (JSON text)")
-    else:
-        command = action["command"]
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
-            raise ConfigError(
-                source, f"{where}.command", f'must be a list like ["systemctl", "stop", "x"], got {command!r}'
-            )
-
-
-def _build_backend(table: Mapping[str, Any], source: str) -> Backend:
-    _check_keys(table, set(BACKEND_DEFAULTS), "backend", source)
-    merged = {**BACKEND_DEFAULTS, **table}
-    kind = _choice(merged, "kind", ("local", "slurm"), "backend", source)
-    slurm = merged["slurm"]
-    if not isinstance(slurm, dict):
-        raise ConfigError(source, "backend.slurm", "must be a table")
-    _check_keys(slurm, set(SLURM_DEFAULTS), "backend.slurm", source)
-    slurm = {**SLURM_DEFAULTS, **slurm}
-    for key in ("partition", "account", "time"):
-        if slurm[key] is not None and (not isinstance(slurm[key], str) or not slurm[key]):
-            raise ConfigError(
-                source, f"backend.slurm.{key}", f"must be a non-empty string, got {slurm[key]!r}"
-            )
-    if not isinstance(slurm["srun_args"], list) or not all(isinstance(a, str) for a in slurm["srun_args"]):
-        raise ConfigError(source, "backend.slurm.srun_args", "must be a list of strings")
-    return Backend(
-        kind=kind,
-        slurm=SlurmSettings(
-            partition=slurm["partition"],
-            account=slurm["account"],
-            srun_args=tuple(slurm["srun_args"]),
-            time=slurm["time"],
-            srun=_string(slurm, "srun", "backend.slurm", source),
-        ),
-    )
-
-
-def _table(document: Mapping[str, Any], key: str, source: str, where: str = "") -> dict[str, Any]:
-    value = document.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(source, f"{where}.{key}" if where else key, "must be a table")
-    return value
-
-
-def _choice(table: Mapping[str, Any], key: str, allowed: tuple[Any, ...], where: str, source: str) -> Any:
-    value = table[key]
-    if value not in allowed:
-        names = ", ".join(str(a) for a in allowed if a is not None)
-        raise ConfigError(source, f"{where}.{key}", f"must be one of {names}, got {value!r}")
-    return value
-
-
-def _opt_int(table: Mapping[str, Any], key: str, low: int, high: int, where: str, source: str) -> int | None:
-    value = table[key]
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(source, f"{where}.{key}", f"must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _int(table: Mapping[str, Any], key: str, low: int, high: int, where: str, source: str) -> int:
-    value = _opt_int(table, key, low, high, where, source)
-    if value is None:
-        raise ConfigError(source, f"{where}.{key}", f"must be an integer from {low} to {high}")
-    return value
-
-
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
-    for key in table:
-        if key not in allowed:
-            dotted = f"{where}.{key}" if where else key
-            raise ConfigError(source, dotted, f"unknown key (known here: {', '.join(sorted(allowed))})")
-
-
-def _string(table: Mapping[str, Any], key: str, where: str, source: str) -> str:
-    value = table[key]
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            source, f"{where}.{key}" if where else key, f"must be a non-empty string, got {value!r}"
-        )
-    return value
-
-
-def _duration(table: Mapping[str, Any], key: str, where: str, source: str) -> float:
-    value = table[key]
-    dotted = f"{where}.{key}" if where else key
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(source, dotted, f'must be a duration like "20s", got {value!r}')
-    try:
-        return units.parse_duration(str(value))
-    except ValueError as error:
-        raise ConfigError(source, dotted, str(error)) from None

@@ -267,7 +267,7 @@ def vram_chart(
     model: Any,
 ) -> Chart:
     """Peak VRAM of monitored GPU runs against the metric, with threshold, budget and fit."""
-    from gpurouter.observe.stats import human_metric
+    from gpurouter.job.units import format_coarse
 
     chart = Chart(f"vram-{_slug(profile)}", f"Peak VRAM vs metric: {profile}")
     if not points:
@@ -287,7 +287,7 @@ def vram_chart(
     plot.axes(
         x_ticks,
         y_ticks,
-        lambda tick: human_metric(tick, kind),
+        lambda tick: format_coarse(tick, kind),
         lambda tick: f"{tick:g}",
         f"metric ({kind})",
         "peak MiB",
@@ -316,7 +316,7 @@ def vram_chart(
     if threshold is not None and math.isfinite(threshold):
         x = plot.x(threshold)
         chart.line(x, plot.top, x, plot.bottom, OOM_COLOR, 2.0)
-        chart.text(x + 5, plot.top + 12, f"threshold {human_metric(threshold, kind)}", 11, fill=OOM_COLOR)
+        chart.text(x + 5, plot.top + 12, f"threshold {format_coarse(threshold, kind)}", 11, fill=OOM_COLOR)
     for x, y in points:
         chart.circle(plot.x(x), plot.y(y), 3.5, GPU_COLOR)
     for metric in ooms:

@@ -322,10 +322,10 @@ def tune_text(result: dict[str, Any]) -> str:
     """The fit, the budget and the proposed threshold, with the evidence."""
     kind = result["kind"]
     fit = result["fit"]
-    from gpurouter.observe.stats import human_metric
+    from gpurouter.job.units import format_coarse
 
     def shown(value: float | None) -> str:
-        return human_metric(value, kind)
+        return format_coarse(value, kind)
 
     per = result["slope_per_unit"]
     lines = [

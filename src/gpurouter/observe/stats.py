@@ -19,6 +19,7 @@ import time
 from array import array
 
 from gpurouter.job.journal_reader import _EVENT_KEY, _METRIC_KEY, _OURS, Scanner, default_files, in_bounds
+from gpurouter.observe import advice
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
     from gpurouter.job.settings import Settings
 
-# Advice thresholds: below these the figures are noise, not a pattern.
-ADVISE_MIN_COUNT: Final = 3
-ADVISE_REFUSAL_RATE: Final = 0.2
-ADVISE_ESCAPE_RATE: Final = 0.1
 _COUNTED: Final = ("start", "busy", "escape", "refused", "oom", "end", "evict", "exec_failed")
 
 
@@ -454,94 +451,5 @@ def summarise(
         "waits": waits_all.summary(),
         "evictions": evictions,
         "eviction_attempts": dict(tally.eviction_attempts),
-        "advice": advise(settings, profiles, evictions),
+        "advice": advice.advise(settings, profiles, evictions),
     }
-
-
-# --------------------------------------------------------------------------- advice
-
-
-def advise(
-    settings: Settings, profiles: dict[str, dict[str, Any]], evictions: dict[str, dict[str, int]]
-) -> list[str]:
-    """The runbook's advice, in words, where the figures call for it (and only then).
-
-    Direction matters: refusals on the GPU pool are not cured by a higher threshold (that sends
-    *more* jobs to the GPU); refusals on the CPU pool are, and GPU OOMs call for a lower one.
-    """
-    from gpurouter.job import units
-    from gpurouter.job.units import format_wait
-
-    advice = []
-    for name, row in profiles.items():
-        rules = settings.profile(name)
-        gpu_attempts = row["gpu"] + row["busy_gpu"]
-        cpu_attempts = row["cpu"] + row["busy_cpu"]
-        if row["busy_gpu"] >= ADVISE_MIN_COUNT and row["busy_gpu"] / gpu_attempts > ADVISE_REFUSAL_RATE:
-            share = f"{row['busy_gpu']} refusals on the GPU pool ({row['busy_gpu'] / gpu_attempts:.0%} of GPU attempts)"
-            if rules.wait_s == 0:
-                advice.append(
-                    f'{name}: {share} under wait = "fail": a runner that retries at once (GNU parallel, '
-                    'the PeerTube runner) burns its retries in a second; set wait = "block" or a bounded '
-                    'wait (e.g. "30m"), or more GPU slots if VRAM allows (gpurouter config --check)'
-                )
-            else:
-                advice.append(
-                    f"{name}: {share} after waiting up to {format_wait(rules.wait_s)}: a longer wait, "
-                    "more GPU slots if VRAM allows (gpurouter config --check), or a lower threshold "
-                    "(more jobs to the CPU)"
-                )
-        if (
-            row["busy_cpu"] >= ADVISE_MIN_COUNT
-            and row["busy_cpu"] > row["cpu"]
-            and row["busy_cpu"] / cpu_attempts > ADVISE_REFUSAL_RATE
-        ):
-            advice.append(
-                f"{name}: {row['busy_cpu']} refusals on the CPU pool against {row['cpu']} CPU runs: "
-                "the threshold sends too many jobs to the CPU; raise the threshold (more jobs to the GPU) "
-                "or the CPU slots if RAM allows"
-            )
-        if row["oom"]:
-            kind = rules.probe if rules.probe in ("duration", "size", "pixels") else row["oom_kind"]
-            smallest = human_metric(row["oom_min_metric"], kind)
-            advice.append(
-                f"{name}: {row['oom']} GPU run(s) ran out of memory (smallest input {smallest}, "
-                f"threshold {rules.threshold_text or 'none'}): lower the threshold below that "
-                f"(gpurouter tune {name} fits it to the runs)"
-            )
-        started = row["gpu"] + row["cpu"]
-        if row["escapes"] >= ADVISE_MIN_COUNT and started and row["escapes"] / started > ADVISE_ESCAPE_RATE:
-            limit = "unset" if rules.max_wait_s is None else units.format_duration(rules.max_wait_s)
-            advice.append(
-                f"{name}: {row['escapes']} of {started} jobs ran without a slot after max_wait ({limit}): "
-                "more slots (if memory allows) or a longer max_wait"
-            )
-    for victim, tally in evictions.items():
-        if tally["failed"] >= ADVISE_MIN_COUNT and tally["failed"] > tally["ok"]:
-            advice.append(
-                f"resident {victim}: {tally['failed']} evictions failed against {tally['ok']} that worked: "
-                "check its unload action (gpurouter gpus)"
-            )
-    return advice
-
-
-def human_metric(value: float | None, kind: str | None) -> str:
-    """A metric rounded for people: 1h53m, 5m14s, 12.5s; 1.5GiB, 700MiB; 2.1MP; else the number."""
-    if value is None:
-        return "none"
-    if kind == "duration":
-        if value < 60:
-            return f"{value:.1f}s".replace(".0s", "s")
-        minutes, seconds = divmod(int(value), 60)
-        if value < 3600:
-            return f"{minutes}m" if not seconds else f"{minutes}m{seconds:02d}s"
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours}h" if not minutes else f"{hours}h{minutes:02d}m"
-    if kind == "size":
-        for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if value >= factor:
-                return f"{value / factor:.3g}{unit}"
-        return f"{value:.0f}B"
-    if kind == "pixels":
-        return f"{value / 1e6:.3g}MP"
-    return f"{value:.4g}"

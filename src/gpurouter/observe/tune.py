@@ -90,7 +90,7 @@ def propose(
     Raises:
         TuneRefused: fewer than MIN_RUNS usable runs, all at one metric, or no budget.
     """
-    from gpurouter.observe.stats import human_metric
+    from gpurouter.job.units import format_coarse
 
     rules = settings.profile(profile)
     found = runs(settings, profile, since_s, journals)
@@ -116,12 +116,12 @@ def propose(
         capped_by_oom = below[0]
         raw = below[0]
         notes.append(
-            f"a GPU run of {human_metric(below[0], kind)} ran out of memory: the threshold stays below it"
+            f"a GPU run of {format_coarse(below[0], kind)} ran out of memory: the threshold stays below it"
         )
     proposed = _round_down(raw, kind)
     if math.isfinite(raw) and raw > model.max_metric:
         notes.append(
-            f"extrapolated beyond the largest run seen ({human_metric(model.max_metric, kind)}): "
+            f"extrapolated beyond the largest run seen ({format_coarse(model.max_metric, kind)}): "
             "watch the first runs above it, or let more runs come in and tune again"
         )
     if model.r2 < 0.8:
