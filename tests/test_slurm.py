@@ -373,10 +373,13 @@ def test_a_nested_call_inside_the_job_runs_in_the_same_allocation(sbox: SlurmBox
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_gpurouter_cancels_the_slurm_step(sbox: SlurmBox, signum: int, tmp_path: Path) -> None:
-    marker = tmp_path / "job-saw"
-    script = f"trap 'echo TERM > {marker}; exit 143' TERM; echo started; sleep 30 & wait"
+    marker, ready = tmp_path / "job-saw", tmp_path / "trap-set"
+    script = f"trap 'echo TERM > {marker}; exit 143' TERM; touch {ready}; echo started; sleep 30 & wait"
     job = sbox.start("sh", "-c", script)
     (start,) = sbox.wait_for_start()
+    # The start record comes when srun launches the step; the job's shell sets its trap a moment later
+    # (seen under load: a SIGTERM in between killed sh before its trap, so the marker never came).
+    assert wait_for(ready.exists, timeout=20)
     assert [j["state"] for j in cluster.squeue(sbox.job_name)] == ["RUNNING"]
     began = time.monotonic()
     job.send_signal(signum)
