@@ -158,7 +158,8 @@ def main() -> int:
         recent = stats.summarise(settings, since_s=86400, now=now, journals=[str(path)])
         took = time.perf_counter() - began
         print(
-            f"summarise --since 24h:   {took:.2f} s, {args.lines / took:,.0f} lines/s ({recent['records']} records)"
+            f"summarise --since 24h:   {took:.2f} s, {args.lines / took:,.0f} lines/s "
+            f"({recent['records']} records)"
         )
         began = time.perf_counter()
         _naive(path)

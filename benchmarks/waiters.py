@@ -125,8 +125,11 @@ def main() -> None:
         for name, argv in holders.items():
             ready = os.path.join(scratch, f"{name}.ready")
             proc = kids.spawn([*argv, "--ready", ready])
-            up = lambda: os.path.exists(ready) or proc.poll() is not None  # noqa: E731
-            wait_until(up, 20, f"the {name} holder is up")
+            wait_until(
+                lambda ready=ready, proc=proc: os.path.exists(ready) or proc.poll() is not None,
+                20,
+                f"the {name} holder is up",
+            )
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} holder exited with {proc.returncode}")
         procs = {name: kids.spawn(argv) for name, (argv, _) in waiters.items()}

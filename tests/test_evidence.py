@@ -143,7 +143,8 @@ def test_a_job_finding_every_gpu_slot_held_waits_for_a_slot_and_never_takes_the_
             [residents.ollama]
             vram_mib = 8000
             lazy = false
-            unload = {{ http = "POST {service.url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
+            unload.http = "POST {service.url}/api/generate"
+            unload.body = '{{"model": "llama3", "keep_alive": 0}}'
             timeout = "2s"
         """.replace("{wait}", "fail")
         )
@@ -270,7 +271,9 @@ def test_a_job_arriving_during_an_eviction_waits_for_the_memory_being_freed(
 OOM_JOB = """#!/bin/sh
 # a GPU job that runs out of memory on GPU args, and works on CPU args
 for arg; do
-  if [ "$arg" = "--cuda" ]; then echo "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1; fi
+  if [ "$arg" = "--cuda" ]; then
+    echo "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1
+  fi
 done
 echo "done on cpu"
 """

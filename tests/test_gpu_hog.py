@@ -27,11 +27,13 @@ FAKE_LIBCUDA = r"""
 #include <string.h>
 typedef int CUresult; typedef int CUdevice; typedef void *CUcontext; typedef unsigned long long CUdeviceptr;
 static size_t used, total = 1000ull << 20;
-CUresult cuInit(unsigned flags) { const char *t = getenv("FAKE_CUDA_MIB"); if (t) total = strtoull(t, 0, 10) << 20;
+CUresult cuInit(unsigned flags) { const char *t = getenv("FAKE_CUDA_MIB");
+                                  if (t) total = strtoull(t, 0, 10) << 20;
                                   return flags ? 1 : (total ? 0 : 100); }
 CUresult cuDeviceGet(CUdevice *d, int ordinal) { if (ordinal) return 101; *d = 0; return 0; }
 CUresult cuDeviceGetName(char *name, int len, CUdevice d) { strncpy(name, "Fake GPU", len); return 0; }
-CUresult cuDeviceGetUuid_v2(unsigned char *u, CUdevice d) { for (int i = 0; i < 16; i++) u[i] = i * 17; return 0; }
+CUresult cuDeviceGetUuid_v2(unsigned char *u, CUdevice d) { for (int i = 0; i < 16; i++) u[i] = i * 17;
+                                                            return 0; }
 CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice d) { *c = (void *)8; return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes) { if (used + bytes > total) return 2;
                                                        used += bytes; *p = 4096 + used; return 0; }
@@ -40,10 +42,11 @@ CUresult cuCtxSynchronize(void) { return 0; }
 CUresult cuMemFree_v2(CUdeviceptr p) { return 0; }
 CUresult cuCtxDestroy_v2(CUcontext c) { return c ? 0 : 201; }
 CUresult cuGetErrorName(CUresult e, const char **s) {
-    *s = e == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : e == 100 ? "CUDA_ERROR_NO_DEVICE" : e == 101 ? "CUDA_ERROR_INVALID_DEVICE"
-       : "CUDA_ERROR_UNKNOWN"; return 0; }
+    *s = e == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : e == 100 ? "CUDA_ERROR_NO_DEVICE"
+       : e == 101 ? "CUDA_ERROR_INVALID_DEVICE" : "CUDA_ERROR_UNKNOWN"; return 0; }
 CUresult cuGetErrorString(CUresult e, const char **s) {
-    *s = e == 2 ? "out of memory" : e == 100 ? "no CUDA-capable device is detected" : "invalid device ordinal";
+    *s = e == 2 ? "out of memory" : e == 100 ? "no CUDA-capable device is detected"
+       : "invalid device ordinal";
     return 0; }
 """
 

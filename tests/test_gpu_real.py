@@ -94,7 +94,8 @@ class Hogs:
         line = process.stdout.readline()  # printed once everything is allocated
         found = HOLDING.match(line)
         assert found, (
-            f"gpu-hog did not allocate {mib} MiB: {line!r} {process.stderr.read() if process.poll() is not None else ''}"
+            f"gpu-hog did not allocate {mib} MiB: {line!r} "
+            f"{process.stderr.read() if process.poll() is not None else ''}"
         )  # type: ignore[union-attr]
         return process, found
 
@@ -137,13 +138,13 @@ def test_gpurouter_gpus_lists_the_devices_nvidia_smi_lists(gpu_box: Box) -> None
     ours = json.loads(done.stdout)["devices"]
     theirs = [[field.strip() for field in line.split(",")] for line in smi.stdout.strip().splitlines()]
     report(f"nvidia-smi: {theirs}")
-    report(
-        f"gpurouter gpus: {[(d['index'], d['uuid'], d['name'], d['memory_total_mib'], d['memory_used_mib']) for d in ours]}"
-    )
+    shown = [(d["index"], d["uuid"], d["name"], d["memory_total_mib"], d["memory_used_mib"]) for d in ours]
+    report(f"gpurouter gpus: {shown}")
     assert [(d["index"], d["uuid"], d["name"], d["memory_total_mib"]) for d in ours] == [
         (int(i), uuid, name, int(total)) for i, uuid, name, total, _ in theirs
     ]
-    for device, (_, _, _, _, used) in zip(ours, theirs):  # read moments apart: allow a little drift
+    # read moments apart: allow a little drift
+    for device, (_, _, _, _, used) in zip(ours, theirs, strict=True):
         assert abs(device["memory_used_mib"] - int(used)) <= 256, (device, used)
     assert all(d["temperature_c"] is not None for d in ours)  # the full (nvidia-ml-py) path for the view
 
@@ -155,7 +156,7 @@ def test_the_lean_and_the_nvidia_ml_py_paths_read_the_same_devices() -> None:
     assert [[getattr(g, f) for f in same] for g in lean.gpus] == [
         [getattr(g, f) for f in same] for g in full.gpus
     ]
-    for a, b in zip(lean.gpus, full.gpus):
+    for a, b in zip(lean.gpus, full.gpus, strict=True):
         assert abs((a.memory_used_mib or 0) - (b.memory_used_mib or 0)) <= 256
         assert (a.processes is None) == (b.processes is None)
     report(f"lean: {lean.gpus[0]}")
@@ -238,7 +239,8 @@ def test_six_racing_callers_with_real_allocations_never_run_out_of_gpu_memory(gp
     outcomes = [(job.wait(timeout=180), *job.communicate()) for job in jobs]
     routes = [r["route"] for r in gpu_box.records() if r["event"] == "start"]
     report(
-        f"six racers, {need} MiB each of {free} free: routes {sorted(routes)}, exits {[o[0] for o in outcomes]}"
+        f"six racers, {need} MiB each of {free} free: routes {sorted(routes)}, "
+        f"exits {[o[0] for o in outcomes]}"
     )
     assert [o for o in outcomes if o[0] != 0 or "OUT_OF_MEMORY" in o[2]] == []
     assert 1 <= routes.count("gpu") <= 3, routes  # 3 x 30 % fit; the claims keep the 4th off while NVML lags

@@ -8,7 +8,7 @@ import http.server
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ LONG_JOB = ["sh", "-c", "exec sleep 30"]
 
 
 def device(
-    index: int, used: int, total: int = 16376, util: int = 0, processes: list[dict[str, int]] | None = []
+    index: int, used: int, total: int = 16376, util: int = 0, processes: Sequence[dict[str, int]] | None = ()
 ) -> dict[str, Any]:
     return {
         "index": index,
@@ -28,7 +28,7 @@ def device(
         "memory_total_mib": total,
         "memory_used_mib": used,
         "utilization_percent": util,
-        "processes": processes,
+        "processes": None if processes is None else list(processes),
     }
 
 
@@ -268,7 +268,8 @@ def resident_config(services: dict[str, FakeService], extra: str = "") -> str:
 
         [residents.ollama]
         vram_mib = 8000
-        unload = {{ http = "POST {services["ollama"].url}/api/generate", body = '{{"model": "llama3", "keep_alive": 0}}' }}
+        unload.http = "POST {services["ollama"].url}/api/generate"
+        unload.body = '{{"model": "llama3", "keep_alive": 0}}'
         lazy = false
         timeout = "3s"
 

@@ -112,7 +112,8 @@ def assert_state_readable(box: Box) -> dict[str, int]:
 
 
 def test_kill_9_at_random_moments_never_leaves_a_slot_held(box: Box, media: dict[str, Path]) -> None:
-    """Random kills over the whole life of a run: start-up, config memo, probe, cache write, lock, exec, job."""
+    """Random kills over the whole life of a run: start-up, config memo, probe, cache write, lock,
+    exec, job."""
     install_job(box)
     ffprobe = slow_ffprobe(box, 0.08)
     profile = (
@@ -226,19 +227,25 @@ def test_kill_9_between_lock_and_exec_releases_the_slot(box: Box, slots: int, wa
         )
         if holders:
             # It journals `wait`, then stalls saying so: let that line through, refill once it sleeps.
-            waiting = lambda: any(
-                r["event"] == "wait" and r["pid"] == victim.pid for r in journal_lines(box.journal)
-            )
+            def waiting() -> bool:
+                return any(
+                    r["event"] == "wait" and r["pid"] == victim.pid for r in journal_lines(box.journal)
+                )
+
             assert wait_for(waiting, timeout=20)
             os.set_blocking(read_end, False)
-            asleep = lambda: any(victim.pid in e["waiting"] for e in slot_lock_holders(box.lock_dir).values())  # noqa: E731
+
+            def asleep() -> bool:
+                return any(victim.pid in e["waiting"] for e in slot_lock_holders(box.lock_dir).values())
+
             assert wait_for(lambda: _drain(read_end) or asleep(), timeout=20) and wait_for(asleep, timeout=20)
             _refill(write_end)
             for holder in holders:
                 kill_now(holder)
-        held_by_victim = lambda: any(
-            victim.pid in e["held"] for e in slot_lock_holders(box.lock_dir).values()
-        )
+
+        def held_by_victim() -> bool:
+            return any(victim.pid in e["held"] for e in slot_lock_holders(box.lock_dir).values())
+
         assert wait_for(held_by_victim, timeout=20), "the victim never took a slot"
         time.sleep(0.1)
         assert victim.poll() is None

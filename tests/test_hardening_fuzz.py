@@ -312,7 +312,8 @@ def test_a_parsed_threshold_printed_and_parsed_again_is_the_same(
 
 
 def test_round_trip_of_tiny_and_huge_thresholds() -> None:
-    """Found by the property below (fixed in units.py): '1e-06s' did not parse, and x // f was one unit off."""
+    """Found by the property below (fixed in units.py): '1e-06s' did not parse, and x // f was one
+    unit off."""
     broken = []
     for text, probe in [
         ("0.001ms", "duration"),

@@ -65,7 +65,8 @@ def test_fail_fast_storm_under_gnu_parallel_retries(box: Box) -> None:
     attempts = box.root / "attempts"
     attempt = box.root / "attempt.sh"  # records each attempt's status: parallel's joblog keeps only the last
     attempt.write_text(
-        f'gpurouter run -- transcribe "$1" >/dev/null; rc=$?; echo "$1 $rc" >> {attempts}; [ $rc = 75 ] && sleep 0.05; exit $rc\n'
+        f'gpurouter run -- transcribe "$1" >/dev/null; rc=$?; echo "$1 $rc" >> {attempts}; '
+        "[ $rc = 75 ] && sleep 0.05; exit $rc\n"
     )
     ids = [f"gp-{i:03d}" for i in range(JOBS)]
     done = subprocess.run(
@@ -89,8 +90,8 @@ def test_concurrent_appends_of_records_spanning_pages_stay_whole_lines(tmp_path:
     journal = tmp_path / "journal.jsonl"
     code = (
         "import sys; from gpurouter.job import journal\n"
-        "for i in range(300): journal.append_record(sys.argv[1], 'start', profile='p', route='gpu', metric=None,"
-        " reason='r', pid=i, argv=['x' * 5000, sys.argv[2], str(i)])\n"
+        "for i in range(300): journal.append_record(sys.argv[1], 'start', profile='p', route='gpu',"
+        " metric=None, reason='r', pid=i, argv=['x' * 5000, sys.argv[2], str(i)])\n"
     )
     writers = [subprocess.Popen([sys.executable, "-c", code, str(journal), f"w{n}"]) for n in range(8)]
     for writer in writers:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -213,7 +214,7 @@ def check_storm(
         by_slot.setdefault(record["slot"], []).append((times[("start", pid)], times[("end", pid)]))
     for slot, spans in by_slot.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start, f"two jobs held {slot} at once"
     assert not slot_lock_holders(box.lock_dir), "a slot is still held after the storm"
     return {

@@ -183,7 +183,19 @@ def media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cover = out_dir / "cover.jpg"  # a 640x480 JPEG for the cover-art recipes ("{cover}")
     if "mjpeg" in have:
         subprocess.run(
-            ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "testsrc=size=640x480:duration=1", "-frames:v", "1", str(cover)],
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=640x480:duration=1",
+                "-frames:v",
+                "1",
+                str(cover),
+            ],
             check=True,
         )
     jobs = []

@@ -47,7 +47,7 @@ def test_every_forwardable_signal_reaches_the_job(box: Box) -> None:
     names = ["TERM", "INT", "HUP", "QUIT", "USR1", "USR2"]
     for name in names:
         job.send_signal(getattr(signal, f"SIG{name}"))
-        assert wait_for(lambda: f"got {name}" in log.read_text()), name
+        assert wait_for(lambda name=name: f"got {name}" in log.read_text()), name
     Path(f"{log}.stop").touch()
     assert job.wait(timeout=10) == 0
 
@@ -98,7 +98,8 @@ def test_kill_9_of_the_monitor_leaves_the_slot_held_only_while_the_job_lives(box
 
 OOM_JOB = """
 case "$*" in
-  *--device\\ cuda*) echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1;;
+  *--device\\ cuda*)
+    echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1;;
   *) echo "ran on $*";;
 esac
 """

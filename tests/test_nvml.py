@@ -19,7 +19,7 @@ from gpurouter.gpu.nvml import GpuQuery, GpuSnapshot, ProcessUse, describe, quer
 
 MIB = 1048576
 
-# --- device-file scenarios (the format of docs/gpus.md, "The device file: GPUROUTER_NVML_FILE") ------------------------------------------
+# --- device-file scenarios (the format of docs/gpus.md, "The device file: GPUROUTER_NVML_FILE") ---
 
 IDLE = {
     "index": 0,

@@ -130,7 +130,8 @@ static int devices[2] = {0, 1};
 int nvmlInit_v2(void) { return getenv("STUB_NVML_NO_DRIVER") ? 9 : 0; }
 int nvmlInitWithFlags(unsigned int flags) { return nvmlInit_v2(); }
 int nvmlShutdown(void) { return 0; }
-const char *nvmlErrorString(int code) { return code == 9 ? "Driver Not Loaded" : code == 15 ? "GPU is lost" : "Unknown Error"; }
+const char *nvmlErrorString(int code) {
+    return code == 9 ? "Driver Not Loaded" : code == 15 ? "GPU is lost" : "Unknown Error"; }
 int nvmlDeviceGetCount_v2(unsigned int *count) { *count = 2; return 0; }
 int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **handle) {
     if (index > 1) return 2;
@@ -138,13 +139,16 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **handle) {
     *handle = &devices[index]; return 0; }
 static int which(void *handle) { return *(int *)handle; }
 int nvmlDeviceGetUUID(void *h, char *uuid, unsigned int size) {
-    strncpy(uuid, which(h) ? "GPU-22222222-2222-2222-2222-222222222222" : "GPU-11111111-1111-1111-1111-111111111111", size);
+    strncpy(uuid, which(h) ? "GPU-22222222-2222-2222-2222-222222222222"
+                           : "GPU-11111111-1111-1111-1111-111111111111", size);
     return 0; }
-int nvmlDeviceGetName(void *h, char *name, unsigned int size) { strncpy(name, which(h) ? "Stub B" : "Stub A", size); return 0; }
+int nvmlDeviceGetName(void *h, char *name, unsigned int size) {
+    strncpy(name, which(h) ? "Stub B" : "Stub A", size); return 0; }
 int nvmlDeviceGetMemoryInfo(void *h, memory_t *m) {
     m->total = (which(h) ? 24576ull : 40960ull) << 20; m->used = (which(h) ? 300ull : 5000ull) << 20;
     m->free = m->total - m->used; return 0; }
-int nvmlDeviceGetUtilizationRates(void *h, rates_t *r) { if (which(h)) return 3; r->gpu = 42; r->memory = 7; return 0; }
+int nvmlDeviceGetUtilizationRates(void *h, rates_t *r) {
+    if (which(h)) return 3; r->gpu = 42; r->memory = 7; return 0; }
 static int fill(void *h, unsigned int *count, info_v2 *out) {
     unsigned int n = which(h) ? 0 : 7;
     if (!out || *count < n) { *count = n ? 4 : 0; return n ? 7 : 0; }

@@ -141,7 +141,7 @@ def test_a_realtime_job_arriving_after_batch_waiters_gets_the_next_slot_every_ti
     for attempt in range(20):
         box.journal.unlink(missing_ok=True)
         holder = box.start("run", "--profile", "hold", "--", *LONG_JOB)
-        assert wait_for(lambda: job_is_running(holder.pid))
+        assert wait_for(lambda holder=holder: job_is_running(holder.pid))
         batch = [box.start("run", "--profile", "batch", "--", "sh", "-c", "sleep 0.2") for _ in range(2)]
         assert wait_for(lambda: waiting_count(box, "batch") == 2)
         realtime = box.start("run", "--profile", "realtime", "--", "sh", "-c", "sleep 0.2")

@@ -25,7 +25,8 @@ with open(sys.argv[1], "w") as out:
         except OSError:
             out.write(f"{fd} closed\\n")
     for fd in os.listdir("/proc/self/fd"):
-        out.write(f"fd {fd} {os.readlink(f'/proc/self/fd/{fd}') if os.path.exists(f'/proc/self/fd/{fd}') else ''}\\n")
+        target = os.readlink(f'/proc/self/fd/{fd}') if os.path.exists(f'/proc/self/fd/{fd}') else ''
+        out.write(f"fd {fd} {target}\\n")
 """
 
 
@@ -360,7 +361,8 @@ def test_a_directory_or_socket_in_the_way_is_refused_in_one_line(box: Box) -> No
         done = box.run("report", "--html", str(place))
         assert (done.returncode, done.stderr) == (
             125,
-            f"gpurouter: report not written: {place}: is a socket, not a regular file (refusing to replace it)\n",
+            f"gpurouter: report not written: {place}: is a socket, not a regular file "
+            "(refusing to replace it)\n",
         )
         assert place.is_socket()
     finally:
@@ -567,7 +569,8 @@ def test_slot_counts_must_be_ascii_digits(box: Box, command: str, value: str) ->
         (400, "profiles.p.threshold: not a finite number"),
         (
             4301,
-            "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits",
+            "not usable TOML: Exceeds the limit (4300 digits) for integer string conversion: "
+            "value has 4301 digits",
         ),
     ],
     ids=["400-digits", "4301-digits"],

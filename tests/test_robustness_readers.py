@@ -194,7 +194,8 @@ args = ["--device", "cpu"]
 
 
 def _evidence(shared: SharedBox, owner_uid: int) -> None:
-    """The owner's monitored runs (peak = 500 + 40 MiB a minute), in a journal the owner created, mode 0666."""
+    """The owner's monitored runs (peak = 500 + 40 MiB a minute), in a journal the owner created,
+    mode 0666."""
     from journal_factory import monitored_run, write
 
     shared.lock_dir.mkdir(mode=0o1777)
@@ -329,9 +330,8 @@ def test_status_says_in_one_line_when_the_lock_dir_is_missing_or_unusable(box: B
     done = box.run("status")
     if kind == "missing":
         assert done.returncode == 0
-        assert (
-            done.stderr
-            == f"gpurouter: {box.lock_dir}: does not exist yet: every slot is free (the first job creates it)\n"
+        assert done.stderr == (
+            f"gpurouter: {box.lock_dir}: does not exist yet: every slot is free (the first job creates it)\n"
         )
     else:
         assert (done.returncode, done.stdout) == (125, "")

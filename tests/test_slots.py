@@ -17,9 +17,9 @@ from gpurouter.job.slots import acquire_slot
 
 
 def test_second_job_fails_with_no_slot_when_the_only_slot_is_held(tmp_path: Path) -> None:
-    with acquire_slot(str(tmp_path), "gpu", 1, wait_s=0):  # flock is per open file: contends in one process
-        with pytest.raises(NoFreeSlot) as caught:
-            acquire_slot(str(tmp_path), "gpu", 1, wait_s=0)
+    # flock is per open file: contends in one process
+    with acquire_slot(str(tmp_path), "gpu", 1, wait_s=0), pytest.raises(NoFreeSlot) as caught:
+        acquire_slot(str(tmp_path), "gpu", 1, wait_s=0)
     assert (caught.value.pool, caught.value.exit_code) == ("gpu", ExitCode.NO_SLOT)
 
 

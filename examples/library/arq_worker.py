@@ -13,6 +13,7 @@ of the CLI (exit 75), expressed in the queue's own terms.
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
 import gpurouter
 
@@ -43,5 +44,5 @@ async def run_experiment(ctx: dict[str, object], model: str, args: list[str]) ->
 
 
 class WorkerSettings:
-    functions = [run_experiment]
+    functions: ClassVar[list[object]] = [run_experiment]  # arq reads its settings off the class
     max_jobs = 16  # queued tasks waiting for GPUs cost a few flock helpers each, no threads

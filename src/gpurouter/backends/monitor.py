@@ -226,12 +226,15 @@ def _supervise(
                 next_sample = time.monotonic() + interval
             timeout = max(0.0, next_sample - time.monotonic()) if decision.route == "gpu" else 3600.0
             info = signal.sigtimedwait(watched, timeout)
-            if info is not None and info.si_signo != signal.SIGCHLD:
-                if info.si_code != _SI_KERNEL:  # a terminal's Ctrl-C already reached the job
-                    try:
-                        os.kill(pid, info.si_signo)
-                    except ProcessLookupError:
-                        pass
+            if (
+                info is not None
+                and info.si_signo != signal.SIGCHLD
+                and info.si_code != _SI_KERNEL  # a terminal's Ctrl-C already reached the job
+            ):
+                try:
+                    os.kill(pid, info.si_signo)
+                except ProcessLookupError:
+                    pass
             done_pid, status = os.waitpid(pid, os.WNOHANG)
             if done_pid == pid:
                 wait_status = status
@@ -281,7 +284,8 @@ class _Relay:
         self._thread: threading.Thread | None = None
 
     def file_actions(self) -> list[tuple[int, int, int]]:
-        """posix_spawn actions: the job's streams are the pipes' write ends (every other end is close-on-exec)."""
+        """posix_spawn actions: the job's streams are the pipes' write ends (every other end is
+        close-on-exec)."""
         return [(os.POSIX_SPAWN_DUP2, write_end, target) for write_end, target in self._writes]
 
     def start(self) -> None:

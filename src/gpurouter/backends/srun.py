@@ -23,7 +23,8 @@ PROLOG = """#!/bin/sh
 trap '' PIPE
 [ -e /dev/fd/9 ] && [ "${SLURM_SCRIPT_CONTEXT:-}" = prolog_srun ] || exit 0
 srun=$PPID
-if ! printf '%s %s %s\n' "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" 2>/dev/null >&9; then
+if ! printf '%s %s %s\n' "${SLURM_JOB_ID:-?}" "${SLURM_STEP_ID:-?}" "${SLURM_NODELIST:-?}" \\
+        2>/dev/null >&9; then
     kill -KILL "$srun" 2>/dev/null  # gpurouter died before the job started: srun's helper cancels it
     exit 0
 fi

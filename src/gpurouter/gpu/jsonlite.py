@@ -8,7 +8,7 @@ import math
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, ClassVar
 
 
 class _Context:
@@ -17,7 +17,7 @@ class _Context:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict[str, str] = {}
+    memo: ClassVar[dict[str, str]] = {}
 
     @staticmethod
     def parse_constant(name: str) -> float:

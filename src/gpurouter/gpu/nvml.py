@@ -15,8 +15,9 @@ or broken driver, a lost GPU or an unreadable field. It returns `gpus == []` (th
 route) or the devices it could read, with one line in `message` saying what was missing.
 Every snapshot field but `index` may be `None`, meaning unknown (gpustat's `safenvml`).
 
-Set `GPUROUTER_NVML_FILE` to a JSON device file (the format is in docs/gpus.md, "The device file: GPUROUTER_NVML_FILE") to replace NVML, e.g. in
-tests or rehearsals; it is read afresh at every query.
+Set `GPUROUTER_NVML_FILE` to a JSON device file (the format is in docs/gpus.md, "The device
+file: GPUROUTER_NVML_FILE") to replace NVML, e.g. in tests or rehearsals; it is read afresh at
+every query.
 """
 
 from __future__ import annotations

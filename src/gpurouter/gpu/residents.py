@@ -161,7 +161,8 @@ def _evictable(resident: Resident, profile: str) -> bool:
 def _plan(
     candidates: list[tuple[Resident, int, float]], room: int, need: int
 ) -> list[tuple[Resident, int, float]] | None:
-    """The fewest (resident, MiB, last use) whose unloading makes `room` reach `need`, least recently used first."""
+    """The fewest (resident, MiB, last use) whose unloading makes `room` reach `need`, least
+    recently used first."""
     import itertools
 
     for size in range(1, len(candidates) + 1):
@@ -282,7 +283,8 @@ def make_room(
             for victim, mib, _ in plan:
                 problem = run_action(victim.unload or {}, victim.timeout_s)
                 if problem is not None:
-                    # Journal it and send it to the back of the line, so the next job does not wait on it first.
+                    # Journal it and send it to the back of the line, so the next job does not wait
+                    # on it first.
                     state[victim.name]["last_used"] = time.time()
                     journal.append_record(
                         settings.journal,

@@ -63,13 +63,15 @@ def internal_error(error: BaseException) -> int:
 
         traceback.print_exc()
     say(
-        f"internal error: {type(error).__name__}: {error} (GPUROUTER_DEBUG=1 shows the traceback; please report it)"
+        f"internal error: {type(error).__name__}: {error} "
+        "(GPUROUTER_DEBUG=1 shows the traceback; please report it)"
     )
     return ExitCode.WRAPPER_FAILED
 
 
 def say(message: str) -> None:
-    """One `gpurouter: ...` line on stderr; a closed or broken stderr loses the line, never the job (issue 12)."""
+    """One `gpurouter: ...` line on stderr; a closed or broken stderr loses the line, never the
+    job (issue 12)."""
     stream = sys.stderr  # None when Python started with fd 2 closed
     if stream is None:
         return

@@ -159,7 +159,7 @@ def _open(path: str) -> tuple[BinaryIO, BinaryIO] | None:
         fd = fsutil.open_regular_for_reading(path)  # never follows a symlink planted in a shared dir
     except OSError:
         return None
-    raw = open(fd, "rb", buffering=1 << 20)
+    raw = open(fd, "rb", buffering=1 << 20)  # noqa: SIM115  # returned open: the caller closes it
     if path.endswith(".gz"):
         import gzip
 

@@ -197,9 +197,14 @@ def _run_ffprobe(path: str, probe: str, settings: Settings) -> tuple[float | Non
             cover_art = stream.get("disposition:attached_pic") == "1"  # cover art is not a video stream
             width, height = stream.get("width", ""), stream.get("height", "")
             numeric = (width + height).isascii() and width.isdigit() and height.isdigit()
-            if stream.get("codec_type") == "video" and not cover_art and numeric:
-                if int(width) and int(height):
-                    return float(int(width) * int(height)), None, True
+            if (
+                stream.get("codec_type") == "video"
+                and not cover_art
+                and numeric
+                and int(width)
+                and int(height)
+            ):
+                return float(int(width) * int(height)), None, True
         return None, f"{path!r} has no video stream", True
     durations = [fields.get("duration") for name, fields in sections if name == "format"]
     durations += [stream.get("duration") for stream in streams]
@@ -285,7 +290,8 @@ def _run_bounded(argv: list[str], timeout_s: float, what: str) -> tuple[str | No
             err_read, err_write = _pipe(opened)
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             opened.append(devnull)
-            # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's hung ffprobe).
+            # Its own process group (setpgroup=0): on a timeout its children go too (a wrapper's
+            # hung ffprobe).
             pid = os.posix_spawn(
                 *_dying_with_us(argv),
                 dict(os.environ),

@@ -93,7 +93,8 @@ def recall(lock_dir: str, name: str) -> tuple[float | None, str] | None:
 
 
 def remember_oom(lock_dir: str, path: str, note: str) -> None:
-    """Mark the input at `path` (by identity: a rewritten file is a new input) as one that ran out of GPU memory."""
+    """Mark the input at `path` (by identity: a rewritten file is a new input) as one that ran out
+    of GPU memory."""
     try:
         info = os.stat(path)
     except OSError:

@@ -121,7 +121,8 @@ def _check_action(action: object, where: str, source: str) -> None:
             raise ConfigError(
                 source,
                 where,
-                f'http must be "METHOD URL" like "POST http://127.0.0.1:11434/api/generate", got {action["http"]!r}',
+                'http must be "METHOD URL" like "POST http://127.0.0.1:11434/api/generate", '
+                f"got {action['http']!r}",
             )
         if "body" in action and not isinstance(action["body"], str):
             raise ConfigError(source, f"{where}.body", "must be a string (JSON text)")

@@ -33,7 +33,10 @@ def advise(
         gpu_attempts = row["gpu"] + row["busy_gpu"]
         cpu_attempts = row["cpu"] + row["busy_cpu"]
         if row["busy_gpu"] >= ADVISE_MIN_COUNT and row["busy_gpu"] / gpu_attempts > ADVISE_REFUSAL_RATE:
-            share = f"{row['busy_gpu']} refusals on the GPU pool ({row['busy_gpu'] / gpu_attempts:.0%} of GPU attempts)"
+            share = (
+                f"{row['busy_gpu']} refusals on the GPU pool "
+                f"({row['busy_gpu'] / gpu_attempts:.0%} of GPU attempts)"
+            )
             if rules.wait_s == 0:
                 advice.append(
                     f'{name}: {share} under wait = "fail": a runner that retries at once (GNU parallel, '

@@ -167,6 +167,16 @@ def html(summary: Mapping[str, Any], made: Sequence[Chart], since: str | None, g
     advice = "".join(f"<li>{_esc(line)}</li>" for line in summary["advice"])
     figures = "\n".join(f'<figure id="{chart.key}">{svg(chart)}</figure>' for chart in made)
     files = ", ".join(_esc(path) for path in summary.get("files") or []) or "none"
+    span = f"{_esc(summary['first'] or '-')} .. {_esc(summary['last'] or '-')}"
+    stamp = _esc(time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(generated)))
+    meta = (
+        f"journal: {files}<br>records: {summary['records']} ({span}), "
+        f"since: {_esc(since or 'start')}; generated {stamp}"
+    )
+    head = (
+        "<tr><th>profile</th><th>GPU</th><th>CPU</th><th>busy</th><th>busy %</th><th>wait p50</th>"
+        "<th>wait p95</th><th>escaped</th><th>OOM</th><th>peak VRAM</th></tr>"
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -178,10 +188,10 @@ def html(summary: Mapping[str, Any], made: Sequence[Chart], since: str | None, g
 </head>
 <body>
 <h1>gpurouter report</h1>
-<p class="meta">journal: {files}<br>records: {summary["records"]} ({_esc(summary["first"] or "-")} .. {_esc(summary["last"] or "-")}), since: {_esc(since or "start")}; generated {_esc(time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(generated)))}</p>
+<p class="meta">{meta}</p>
 <h2>Jobs by profile</h2>
 <table>
-<tr><th>profile</th><th>GPU</th><th>CPU</th><th>busy</th><th>busy %</th><th>wait p50</th><th>wait p95</th><th>escaped</th><th>OOM</th><th>peak VRAM</th></tr>
+{head}
 {"".join(rows) or '<tr><td colspan="10">no jobs</td></tr>'}
 </table>
 {f'<h2>Advice</h2><ul class="advice">{advice}</ul>' if advice else ""}

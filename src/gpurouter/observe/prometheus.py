@@ -206,5 +206,6 @@ def write_textfile(
 
 
 def replace_atomically(path: str, text: str) -> None:
-    """Write `text` beside `path` and rename it over `path` (mode 0644: node_exporter often runs as another user)."""
+    """Write `text` beside `path` and rename it over `path` (mode 0644: node_exporter often runs as
+    another user)."""
     fsutil.write_replacing(path, text.encode("utf-8"), 0o644)

@@ -333,14 +333,16 @@ def tune_text(result: dict[str, Any]) -> str:
         + (f" ({result['skipped']} failed or without a peak, left out)" if result["skipped"] else ""),
         f"fit:        peak VRAM = {fit['intercept']:.0f} MiB + {per['mib']:.1f} MiB per {per['unit']}"
         f"   (R² {fit['r2']:.3f})",
-        f"residual:   the fit under-estimated a run by at most {fit['max_residual_mib']:.0f} MiB (kept as margin)",
-        f"largest:    the largest run that fit was {shown(fit['max_metric'])}, peak {fit['max_metric_peak_mib']:.0f} MiB"
-        f" (smallest {shown(fit['min_metric'])})",
+        f"residual:   the fit under-estimated a run by at most {fit['max_residual_mib']:.0f} MiB"
+        " (kept as margin)",
+        f"largest:    the largest run that fit was {shown(fit['max_metric'])}, "
+        f"peak {fit['max_metric_peak_mib']:.0f} MiB (smallest {shown(fit['min_metric'])})",
         f"budget:     {result['budget_mib']:.0f} MiB per job = {result['budget_why']}",
     ]
     if result["ooms"]:
         lines.append(
-            f"oom:        {len(result['ooms'])} GPU run(s) ran out of memory, the smallest at {shown(result['ooms'][0])}"
+            f"oom:        {len(result['ooms'])} GPU run(s) ran out of memory, "
+            f"the smallest at {shown(result['ooms'][0])}"
         )
     current = result["current_text"] or "none"
     if result["threshold_text"] is None:

@@ -71,7 +71,7 @@ def slurm_jobs(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         values = line.split(_SEPARATOR)
         if len(values) != len(SQUEUE_FIELDS):
             continue
-        job: dict[str, Any] = dict(zip((name for name, _ in SQUEUE_FIELDS), values))
+        job: dict[str, Any] = dict(zip((name for name, _ in SQUEUE_FIELDS), values, strict=True))
         if not job["name"].startswith(JOB_NAME_PREFIX):
             continue
         job["profile"] = job["name"][len(JOB_NAME_PREFIX) :]
