@@ -91,7 +91,10 @@ def target_layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "gpurouter" or len(parts) < 2:
         return None
-    return parts[1] if parts[1] in LAYERS else "errors" if parts[1] == "errors" else "surface"
+    if parts[1] in LAYERS:
+        return parts[1]
+    # errors and the version (the package root, loaded before any of its modules) are the base of all
+    return "errors" if parts[1] in ("errors", "__version__") else "surface"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=rel)
@@ -204,6 +207,11 @@ def test_run_loads_no_heavy_module(tmp_path: Path) -> None:
     loaded = _modules_loaded_by(["gpurouter", "run", "--route", "cpu", "--", "/bin/true"], tmp_path)
     assert "gpurouter.job.runner" in loaded
     assert sorted(set(HEAVY) & loaded) == []
+    # The validated config is memoised: a job whose config did not change loads no validation code.
+    assert (
+        sorted(m for m in loaded if m.startswith(("gpurouter.job.validate", "gpurouter.job.config_values")))
+        == []
+    )
     assert (
         sorted(
             m for m in loaded if m.startswith(("gpurouter.gpu.", "gpurouter.observe.", "gpurouter.backends."))

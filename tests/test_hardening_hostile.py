@@ -367,9 +367,12 @@ def test_names_planted_by_user_b_neither_hang_nor_write_for_user_a(
 
 
 def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedBox) -> None:
-    """The parsed config is memoised per user; B can compute the identity of the (readable)
+    """The validated config is memoised per user; B can compute the identity of the (readable)
     config file and plant a memo in a cache dir A has not made yet. A must not use it."""
     import marshal
+
+    from gpurouter.job import config
+    from gpurouter.job.records import to_plain
 
     a, b = shared.users.a, shared.users.b
     info = shared.config.stat()
@@ -380,12 +383,14 @@ def test_a_config_memo_forged_by_user_b_is_not_trusted_by_user_a(shared: SharedB
         info.st_size,
         info.st_mtime_ns,
         info.st_ctime_ns,
+        *config._code_identity(),  # the memo's key (its own business: ask it)
     )
-    forged = {
+    forged_document = {
         "lock_dir": str(shared.lock_dir),
         "journal": str(shared.journal),
         "profiles": {"transcribe": {"gpu": {"args": ["--forged-by-b"]}}},
     }
+    forged = to_plain(config.validate(forged_document, str(shared.config), str(shared.config)))
     memo_dir = Path(shared.env(a)["XDG_CACHE_HOME"]) / "gpurouter"
     memo_dir.mkdir(parents=True)
     from gpurouter.job import memo

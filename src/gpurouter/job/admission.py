@@ -11,7 +11,7 @@ import os
 import sys
 
 from gpurouter.errors import GpurouterError, NoFreeSlot, ProbeRefused
-from gpurouter.job import guard, journal, priority, route, slots
+from gpurouter.job import guard, journal, route, slots
 from gpurouter.job.decision import HELD_VAR, ROUTED_VAR, held_pools, routed_value
 from gpurouter.job.units import format_wait
 
@@ -369,6 +369,8 @@ def _take_slot(
     escape_after = rules.max_wait_s if decision.route == "cpu" else None
     wait_s = limit if escape_after is None else min(limit, escape_after)
     inherited: list[int] = []
+    if rules.priority is not None:
+        from gpurouter.job import priority  # deferred: only realtime/batch profiles use the gates
     try:
         if rules.priority == "realtime":
             held, inherited = priority.take_as_realtime(

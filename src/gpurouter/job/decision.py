@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from gpurouter.errors import UsageError
-from gpurouter.job import guard, probe, route
+from gpurouter.job import guard, route
 from gpurouter.job.records import Record
 from gpurouter.job.settings import ROUTES
 from gpurouter.job.units import format_wait
@@ -191,11 +191,17 @@ def decide(
         return _pass_through(profile, argv, executable, parent_route or "gpu")
     input_at = None
     if profile.no_input == "pass" or profile.gpu.input_args or profile.cpu.input_args:
+        from gpurouter.job.probe import locate_input
+
         # The same selection the probe makes (probe.locate_input), so the options land where it looked.
-        located, input_at, _ = probe.locate_input(argv[1:], profile.input)
+        located, input_at, _ = locate_input(argv[1:], profile.input)
         if located is None and profile.no_input == "pass":
             return _no_input(profile, argv, executable)
-    result = None if forced[0] else probe.probe_job(profile, argv[1:], settings)
+    result = None
+    if not forced[0] and profile.probe is not None:
+        from gpurouter.job.probe import probe_job  # deferred: a forced route or a probe-less profile skips it
+
+        result = probe_job(profile, argv[1:], settings)
     if profile.threshold_text == "auto" and result is not None and result.metric is not None:
         from gpurouter.gpu import fit  # deferred: only threshold = "auto" reads the fit and the GPUs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, ClassVar, Self, dataclass_transform
 else:
 
@@ -50,3 +51,45 @@ class Record:
         fields = self.as_dict()
         fields.update(changes)
         return type(self)(**fields)
+
+
+def to_plain(value: object) -> object:
+    """A tree of records as data `marshal` can store: a record becomes (b"record", its class name, its
+    fields in order). Bytes never come out of TOML, so no configured value can pass for a record."""
+    if isinstance(value, Record):
+        return (
+            b"record",
+            type(value).__name__,
+            tuple(to_plain(getattr(value, name)) for name in value.__slots__),
+        )
+    if isinstance(value, tuple):
+        return tuple(to_plain(item) for item in value)
+    if isinstance(value, list):
+        return [to_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    return value
+
+
+def from_plain(value: object, classes: Mapping[str, type[Record]]) -> Any:
+    """The tree `to_plain` made, with its records rebuilt from `classes` (by name).
+
+    Raises:
+        ValueError: a record of an unknown class or with another number of fields (a memo written by
+            another version of gpurouter): the caller computes the value afresh.
+    """
+    if isinstance(value, tuple):
+        if len(value) == 3 and value[0] == b"record":
+            cls = classes.get(value[1]) if isinstance(value[1], str) else None
+            fields = value[2]
+            if cls is None or not isinstance(fields, tuple) or len(fields) != len(cls.__slots__):
+                raise ValueError(f"not a record of this version: {value[1]!r}")
+            return cls(
+                **{name: from_plain(item, classes) for name, item in zip(cls.__slots__, fields, strict=True)}
+            )
+        return tuple(from_plain(item, classes) for item in value)
+    if isinstance(value, list):
+        return [from_plain(item, classes) for item in value]
+    if isinstance(value, dict):
+        return {key: from_plain(item, classes) for key, item in value.items()}
+    return value
