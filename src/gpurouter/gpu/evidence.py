@@ -223,36 +223,10 @@ def _bytes(value: object) -> int:
 
 def fetch(action: Mapping[str, Any], timeout_s: float) -> str:
     """The body of a status action's answer, or '!' and why it failed."""
-    if "command" in action:
-        import subprocess
+    from gpurouter.gpu.actions import perform
 
-        try:
-            done = subprocess.run(
-                list(action["command"]),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except (subprocess.TimeoutExpired, OSError) as error:
-            return f"!status command failed: {error}"
-        if done.returncode != 0:
-            return f"!status command exited {done.returncode}"
-        return done.stdout[: 1 << 20].decode("utf-8", "replace")
-    import urllib.error
-    import urllib.request
-
-    method, _, url = str(action["http"]).partition(" ")
-    request = urllib.request.Request(
-        url.strip(), method=method.upper() or "GET", headers=dict(action.get("headers", {}))
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return bytes(response.read(1 << 20)).decode("utf-8", "replace")
-    except urllib.error.HTTPError as error:
-        return f"!status: HTTP {error.code} from {url.strip()}"
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        return f"!status: {url.strip()} unreachable: {getattr(error, 'reason', None) or error}"
+    problem, body = perform(action, timeout_s, keep_bytes=1 << 20)
+    return f"!status: {problem}" if problem is not None else body.decode("utf-8", "replace")
 
 
 def observe(

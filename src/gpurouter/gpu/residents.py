@@ -117,41 +117,9 @@ class _Locked:
 
 def run_action(action: Mapping[str, Any], timeout_s: float) -> str | None:
     """Do an unload/load action; None on success, else why it failed."""
-    if "command" in action:
-        import subprocess
+    from gpurouter.gpu.actions import perform
 
-        try:
-            done = subprocess.run(
-                list(action["command"]),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return f"command timed out after {timeout_s:g}s"
-        except OSError as error:
-            return f"command could not run: {error.strerror}"
-        return None if done.returncode == 0 else f"command exited {done.returncode}"
-    import urllib.error
-    import urllib.request
-
-    method, _, url = str(action["http"]).partition(" ")
-    body = action.get("body")
-    request = urllib.request.Request(
-        url.strip(),
-        method=method.upper(),
-        data=body.encode() if body else None,
-        headers={"Content-Type": "application/json", **action.get("headers", {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            response.read(1 << 16)
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code} from {url.strip()}"
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        return f"{url.strip()} unreachable: {getattr(error, 'reason', None) or error}"
-    return None
+    return perform(action, timeout_s)[0]
 
 
 def _evictable(resident: Resident, profile: str) -> bool:
