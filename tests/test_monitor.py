@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -131,3 +133,40 @@ def test_a_gpu_oom_runs_again_on_the_cpu_route_and_the_journal_links_the_runs(bo
 def test_without_monitor_the_exec_path_is_unchanged(box: Box) -> None:
     job = box.start("run", "--", "sh", "-c", "echo $$; exec sleep 5")
     assert job.stdout is not None and int(job.stdout.readline()) == job.pid
+
+
+def test_the_end_record_says_what_the_devices_other_users_held_beside_the_job(box: Box) -> None:
+    # issue 15: tune and threshold = "auto" subtract it. On the card: this job (3000 MiB), another
+    # gpurouter job in the other slot (2000 MiB: ours, not "others"), a resident service that is
+    # no gpurouter job (4600 MiB) and 300 MiB that no process accounts for (the driver).
+    box.write_config(MONITORED + "[profiles.sh.gpu]\nslots = 2\n")
+    devices = box.root / "gpus.json"
+    device_file(devices)
+    env = {"GPUROUTER_NVML_FILE": str(devices), "GPUROUTER_ROUTE": "gpu"}
+    neighbour = box.start("run", "--", "sh", "-c", f"echo $$ > {box.root}/neighbour; exec sleep 30", env=env)
+    resident = subprocess.Popen(["sleep", "30"])
+    try:
+        assert wait_for(lambda: (box.root / "neighbour").exists() and (box.root / "neighbour").read_text())
+        script = f"echo $$ > {box.root}/job; while [ ! -e {box.root}/listed ]; do sleep 0.05; done; sleep 0.5"
+        job = box.start("run", "--", "sh", "-c", script, env=env)
+        assert wait_for(lambda: (box.root / "job").exists() and (box.root / "job").read_text())
+        listed = [
+            (int((box.root / "job").read_text()), 3000),
+            (int((box.root / "neighbour").read_text()), 2000),
+            (resident.pid, 4600),
+        ]
+        document = json.loads(devices.read_text())
+        document["devices"][0]["processes"] = [{"pid": pid, "used_mib": mib} for pid, mib in listed]
+        document["devices"][0]["memory_used_mib"] = 3000 + 2000 + 4600 + 300
+        devices.write_text(json.dumps(document))
+        (box.root / "listed").touch()
+        assert job.wait(timeout=20) == 0
+    finally:
+        resident.kill()
+        resident.wait()
+        if (box.root / "neighbour").exists():
+            os.kill(int((box.root / "neighbour").read_text()), signal.SIGKILL)
+        neighbour.wait(timeout=10)
+    job_pid = int((box.root / "job").read_text())
+    end = next(r for r in box.records() if r["event"] == "end" and r["job_pid"] == job_pid)
+    assert (end["peak_vram_mib"], end["others_vram_mib"]) == (3000, 4900)

@@ -119,6 +119,35 @@ def test_tune_proposes_the_threshold_under_which_a_job_fits_device_total_less_cu
     assert data["fit"]["slope"] == pytest.approx(40 / 60)
 
 
+def test_the_budget_leaves_out_what_the_gpus_other_users_held_beside_the_runs(box: Path) -> None:
+    # issue 15: a 4.5 GiB resident and a trainer's 6 GiB were on the card beside some runs. The
+    # budget was (16376 - 256) / 2 = 8060 MiB and proposed 189 minutes where ~54 is the edge.
+    journal = box / "locks" / "journal.jsonl"
+    busy = [
+        r
+        for n, (minutes, others) in enumerate(((20, 4608), (33, 10752), (41, 4608)))
+        for r in monitored_run(
+            "whisper",
+            minutes,
+            500 + 40 * minutes,
+            T0 + 20000 + n * 1000,
+            run_id=f"b{n}",
+            others_vram_mib=others,
+        )
+    ]
+    write(journal, _curve([5, 12, 58, 75]) + busy)
+    code, output = _tune(box)
+    assert code == 0, output
+    # (16376 - 256 - 10752) / 2 = 2684 MiB per job; 500 + 40 m <= 2684  ->  m <= 54.6 minutes
+    assert (
+        "budget:     2684 MiB per job = (GPU 0 RTX A4000 16376 MiB - cushion 256 - 10752 held by other "
+        "users, the most seen beside 3 monitored run(s)) / 2 slot(s)"
+    ) in output
+    assert "threshold:  54m" in output
+    data = json.loads(_tune(box, "--json")[1])
+    assert (data["others_mib"], data["threshold_text"]) == (10752, "54m")
+
+
 def test_a_configured_vram_mib_is_the_budget(box: Path) -> None:
     text = (box / "config.toml").read_text().replace("slots = 2\n", "slots = 2\nvram_mib = 6000\n")
     (box / "config.toml").write_text(text)

@@ -62,18 +62,29 @@ class Stats:
 
 
 class Sampler:
-    """NVML samples for one job: per-device stats and the job's own peak VRAM."""
+    """NVML samples for one job: per-device stats, the job's own peak VRAM, and the most that
+    the device's other users held beside it.
+
+    `others_vram_mib` (issue 15, "an honest budget") is, on the devices where the job's processes
+    were seen, the device's used memory less what gpurouter's jobs (the processes of every slot
+    holder in the lock dir, this job's included) used, at its largest over the samples: residents,
+    trainers, other users' work and the driver's own share. `tune` and `threshold = "auto"`
+    subtract it from the memory a job may plan for. Unknown (None) where the job's processes are
+    not seen (a PID namespace, a job that never touched the GPU).
+    """
 
     FIELDS = ("utilization_percent", "memory_used_mib", "temperature_c", "power_w")
 
-    def __init__(self, environ: Mapping[str, str] | None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None, lock_dir: str | None = None) -> None:
         self.environ = environ
+        self.lock_dir = lock_dir
         self.devices: dict[str, dict[str, Stats]] = {}
         self.peak_vram_mib: int | None = None
+        self.others_vram_mib: int | None = None
         self.samples = 0
 
     def sample(self, job_pid: int) -> None:
-        from gpurouter.job.kernel import descends_from
+        from gpurouter.job import kernel
 
         query = nvml.query_gpus(self.environ, full=True)  # per-device temperature and power stats
         if not query.gpus:
@@ -81,20 +92,35 @@ class Sampler:
         self.samples += 1
         used_by_job = 0
         known = False
+        seen_on = []
         for gpu in query.gpus:
             stats = self.devices.setdefault(str(gpu.index), {name: Stats() for name in self.FIELDS})
             for name in self.FIELDS:
                 stats[name].add(getattr(gpu, name))
-            for process in gpu.processes or ():
-                if process.used_mib is not None and descends_from(process.pid, job_pid):
-                    used_by_job += process.used_mib
-                    known = True
+            mine = [
+                p.used_mib
+                for p in gpu.processes or ()
+                if p.used_mib is not None and kernel.descends_from(p.pid, job_pid)
+            ]
+            if mine:
+                used_by_job += sum(mine)
+                known = True
+                seen_on.append(gpu)
         if known:
             self.peak_vram_mib = max(self.peak_vram_mib or 0, used_by_job)
+        if seen_on and self.lock_dir is not None:
+            jobs = kernel.slot_holders(self.lock_dir) | {job_pid}
+            for gpu in seen_on:
+                if gpu.memory_used_mib is None:
+                    continue
+                ours = sum(p.used_mib or 0 for p in gpu.processes or () if kernel.lineage(p.pid) & jobs)
+                others = max(0, gpu.memory_used_mib - ours)
+                self.others_vram_mib = max(self.others_vram_mib or 0, others)
 
     def summary(self) -> dict[str, Any]:
         return {
             "peak_vram_mib": self.peak_vram_mib,
+            "others_vram_mib": self.others_vram_mib,
             "samples": self.samples,
             "devices": {
                 index: {name: s.as_dict() for name, s in stats.items()}
@@ -113,6 +139,10 @@ def run_monitored(
     )
     status, tail = _supervise(settings, held, environ, run_id)
     decision = held.decision
+    if decision.route == "gpu" and decision.rules.threshold_text == "auto":
+        from gpurouter.gpu import fit  # the run's `end` record is new evidence: the next decision reads it
+
+        fit.forget(settings, decision.profile, environ)
     failure = gpu_failure(decision.rules, tail) if decision.route == "gpu" and status != 0 else None
     if failure is not None:
         event, pattern, kind = failure
@@ -215,7 +245,7 @@ def _supervise(
             raise failed from None
         raise
     relay.start()
-    sampler = Sampler(environ)
+    sampler = Sampler(environ, settings.lock_dir)
     interval = decision.rules.monitor_interval_s
     next_sample = time.monotonic()
     wait_status = None

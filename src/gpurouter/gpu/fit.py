@@ -127,6 +127,7 @@ def runs(
 
     Returns:
         {"points": [(metric, peak_mib)], "kind": the metric's kind, "ooms": [metrics], "skipped": n,
+        "others": [others_vram_mib of every monitored GPU run, failed ones too],
         "malformed": lines skipped as malformed, "untrusted": records of other users,
         "out_of_range": records beyond the evidence bounds}
     """
@@ -138,6 +139,7 @@ def runs(
     scanner = journal_reader.Scanner(events=("end", "oom"), profile=profile, since_epoch=cutoff)
     points: list[tuple[float, float]] = []
     ooms: list[float] = []
+    others: list[float] = []
     kind = None
     skipped = untrusted = out_of_range = 0
     reader = os.geteuid()
@@ -163,6 +165,9 @@ def runs(
             out_of_range += 1
             continue
         kind = record.get("kind") if isinstance(record.get("kind"), str) else kind
+        beside = record.get("others_vram_mib")
+        if record["event"] == "end" and _is_number(beside) and 0 <= beside <= EVIDENCE_MAX_PEAK_MIB:
+            others.append(float(beside))  # what the device's other users held, whatever the job's fate
         if record["event"] == "oom":
             ooms.append(float(metric))
             continue
@@ -182,6 +187,7 @@ def runs(
         "points": points,
         "kind": kind,
         "ooms": sorted(ooms),
+        "others": others,
         "skipped": skipped,
         "malformed": scanner.malformed,
         "untrusted": untrusted,
@@ -193,10 +199,35 @@ def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fit(
-    settings: Settings, profile: Profile, environ: Mapping[str, str]
-) -> tuple[float, float, float] | str:
-    """(slope, intercept, max residual) of the profile's runs, or why there is none."""
+def share_mib(total_mib: float, cushion_mib: float, others_mib: float, slots: int) -> float:
+    """What one job may plan for on a device when every slot is busy: what the device's other
+    users (residents, trainers, other users' jobs) leave, less the cushion, split between the slots.
+
+    Why subtract the others (issue 15): a 16 GiB card shared with a 4.5 GiB resident and a trainer
+    that takes 6 GiB now and then has (16376 - 256 - 10752) / 2 = 2684 MiB per job of 2 slots, not
+    8060; a threshold fitted to 8060 sent 155-minute files to an OOM where 60 minutes was the edge.
+    """
+    return (total_mib - cushion_mib - others_mib) / max(1, slots)
+
+
+def round_down(value: float, kind: str | None) -> float:
+    """A threshold people can read: whole minutes (or seconds under 10 min), whole MiB, whole pixels."""
+    if not math.isfinite(value):
+        return value
+    if kind == "duration":
+        step = 60.0 if value >= 600 else 1.0
+    elif kind == "size":
+        step = float(2**20)
+    else:
+        step = 1.0
+    return math.floor(value / step) * step
+
+
+Fitted = tuple[float, float, float, float | None]  # slope, intercept, max residual, others' peak MiB
+
+
+def _fit(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> Fitted | str:
+    """(slope, intercept, max residual, others' peak) of the profile's runs, or why there is none."""
     from gpurouter.job import memo
 
     if not settings.journal:
@@ -205,38 +236,84 @@ def _fit(
         info = os.stat(settings.journal)
     except OSError:
         return "no journal yet"
-    identity = ("autotune", settings.journal, profile.name, info.st_dev, info.st_ino, info.st_size >> 20)
+    identity = (f"{settings.journal}\0{profile.name}", info.st_dev, info.st_ino)
     cached = memo.recall("autotune", identity, environ)
-    if isinstance(cached, (tuple, str)):
-        return cached  # type: ignore[return-value,unused-ignore]
-    points = runs(settings, profile.name)["points"]
-    result: tuple[float, float, float] | str
+    if isinstance(cached, tuple) and len(cached) == 2 and isinstance(cached[0], int):
+        size, value = cached
+        # A fit is read again once the journal has grown by a MiB (~3000 jobs' records); "not
+        # enough runs yet" after 64 KiB (~200 records), so the first runs count soon (issue 15:
+        # threshold_start hands over to the fit) without every job re-reading a long journal.
+        if isinstance(value, tuple) and len(value) == 4 and size >> 20 == info.st_size >> 20:
+            return value  # type: ignore[return-value,unused-ignore]
+        if isinstance(value, str) and 0 <= info.st_size - size < 1 << 16:
+            return value
+    found = runs(settings, profile.name)
+    points = found["points"]
+    result: Fitted | str
     if len(points) < MIN_RUNS:
         result = f'threshold = "auto" needs {MIN_RUNS} monitored GPU runs, the journal has {len(points)}'
     else:
         try:
             model = fit(points)
-            result = (model.slope, model.intercept, model.max_residual_mib)
+            others = max(found["others"]) if found["others"] else None
+            result = (model.slope, model.intercept, model.max_residual_mib, others)
         except ValueError as error:
             result = f"no fit of the monitored runs: {error}"
-    memo.remember("autotune", identity, result, environ)
+    memo.remember("autotune", identity, (info.st_size, result), environ)
     return result
 
 
-def threshold(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> tuple[float | None, str]:
-    """(threshold, why) for this decision; (None, why) sends the job to the profile's fallback."""
-    from gpurouter.gpu import nvml, placement, selection
+def forget(settings: Settings, profile: str, environ: Mapping[str, str] | None) -> None:
+    """A monitored GPU run of `profile` has ended: its record is new evidence for the fit."""
+    from gpurouter.job import memo
 
+    memo.forget("autotune", (f"{settings.journal}\0{profile}",), environ)
+
+
+def threshold(settings: Settings, profile: Profile, environ: Mapping[str, str]) -> tuple[float | None, str]:
+    """(threshold, why) for this decision; (None, why) sends the job to the profile's fallback.
+
+    The budget is the smaller of what is free on the best device now (less the MiB promised to
+    jobs that have just started, and the cushion) and a slot's honest share of it
+    (`share_mib`, or `gpu.vram_mib` when configured): the other slots may fill, and the device's
+    other users come back, while the job runs. Until the fit has `MIN_RUNS` runs, the profile's
+    `threshold_start` (when set) routes, so that the GPU runs the fit learns from happen at all.
+    """
+    from gpurouter.gpu import nvml, placement, selection
+    from gpurouter.job import units
+
+    kind = profile.probe if profile.probe in ("duration", "size", "pixels") else None
     fitted = _fit(settings, profile, environ)
     if isinstance(fitted, str):
+        if profile.threshold_start is not None:
+            start = units.format_metric(profile.threshold_start, kind)
+            return profile.threshold_start, f"threshold_start {start} until the fit has its runs ({fitted})"
         return None, fitted
-    slope, intercept, residual = fitted
+    slope, intercept, residual, others = fitted
     gpus = selection.eligible(nvml.query_gpus(environ).gpus, settings.gpu.devices)
     if not gpus:
         return None, 'threshold = "auto" needs the GPUs\' free VRAM and none is visible'
     promised = placement.read_claims(settings.lock_dir, gpus, profile.gpu.pool)
-    free = max((g.memory_free_mib or 0) - promised.get(g.index, 0) for g in gpus)
-    budget = free - settings.gpu.cushion_mib
+    cushion = settings.gpu.cushion_mib
+    best: tuple[float, str] | None = None
+    for gpu in gpus:
+        free = (gpu.memory_free_mib or 0) - promised.get(gpu.index, 0)
+        budget, why = float(free - cushion), f"{free} MiB free on GPU {gpu.index}"
+        if isinstance(profile.gpu.vram_mib, int):
+            share, share_why = float(profile.gpu.vram_mib), f"vram_mib {profile.gpu.vram_mib}"
+        elif gpu.memory_total_mib:
+            share = share_mib(gpu.memory_total_mib, cushion, others or 0, profile.gpu.slots)
+            share_why = f"a slot's share {share:.0f} MiB" + (
+                f" beside up to {others:.0f} MiB of other users" if others else ""
+            )
+        else:
+            share, share_why = math.inf, ""
+        if share < budget:
+            budget, why = share, f"{why}, {share_why}"
+        if best is None or budget > best[0]:
+            best = (budget, why)
+    assert best is not None
+    budget, why = best
     model = Fit(
         n=0,
         slope=slope,
@@ -247,4 +324,5 @@ def threshold(settings: Settings, profile: Profile, environ: Mapping[str, str]) 
         max_metric_peak_mib=0.0,
         min_metric=0.0,
     )  # only the line and the margin matter here
-    return threshold_for(model, budget), f"auto from the fit and {free} MiB free"
+    found = round_down(threshold_for(model, budget), kind)
+    return found, f"auto from the fit and {max(0, budget):.0f} MiB for this job: {why}"

@@ -202,12 +202,14 @@ def decide(
         from gpurouter.job.probe import probe_job  # deferred: a forced route or a probe-less profile skips it
 
         result = probe_job(profile, argv[1:], settings)
+    auto_why = None
     if profile.threshold_text == "auto" and result is not None and result.metric is not None:
         from gpurouter.gpu import fit  # deferred: only threshold = "auto" reads the fit and the GPUs
 
-        threshold, why = fit.threshold(settings, profile, env_in)
+        threshold, auto_why = fit.threshold(settings, profile, env_in)
         if threshold is None:
-            result = result.replace(metric=None, problem=why)  # no evidence yet: the profile's fallback
+            result = result.replace(metric=None, problem=auto_why)  # no evidence yet: the profile's fallback
+            auto_why = None
         else:
             profile = profile.replace(threshold=threshold)
     minute = None
@@ -217,6 +219,8 @@ def decide(
         now = time.localtime()
         minute = now.tm_hour * 60 + now.tm_min
     chosen = route.choose_route(profile, result, *forced, minute_of_day=minute)
+    if auto_why is not None and not forced[0]:
+        chosen = chosen.replace(reason=f"{chosen.reason} ({auto_why})")
     if (
         chosen.name == "gpu"
         and chosen.action == route.RUN

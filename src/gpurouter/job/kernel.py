@@ -46,6 +46,37 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
+def lineage(pid: int) -> set[int]:
+    """`pid` and its ancestors (up to 64 generations; an empty set if it is gone)."""
+    found: set[int] = set()
+    while pid > 1 and len(found) < 64:
+        found.add(pid)
+        next_pid = parent_pid(pid)
+        if next_pid is None:
+            break
+        pid = next_pid
+    return found
+
+
+def slot_holders(lock_dir: str) -> set[int]:
+    """The pids holding a slot of any pool in `lock_dir` (slot files are named POOL.INDEX): the
+    gpurouter jobs running now, or their monitoring parents."""
+    keys = set()
+    try:
+        with os.scandir(lock_dir) as entries:
+            for entry in entries:
+                pool, dot, index = entry.name.rpartition(".")
+                if dot and pool and index.isdigit() and entry.is_file(follow_symlinks=False):
+                    keys.add(file_key(entry.stat(follow_symlinks=False)))
+    except OSError:
+        return set()
+    holders: set[int] = set()
+    for key, lockers in kernel_flocks().items():
+        if key in keys:
+            holders.update(lockers["held"])
+    return holders
+
+
 def descends_from(pid: int, ancestor: int) -> bool:
     """Is `pid` the process `ancestor` or one of its descendants?"""
     seen = 0

@@ -94,3 +94,13 @@ def remember(kind: str, identity: object, value: object, environ: Mapping[str, s
             os.unlink(temporary)
         except OSError:
             pass
+
+
+def forget(kind: str, identity: object, environ: Mapping[str, str] | None = None) -> None:
+    """Drop what is remembered under `identity`'s file (the evidence behind it changed)."""
+    directory = memo_dir(environ)
+    if directory is not None:
+        try:
+            os.unlink(os.path.join(directory, _memo_name(kind, identity)))
+        except OSError:
+            pass

@@ -48,6 +48,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "probe": None,
     "probe_command": None,
     "threshold": None,
+    "threshold_start": None,  # threshold = "auto": the threshold until the fit has its runs (issue 15)
     "input": "last",
     "fallback": "cpu",
     "wait": "fail",
@@ -255,6 +256,7 @@ class Profile(Record):
         "probe_command",
         "threshold",
         "threshold_text",
+        "threshold_start",
         "input",
         "fallback",
         "wait_s",
@@ -283,6 +285,7 @@ class Profile(Record):
     probe_command: tuple[str, ...] | None
     threshold: float | None
     threshold_text: str | None
+    threshold_start: float | None  # threshold = "auto" routes by this until the fit has its runs
     input: str | int
     fallback: Fallback
     wait_s: float  # 0 = fail fast, math.inf = block, else the bound in seconds

@@ -160,6 +160,19 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
             except ValueError as error:
                 raise ConfigError(source, f"{where}.threshold", str(error)) from None
         threshold_text = str(threshold_text)
+    threshold_start = None
+    start_text = merged["threshold_start"]
+    if start_text is not None:
+        if threshold_text != "auto":
+            raise ConfigError(source, f"{where}.threshold_start", 'is only used with threshold = "auto"')
+        if not isinstance(start_text, (str, int, float)) or isinstance(start_text, bool):
+            raise ConfigError(
+                source, f"{where}.threshold_start", f'must be a threshold like "1h", got {start_text!r}'
+            )
+        try:
+            threshold_start = units.parse_threshold(start_text, probe)
+        except ValueError as error:
+            raise ConfigError(source, f"{where}.threshold_start", str(error)) from None
 
     input_rule = merged["input"]
     if isinstance(input_rule, bool) or not isinstance(input_rule, (str, int)) or input_rule == "":
@@ -231,6 +244,7 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
         probe_command=probe_command,
         threshold=threshold,
         threshold_text=threshold_text,
+        threshold_start=threshold_start,
         input=input_rule,
         fallback=fallback,
         wait_s=wait_s,

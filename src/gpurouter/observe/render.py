@@ -41,6 +41,9 @@ def _profile_data(profile: Profile) -> dict[str, Any]:
         "probe": profile.probe,
         "probe_command": list(profile.probe_command) if profile.probe_command else None,
         "threshold": profile.threshold_text,
+        "threshold_start": None
+        if profile.threshold_start is None
+        else units.format_metric(profile.threshold_start, profile.probe),
         "input": profile.input,
         "fallback": profile.fallback,
         "wait": format_wait(profile.wait_s),

@@ -49,6 +49,7 @@ def gather(
     hours: dict[float, list[int]] = {}
     waits: list[float] = []
     runs: dict[str, list[tuple[float, float]]] = {}
+    others: dict[str, list[float]] = {}  # others_vram_mib of the monitored GPU runs, for the budget
     kinds: dict[str, str] = {}
     ooms: dict[str, list[float]] = {}
     utilization: dict[str, list[tuple[float, float]]] = {}
@@ -111,6 +112,8 @@ def gather(
                 and _number(record.get("peak_vram_mib"))
             ):
                 runs.setdefault(profile, []).append((float(metric), float(record["peak_vram_mib"])))
+            if _number(record.get("others_vram_mib")) and 0 <= record["others_vram_mib"] <= 1 << 20:
+                others.setdefault(profile, []).append(float(record["others_vram_mib"]))
             devices = record.get("devices")
             if isinstance(devices, dict) and epoch is not None:
                 for index, figures in devices.items():
@@ -126,6 +129,7 @@ def gather(
         "hours": hours,
         "waits": waits,
         "runs": runs,
+        "others": others,
         "kinds": kinds,
         "ooms": ooms,
         "utilization": dict(sorted(utilization.items())),
@@ -177,7 +181,7 @@ def charts(
             except ValueError:
                 model = None
         try:
-            budget = tune.budget(settings, name, environ)["mib"]
+            budget = tune.budget(settings, name, environ, others_mib=data["others"].get(name, ()))["mib"]
         except tune.TuneRefused:
             budget = None
         made.append(

@@ -18,12 +18,12 @@ import math
 import os
 
 from gpurouter.errors import GpurouterError
-from gpurouter.gpu.fit import MIN_RUNS, fit, runs, threshold_for
+from gpurouter.gpu.fit import MIN_RUNS, fit, round_down, runs, share_mib, threshold_for
 from gpurouter.job import fsutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, Final
 
     from gpurouter.job.settings import Settings
@@ -43,18 +43,27 @@ def budget(
     profile: str,
     environ: Mapping[str, str] | None = None,
     override_mib: float | None = None,
+    others_mib: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """The VRAM one job of the profile may use: `vram_mib` if configured, else
-    (smallest allowed device's total - cushion) / GPU slots.
+    """The VRAM one job of the profile may use: `vram_mib` if configured, else the smallest
+    allowed device's `fit.share_mib`: (total - cushion - what its other users held) / GPU slots.
+
+    Args:
+        others_mib: what the device's other users (residents, trainers, other users' jobs) held
+            beside each monitored run (`others_vram_mib` of the `end` records); the largest counts.
 
     Raises:
         TuneRefused: no vram_mib, no override and no GPU to read the total from.
     """
     rules = settings.profile(profile)
     if override_mib is not None:
-        return {"mib": float(override_mib), "why": f"--budget-mib {override_mib:g}"}
+        return {"mib": float(override_mib), "why": f"--budget-mib {override_mib:g}", "others_mib": None}
     if isinstance(rules.gpu.vram_mib, int):
-        return {"mib": float(rules.gpu.vram_mib), "why": f"vram_mib = {rules.gpu.vram_mib} (configured)"}
+        return {
+            "mib": float(rules.gpu.vram_mib),
+            "why": f"vram_mib = {rules.gpu.vram_mib} (configured)",
+            "others_mib": None,
+        }
     from gpurouter.gpu import nvml, selection
 
     query = nvml.query_gpus(environ)
@@ -70,10 +79,17 @@ def budget(
         )
     total, gpu = min(totals, key=lambda item: item[0])
     cushion, slots = settings.gpu.cushion_mib, rules.gpu.slots
-    mib = (total - cushion) / slots
+    others = max(others_mib, default=0.0)
+    beside = (
+        f" - {others:.0f} held by other users, the most seen beside {len(others_mib)} monitored run(s)"
+        if others_mib
+        else ""
+    )
+    device = f"GPU {gpu.index} {gpu.name or ''} {total} MiB"
     return {
-        "mib": mib,
-        "why": f"(GPU {gpu.index} {gpu.name or ''} {total} MiB - cushion {cushion}) / {slots} slot(s)",
+        "mib": share_mib(total, cushion, others, slots),
+        "why": f"({device} - cushion {cushion}{beside}) / {slots} slot(s)",
+        "others_mib": others if others_mib else None,
     }
 
 
@@ -107,7 +123,7 @@ def propose(
         model = fit(points)
     except ValueError as error:
         raise TuneRefused(f"{profile}: {error}") from None
-    allowed = budget(settings, profile, environ, budget_mib)
+    allowed = budget(settings, profile, environ, budget_mib, found["others"])
     raw = threshold_for(model, allowed["mib"])
     notes = []
     capped_by_oom = None
@@ -118,7 +134,7 @@ def propose(
         notes.append(
             f"a GPU run of {format_coarse(below[0], kind)} ran out of memory: the threshold stays below it"
         )
-    proposed = _round_down(raw, kind)
+    proposed = round_down(raw, kind)
     if math.isfinite(raw) and raw > model.max_metric:
         notes.append(
             f"extrapolated beyond the largest run seen ({format_coarse(model.max_metric, kind)}): "
@@ -137,6 +153,7 @@ def propose(
         "slope_per_unit": {"unit": unit, "mib": per},
         "budget_mib": allowed["mib"],
         "budget_why": allowed["why"],
+        "others_mib": allowed["others_mib"],
         "threshold": proposed if math.isfinite(proposed) and proposed > 0 else None,
         "threshold_text": _text(proposed, kind) if proposed > 0 else None,
         "every_job_fits": math.isinf(proposed),
@@ -168,19 +185,6 @@ def per_unit(kind: str, slope: float) -> tuple[str, float]:
     """A slope in MiB per metric unit as MiB per readable unit: ("minute", 40.0) for 0.667 per second."""
     unit, scale = _UNITS.get(kind, ("unit", 1.0))
     return unit, slope * scale
-
-
-def _round_down(value: float, kind: str) -> float:
-    """A threshold people can read: whole minutes (or seconds under 10 min), whole MiB, whole pixels."""
-    if not math.isfinite(value):
-        return value
-    if kind == "duration":
-        step = 60.0 if value >= 600 else 1.0
-    elif kind == "size":
-        step = float(2**20)
-    else:
-        step = 1.0
-    return math.floor(value / step) * step
 
 
 def _text(value: float, kind: str) -> str | None:
