@@ -421,6 +421,38 @@ def rows_claims(directory: str, facts: dict, table: Table, notes: list[str]) -> 
     )
 
 
+def rows_evidence(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
+    """(m) what a resident's evidence adds to a decision that considers an eviction."""
+    if not have(directory, "evidence_cost.json"):
+        return
+    m = load(directory, "evidence_cost.json")
+    rows = m["rows"]
+    plain = rows["plain"]["median_ms"]
+    table.add(
+        "(m) an eviction decision's reads with a resident found by its port (sock_diag + the GPU "
+        "processes' fds) vs a plain VRAM decision's reads (device file + claims), in-process median",
+        rows["port owner"]["median_ms"],
+        "plain",
+        plain,
+        ms,
+        "abs",
+        2.0,
+    )
+    for name, what in (
+        ("process", "found by a `process` pattern"),
+        ("status", "from its own `GET /api/ps` (a PID namespace)"),
+        ("port owner, /proc/net/tcp", "found by its port in /proc/net/tcp (no sock_diag)"),
+    ):
+        table.add(
+            f"(m) the same, the resident {what}", rows[name]["median_ms"], "plain", plain, ms, "info", None
+        )
+    notes.append(
+        f"(m) {m['n']} rounds, order rotating; the resident is the ollama stand-in (tests/standins.py) "
+        "on 127.0.0.1 with its model listed in the device file. Read only when a job does not fit and "
+        'on_low_vram = "evict" may make room; a plain job reads none of it'
+    )
+
+
 def rows_monitor(directory: str, facts: dict, table: Table, notes: list[str]) -> None:
     """(h) monitor mode's CPU per job-second against a bare Python sampler."""
     if not have(directory, "monitor.json"):
@@ -529,6 +561,7 @@ def main() -> None:
         rows_waiters,
         rows_gpu,
         rows_claims,
+        rows_evidence,
         rows_monitor,
         rows_library,
         rows_workloads,

@@ -5,7 +5,7 @@
 #   benchmarks/run.sh                            (about 2 minutes on a quiet 2-core box)
 #   benchmarks/run.sh --only policies,gpu        (some groups only)
 #
-# Groups: core (rows a-e), policies (f), gpu (g, l), monitor (h), library (i), workloads (j); default: all.
+# Groups: core (rows a-e), policies (f), gpu (g, l, m), monitor (h), library (i), workloads (j); default: all.
 # Needs (scripts/setup bench installs them, and run.sh calls it when one is missing): the venv at
 # ../.venv with gpurouter installed, hyperfine, GNU parallel (sem),
 # flock(1), ffmpeg and ffprobe, coreutils timeout (core needs them all, the other groups
@@ -410,6 +410,9 @@ if want gpu; then
     step "(l) device-mode decision with a claim held: 0.5 s apart vs back to back (12 + 6 x 6 runs each)"
     run_step timeout -k 5 180 "$PY" "$HERE/claims_spaced.py" --runs 12 --burst 6 --pause-s 0.5 \
         --out "$RESULTS/claims_spaced.json" >/dev/null
+    # ------------------------------------------------------------ (m) a resident's evidence
+    step "(m) a resident's evidence per eviction decision vs a plain VRAM decision's reads (300 rounds)"
+    run_step timeout -k 5 120 "$PY" "$HERE/evidence_cost.py" --n 300 --out "$RESULTS/evidence_cost.json"
 fi
 
 # ---------------------------------------------------------------- (i) library
