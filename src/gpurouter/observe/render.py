@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from gpurouter.job.settings import Guard, Profile, RouteSpec, Settings
     from gpurouter.observe.status import SlotRow
+    from gpurouter.observe.tune import Proposal
 
 
 def _guard_data(guard: Guard) -> dict[str, Any]:
@@ -321,7 +322,7 @@ def _span(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def tune_text(result: dict[str, Any]) -> str:
+def tune_text(result: Proposal) -> str:
     """The fit, the budget and the proposed threshold, with the evidence."""
     kind = result["kind"]
     fit = result["fit"]

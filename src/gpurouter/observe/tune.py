@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, TypedDict  # a tool, not the per-job path: typing is welcome here
 
 from gpurouter.errors import GpurouterError
 from gpurouter.gpu.fit import MIN_RUNS, fit, round_down, runs, share_mib, threshold_for
@@ -24,12 +25,47 @@ from gpurouter.job import fsutil
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Any, Final
+    from typing import Final
 
     from gpurouter.job.settings import Settings
 
 # How each probe's metric reads best in words: (unit name, size of that unit in metric units).
 _UNITS: Final = {"duration": ("minute", 60.0), "size": ("GiB", float(2**30)), "pixels": ("megapixel", 1e6)}
+
+
+class Budget(TypedDict):
+    """The VRAM one job may plan for, and why."""
+
+    mib: float
+    why: str
+    others_mib: float | None  # the most the device's other users held beside the runs (None: not used)
+
+
+class Proposal(TypedDict):
+    """What `tune` proposes, with its evidence: printed by render.tune_text, dumped by --json."""
+
+    profile: str
+    kind: str
+    runs: int
+    skipped: int
+    ooms: list[float]
+    fit: dict[str, Any]
+    slope_per_unit: dict[str, Any]  # {"unit": "minute", "mib": 40.0}
+    budget_mib: float
+    budget_why: str
+    others_mib: float | None
+    threshold: float | None  # None: every job fits, or none does
+    threshold_text: str | None
+    every_job_fits: bool
+    no_job_fits: bool
+    current: float | None
+    current_text: str | None
+    capped_by_oom: float | None
+    points: list[tuple[float, float]]
+    notes: list[str]
+    malformed: int
+    untrusted: int
+    out_of_range: int
 
 
 class TuneRefused(GpurouterError):
@@ -44,7 +80,7 @@ def budget(
     environ: Mapping[str, str] | None = None,
     override_mib: float | None = None,
     others_mib: Sequence[float] = (),
-) -> dict[str, Any]:
+) -> Budget:
     """The VRAM one job of the profile may use: `vram_mib` if configured, else the smallest
     allowed device's `fit.share_mib`: (total - cushion - what its other users held) / GPU slots.
 
@@ -100,7 +136,7 @@ def propose(
     journals: Iterable[str] | None = None,
     environ: Mapping[str, str] | None = None,
     budget_mib: float | None = None,
-) -> dict[str, Any]:
+) -> Proposal:
     """Fit the profile's runs and propose a threshold, with the evidence, as plain data.
 
     Raises:
