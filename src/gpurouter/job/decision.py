@@ -289,28 +289,9 @@ def decide(
 def _no_input(profile: Profile, argv: Sequence[str], executable: str) -> Decision:
     """`no_input = "pass"` and the job has no input argument at all (`ffmpeg -version`): exec it untouched,
     with no probe, no slot and no route args (issue 14)."""
-    return Decision(
-        profile=profile.name,
-        route=profile.cpu.name,
-        reason=f"no input argument ({profile.input}): no_input = pass",
-        metric=None,
-        kind=None,
-        via=None,
-        input=None,
-        executable=executable,
-        argv=list(argv),
-        pool=profile.cpu.pool,
-        slots=0,
-        wait_s=0.0,
-        env={},
-        no_slot_because="no input argument (no_input = pass)",
-        spec=profile.cpu,
-        rules=profile,
-        action=route.NO_INPUT,
-        base_argv=list(argv),
-        need_mib=None,
-        gpu_count=None,
-        input_at=None,
+    reason = f"no input argument ({profile.input}): no_input = pass"
+    return _untouched(
+        profile, argv, executable, profile.cpu, reason, "no input argument (no_input = pass)", route.NO_INPUT
     )
 
 
@@ -320,24 +301,41 @@ def _pass_through(
     """A nested call of a profile its parent gpurouter already routed (e.g. `run -- NAME` where NAME is
     itself an intercepting link): the parent probed, added the route args and holds the slot, so
     this call execs the real binary with the argv untouched."""
+    spec = profile.route(parent_route)
+    reason = f"already routed by a parent gpurouter ({ROUTED_VAR})"
+    return _untouched(
+        profile, argv, executable, spec, reason, "already routed by a parent gpurouter", route.PASS
+    )
+
+
+def _untouched(
+    profile: Profile,
+    argv: Sequence[str],
+    executable: str,
+    spec: RouteSpec,
+    reason: str,
+    no_slot_because: str,
+    action: Action,
+) -> Decision:
+    """A decision that execs the job as it came: no probe, no slot, no route args."""
     return Decision(
         profile=profile.name,
-        route=parent_route,
-        reason=f"already routed by a parent gpurouter ({ROUTED_VAR})",
+        route=spec.name,
+        reason=reason,
         metric=None,
         kind=None,
         via=None,
         input=None,
         executable=executable,
         argv=list(argv),
-        pool=profile.route(parent_route).pool,
-        slots=profile.route(parent_route).slots,
+        pool=spec.pool,
+        slots=0 if action == route.NO_INPUT else spec.slots,
         wait_s=0.0,
         env={},
-        no_slot_because="already routed by a parent gpurouter",
-        spec=profile.route(parent_route),
+        no_slot_because=no_slot_because,
+        spec=spec,
         rules=profile,
-        action=route.PASS,
+        action=action,
         base_argv=list(argv),
         need_mib=None,
         gpu_count=None,
