@@ -22,9 +22,9 @@ The box
   Every run appends one JSON line to the events file (input, route, need, start, end, outcome, the
   device's free memory when the run started).
 * **Runner**: each parallel job is `REPLAY_T0=$(date +%s.%N) runner.sh INPUT`; runner.sh runs
-  `ROUTER INPUT` (`gpurouter run -- fake-whisper INPUT`, or
-  `bash_router.sh INPUT` with `WORKLOAD_BINARY=fake-whisper`) and, on the router's "retry later" exit status, sleeps 0.3 s and runs it
-  again (up to 200 attempts), like a runner configured for it (GitLab `retry: exit_codes`, systemd
+  `ROUTER INPUT` (`gpurouter run -- fake-whisper INPUT`, or `bash_router.sh INPUT` with
+  `WORKLOAD_BINARY=fake-whisper`) and, on the router's "retry later" exit status, sleeps 0.3 s and
+  runs it again (up to 200 attempts), like a runner configured for it (GitLab `retry: exit_codes`, systemd
   `RestartForceExitStatus`). Any other status is final. That status is 75 for gpurouter; the runbook's
   bash router says "exit 1 # Caller should retry later" for a busy slot, so its runner retries on 1
   (which also retries its GPU OOMs: the runner cannot tell them apart).
@@ -89,7 +89,7 @@ import time
 import urllib.request
 import wave
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,26 @@ def client(devices: Path, url: str, every_s: float, log: Path) -> None:
         log.write_text(json.dumps({"reloads": reloads, "skipped_no_room": skipped}))
 
 
+def sampler(devices: Path, log: Path) -> None:
+    """Append `time used pid:MiB ...` to `log` whenever device 0 changes (every 20 ms), for post-mortems."""
+    last = ""
+    with open(log, "a") as stream:
+        while True:
+            try:
+                device = json.loads(devices.read_text())["devices"][0]
+            except (OSError, ValueError):
+                time.sleep(0.02)
+                continue
+            now = f"{device['memory_used_mib']} " + " ".join(
+                f"{p['pid']}:{p['used_mib']}" for p in device["processes"]
+            )
+            if now != last:
+                stream.write(f"{time.time():.3f} {now}\n")
+                stream.flush()
+                last = now
+            time.sleep(0.02)
+
+
 # ---------------------------------------------------------------- the replay
 
 
@@ -413,8 +433,10 @@ class Replay:
         for seconds in sorted(set(durations)):
             target = self.masters / f"{seconds}s.wav"
             subprocess.run(
-                ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono"]
-                + ["-t", str(seconds), "-c:a", "pcm_u8", str(target)],
+                [
+                    *("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono"),
+                    *("-t", str(seconds), "-c:a", "pcm_u8", str(target)),
+                ],
                 check=True,
                 timeout=60,
             )
@@ -532,8 +554,10 @@ done
             "ROUTER_CPU_LOCK": str(work / "locks" / "cpu.lock"),
         }
         standin = self.spawn(
-            [sys.executable, str(STANDINS), "ollama", str(devices), "0", str(OLLAMA_MIB)]
-            + [str(work / "ollama.calls"), str(p.ollama_free_delay_s)],
+            [
+                *(sys.executable, str(STANDINS), "ollama", str(devices), "0", str(OLLAMA_MIB)),
+                *(str(work / "ollama.calls"), str(p.ollama_free_delay_s)),
+            ],
             env,
             stdout=subprocess.PIPE,
         )
@@ -547,15 +571,23 @@ done
         request = urllib.request.Request(url + "/api/generate", data=body, method="POST")
         with urllib.request.urlopen(request, timeout=10) as answer:
             answer.read()
-        self.spawn(me + ["trainer", str(devices), str(p.trainer_on_s), str(p.trainer_off_s),
-                        str(work / "trainer.json")], env)  # fmt: skip
-        self.spawn(me + ["client", str(devices), url, str(p.client_every_s), str(work / "client.json")], env)
+        self.spawn([*me, "trainer", str(devices), str(p.trainer_on_s), str(p.trainer_off_s),
+                    str(work / "trainer.json")], env)  # fmt: skip
+        self.spawn([*me, "client", str(devices), url, str(p.client_every_s), str(work / "client.json")], env)
+        self.spawn([*me, "sampler", str(devices), str(work / "devices.log")], env)
         listing = work / "inputs.txt"
         listing.write_text("".join(f"{path}\n" for path in inputs))
         started = time.monotonic()
         done = self.spawn(
-            ["parallel", "--will-cite", "-j", str(p.parallel_j), "-a", str(listing)]
-            + [f"REPLAY_T0=$(date +%s.%N) exec {runner} {{}}"],
+            [
+                "parallel",
+                "--will-cite",
+                "-j",
+                str(p.parallel_j),
+                "-a",
+                str(listing),
+                f"REPLAY_T0=$(date +%s.%N) exec {runner} {{}}",
+            ],
             env,
             stdout=subprocess.DEVNULL,
             stderr=open(work / "parallel.err", "wb"),  # noqa: SIM115 (closed with the replay dir)
@@ -624,6 +656,7 @@ def replay(params: Params, setups: tuple[str, ...] = SETUPS, keep: bool = False)
     durations = workload(params.jobs, params.seed)
     params.durations = durations
     box = Replay(params, keep=keep)
+    _say(f"working in {box.root}")
     try:
         box.make_media(durations)
         rows = []
@@ -719,6 +752,9 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         _exit_on_signals()
         client(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]), Path(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "sampler":
+        _exit_on_signals()
+        sampler(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         _exit_on_signals()
         sys.exit(main())
