@@ -69,7 +69,9 @@ The columns
 * `GPU / CPU runs`: fake-whisper runs per route (an OOM'd run and its re-run count twice).
 * `retries`: runner attempts beyond the first (busy slots: exit 75, or exit 1 for the bash router).
 * `evictions`: the full set-up's journal `evict` records with `outcome` `evicted` (the other
-  outcomes are listed under the table).
+  outcomes are listed under the table, with the stand-in's loads, the unload requests it received
+  and how many times its model's memory really left the device, from the device-file log that a
+  sampler child writes whenever device 0 changes).
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ def trainer(devices: Path, on_s: float, off_s: float, log: Path) -> None:
 def client(devices: Path, url: str, every_s: float, log: Path) -> None:
     """Reload the resident every `every_s` when it is not loaded and its model fits (see docstring)."""
     pid, reloads, skipped = os.getpid(), 0, 0
+    log.write_text(json.dumps({"pid": pid, "reloads": reloads, "skipped_no_room": skipped}))
     while True:
         time.sleep(every_s)
         with urllib.request.urlopen(url + "/api/ps", timeout=5) as answer:
@@ -268,7 +271,7 @@ def client(devices: Path, url: str, every_s: float, log: Path) -> None:
             continue
         if not grab(devices, pid, OLLAMA_MIB):  # the placeholder: ollama's look at free VRAM
             skipped += 1
-            log.write_text(json.dumps({"reloads": reloads, "skipped_no_room": skipped}))
+            log.write_text(json.dumps({"pid": pid, "reloads": reloads, "skipped_no_room": skipped}))
             continue
         try:
             body = json.dumps({"model": "llama3", "prompt": "hi"}).encode()
@@ -278,7 +281,7 @@ def client(devices: Path, url: str, every_s: float, log: Path) -> None:
             reloads += 1
         finally:
             release(devices, pid)
-        log.write_text(json.dumps({"reloads": reloads, "skipped_no_room": skipped}))
+        log.write_text(json.dumps({"pid": pid, "reloads": reloads, "skipped_no_room": skipped}))
 
 
 def sampler(devices: Path, log: Path) -> None:
@@ -334,6 +337,7 @@ class Row:
     evict_outcomes: dict[str, int]
     trainer: dict[str, int]
     client: dict[str, int]
+    resident: dict[str, int]
     exit_statuses: dict[str, int]
 
 
@@ -619,6 +623,7 @@ done
         statuses = Counter(a[2] for a in attempts)
         journal = [json.loads(line) for line in _lines(work / "locks" / "journal.jsonl")]
         outcomes = Counter(r.get("outcome", "?") for r in journal if r.get("event") == "evict")
+        client = _json_or_empty(work / "client.json")
         return Row(
             setup=setup,
             files_lost=len(lost),
@@ -633,9 +638,30 @@ done
             evictions=outcomes.get("evicted", 0) if setup == "gpurouter full" else None,
             evict_outcomes=dict(outcomes),
             trainer=_json_or_empty(work / "trainer.json"),
-            client=_json_or_empty(work / "client.json"),
+            client=client,
+            resident=_resident_figures(work, client.get("pid")),
             exit_statuses=dict(statuses),
         )
+
+
+def _resident_figures(work: Path, client_pid: int | None) -> dict[str, int]:
+    """The stand-in's loads and unload requests (its call log), and how many times its model's
+    memory really left the device (a runner holding OLLAMA_MIB gone from the device-file log)."""
+    calls = _lines(work / "ollama.calls")
+    freed, holders = 0, set[str]()
+    for line in _lines(work / "devices.log"):
+        now = {
+            entry.split(":")[0]
+            for entry in line.split()[2:]
+            if entry.endswith(f":{OLLAMA_MIB}") and entry.split(":")[0] != str(client_pid)
+        }
+        freed += len(holders - now)
+        holders = now
+    return {
+        "loads": sum('"prompt"' in line for line in calls),
+        "unload_requests": sum('"keep_alive": 0' in line for line in calls),
+        "freed": freed,
+    }
 
 
 def _lines(path: Path) -> list[str]:
@@ -706,6 +732,10 @@ def render(rows: list[Row], params: Params) -> str:
     ]
     for r in rows:
         notes = [f"exit statuses {r.exit_statuses}", f"trainer {r.trainer}", f"client {r.client}"]
+        notes.append(
+            f"ollama {r.resident['loads']} loads, {r.resident['unload_requests']} unload requests, "
+            f"memory freed {r.resident['freed']} times"
+        )
         if r.evict_outcomes:
             notes.insert(0, f"evict outcomes {r.evict_outcomes}")
         out.append(f"- {r.setup}: " + "; ".join(notes))

@@ -81,6 +81,9 @@ def test_the_full_setup_loses_no_file_and_reruns_each_gpu_oom_on_the_cpu(
     assert full["cpu_runs"] >= 2 + full["gpu_ooms"]
     # the resident was seen and evicted at least once when the trainer and two jobs crowded the card
     assert full["evictions"] >= 1 and full["evict_outcomes"].get("failed", 0) == 0
+    # one unload per load: a victim still letting go is never asked again (it was, up to 3 times)
+    assert full["resident"]["unload_requests"] <= full["resident"]["loads"]
+    assert full["evictions"] == full["resident"]["unload_requests"]
 
 
 def test_threshold_only_gpurouter_loses_exactly_the_files_whose_gpu_run_ran_out_of_memory(
