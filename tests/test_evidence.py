@@ -268,6 +268,31 @@ def test_a_job_arriving_during_an_eviction_waits_for_the_memory_being_freed(
     assert outcomes == ["evicted", "in_flight"]
 
 
+def test_a_victim_still_letting_go_when_other_memory_frees_is_not_unloaded_again(
+    box: Box, gpus: Devices, standin: Callable[..., Standin]
+) -> None:
+    from standins import update_devices
+
+    gpus.write(device(0, used=4000))  # someone else's 4000 MiB, gone while ollama is still letting go
+    ollama = standin("ollama", mib=10000, delay_s=2.5)
+    box.write_config(JOB_PROFILE.format(wait="fail") + OLLAMA.format(url=ollama.url))
+    ollama.client_uses_it()
+    first = box.start("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"; exec sleep 5')
+    assert wait_for(lambda: ollama.unloads() == 1)
+
+    def others_leave(devices: list[dict[str, Any]]) -> None:
+        devices[0]["memory_used_mib"] -= 4000
+
+    update_devices(box.root / "devices.json", others_leave)  # room for the first job before ollama frees
+    assert wait_for(lambda: [r["outcome"] for r in evicts(box)] == ["evicted"])
+    assert used(box) == 10000  # ollama's runner still holds its memory
+    second = box.run("run", "--", "sh", "-c", 'echo "gpu:$CUDA_VISIBLE_DEVICES"')
+    assert second.stdout.startswith("gpu:GPU-"), second.stderr
+    assert ollama.unloads() == 1  # not asked again: its unload is still in flight
+    first.kill()
+    assert sorted(r["outcome"] for r in evicts(box)) == ["evicted", "in_flight"]
+
+
 OOM_JOB = """#!/bin/sh
 # a GPU job that runs out of memory on GPU args, and works on CPU args
 for arg; do

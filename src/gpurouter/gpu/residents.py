@@ -289,8 +289,15 @@ def make_room(
     freed_after = _wait_for_free(settings, spec, need, device, deadline, environ)
     with _Locked(settings) as locked:  # freed (or timed out): the memory is NVML's to show now, not in flight
         state = read_state(settings)
+        query = nvml.query_gpus(environ)
+        now = evidence.observe(settings.residents, query, state, evidence.foreign_pids(query))
         for victim, _ in done:
-            state[victim.name].pop("unloading", None)
+            # The wait ends once the job's need is free, which other work ending can bring about
+            # before the victim lets go (the busy-box replay: one unload asked for three times,
+            # three `evicted` records). While the evidence still shows it loaded, its eviction
+            # stays in flight until its deadline: never a victim again, its MiB counted for others.
+            if not now[victim.name].loaded:
+                state[victim.name].pop("unloading", None)
         _write_state(locked.dir_fd, state)
     for victim, mib in done:
         journal.append_record(
