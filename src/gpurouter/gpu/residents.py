@@ -231,9 +231,11 @@ def make_room(
                     plan, device = option, gpu.index
             if plan is None or device is None:
                 sources = ", ".join(
-                    f"{n} {'loaded' if v.loaded else 'unloaded'} {v.mib} MiB ({v.source})"
+                    f"{n} {'loaded' if v.loaded else 'unloaded'} {v.mib} MiB ({v.source}"
+                    + ("; being unloaded" if state.get(n, {}).get("unloading") else "")
+                    + ")"
                     for n, v in seen.items()
-                )
+                )  # "being unloaded": why a loaded resident was no victim (the busy-box replay)
                 journal.append_record(
                     settings.journal,
                     "evict",
