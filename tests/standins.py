@@ -22,6 +22,7 @@ import fcntl
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -200,6 +201,8 @@ def main() -> None:
         Path(sys.argv[5]),
     )
     delay_s = float(sys.argv[6]) if len(sys.argv) > 6 else 0.3
+    # SIGTERM (Standin.stop) must run the `finally` below: the ollama runner outlived the tests
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     service = Service(kind, devices, index, mib, log, delay_s)
     print(service.server_address[1], flush=True)
     try:
