@@ -148,6 +148,17 @@ def test_the_budget_leaves_out_what_the_gpus_other_users_held_beside_the_runs(bo
     assert (data["others_mib"], data["threshold_text"]) == (10752, "54m")
 
 
+@pytest.mark.parametrize("others", [-5, "10752", 2e6, float("nan"), True])
+def test_an_others_figure_that_is_no_plausible_mib_is_left_out_of_the_budget(
+    box: Path, others: object
+) -> None:
+    journal = box / "locks" / "journal.jsonl"
+    odd = monitored_run("whisper", 30, 1700, T0 + 20000, run_id="odd", others_vram_mib=others)
+    write(journal, _curve([5, 12, 20, 33, 41, 58, 75]) + odd)
+    data = json.loads(_tune(box, "--json")[1])
+    assert (data["budget_mib"], data["others_mib"], data["threshold_text"]) == (8060, None, "189m")
+
+
 def test_a_configured_vram_mib_is_the_budget(box: Path) -> None:
     text = (box / "config.toml").read_text().replace("slots = 2\n", "slots = 2\nvram_mib = 6000\n")
     (box / "config.toml").write_text(text)
