@@ -92,30 +92,26 @@ class Sampler:
         self.samples += 1
         used_by_job = 0
         known = False
-        seen_on = []
+        seen_on = []  # (device, each of its processes with its family: itself and its ancestors)
         for gpu in query.gpus:
             stats = self.devices.setdefault(str(gpu.index), {name: Stats() for name in self.FIELDS})
             for name in self.FIELDS:
                 stats[name].add(getattr(gpu, name))
-            mine = [
-                p.used_mib
-                for p in gpu.processes or ()
-                if p.used_mib is not None and kernel.descends_from(p.pid, job_pid)
-            ]
+            families = [(p, kernel.lineage(p.pid)) for p in gpu.processes or ()]
+            mine = [p.used_mib for p, family in families if p.used_mib is not None and job_pid in family]
             if mine:
                 used_by_job += sum(mine)
                 known = True
-                seen_on.append(gpu)
+                seen_on.append((gpu, families))
         if known:
             self.peak_vram_mib = max(self.peak_vram_mib or 0, used_by_job)
         if seen_on and self.lock_dir is not None:
             jobs = kernel.slot_holders(self.lock_dir) | {job_pid}
-            for gpu in seen_on:
-                if gpu.memory_used_mib is None:
-                    continue
-                ours = sum(p.used_mib or 0 for p in gpu.processes or () if kernel.lineage(p.pid) & jobs)
-                others = max(0, gpu.memory_used_mib - ours)
-                self.others_vram_mib = max(self.others_vram_mib or 0, others)
+            for gpu, families in seen_on:
+                if gpu.memory_used_mib is not None:
+                    ours = sum(p.used_mib or 0 for p, family in families if family & jobs)
+                    others = max(0, gpu.memory_used_mib - ours)
+                    self.others_vram_mib = max(self.others_vram_mib or 0, others)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ import math
 import os
 import time
 
+from gpurouter.gpu.fit import EVIDENCE_MAX_PEAK_MIB
 from gpurouter.observe.charts import MAX_HOURLY_BARS, device_chart, routing_chart, vram_chart, wait_chart
 from gpurouter.observe.drawing import html, png
 
@@ -112,7 +113,8 @@ def gather(
                 and _number(record.get("peak_vram_mib"))
             ):
                 runs.setdefault(profile, []).append((float(metric), float(record["peak_vram_mib"])))
-            if _number(record.get("others_vram_mib")) and 0 <= record["others_vram_mib"] <= 1 << 20:
+            beside = record.get("others_vram_mib")
+            if _number(beside) and 0 <= beside <= EVIDENCE_MAX_PEAK_MIB:  # the bound fit.runs applies
                 others.setdefault(profile, []).append(float(record["others_vram_mib"]))
             devices = record.get("devices")
             if isinstance(devices, dict) and epoch is not None:
