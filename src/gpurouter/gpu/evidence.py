@@ -224,6 +224,7 @@ def from_nvml(
         if gpu.processes is None:
             return f"GPU {gpu.index} does not report its processes"
     owners: set[int] = set()
+    families: dict[int, set[int]] = {}  # each GPU process and its ancestors, read once
     if resident.process is None:
         port = _service_port(resident)
         if port is None:
@@ -231,8 +232,8 @@ def from_nvml(
         sockets = listening_sockets(port)
         if not sockets:
             return f"nothing listens on port {port}"
-        lineages = set().union(*(kernel.lineage(p.pid) for g in gpus for p in g.processes or ()))
-        owners, unreadable = socket_owners(sockets, lineages)
+        families = {p.pid: kernel.lineage(p.pid) for g in gpus for p in g.processes or ()}
+        owners, unreadable = socket_owners(sockets, set().union(*families.values()))
         if not owners and unreadable:
             return (
                 f"{unreadable} GPU process(es) or parents whose fds cannot be read (the service on {port}?)"
@@ -245,7 +246,7 @@ def from_nvml(
             if resident.process is not None:
                 mine = _matches_process(process.pid, resident.process)
             else:
-                mine = any(kernel.descends_from(process.pid, owner) for owner in owners)
+                mine = bool(families[process.pid] & owners)
             if mine:
                 held[gpu.index] = held.get(gpu.index, 0) + (process.used_mib or 0)
                 pids.append(process.pid)
