@@ -39,6 +39,16 @@ from gpurouter.job import config
         ("[profiles.w]\ninput = 'middle'", "profiles.w.input", 'must be "last", "first"'),
         ("[profiles.w]\nprobe = 'command'\nthreshold = 3", "profiles.w.probe_command", "needs probe_command"),
         ("probe_timeout = '-1s'", "probe_timeout", "must not be negative"),
+        (
+            "[profiles.w]\nprobe = 'duration'\nthreshold = ['1h']",
+            "profiles.w.threshold",
+            "must be a number or",
+        ),
+        (
+            "[profiles.w]\nprobe = 'duration'\nthreshold = 'auto'\nthreshold_start = {h = 1}",
+            "profiles.w.threshold_start",
+            "must be a number or",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -57,6 +67,8 @@ from gpurouter.job import config
         "bad-input",
         "command-without-command",
         "negative-timeout",
+        "threshold-a-list",
+        "threshold-start-a-table",
     ],
 )
 def test_a_bad_config_exits_78_naming_file_key_and_problem(
@@ -148,3 +160,20 @@ def test_validation_errors_carry_their_parts() -> None:
     with pytest.raises(ConfigError) as caught:
         config.validate({"profiles": {"w": {"gpu": {"slots": 0}}}}, "/etc/x.toml", "/etc/x.toml")
     assert (caught.value.source, caught.value.key) == ("/etc/x.toml", "profiles.w.gpu.slots")
+
+
+def test_a_bug_in_a_tool_command_is_one_line_and_125_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `threshold = ["1h"]` reached `gpurouter config` as a raw AttributeError traceback (exit 1):
+    # the click commands now end in the run path's internal-error line
+    from gpurouter import cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'list' object has no attribute 'strip'")
+
+    monkeypatch.setattr(config, "load", broken)
+    monkeypatch.delenv("GPUROUTER_DEBUG", raising=False)
+    assert cli.main(["config"]) == 125
+    err = capsys.readouterr().err
+    assert err.startswith("gpurouter: internal error: AttributeError: ") and "Traceback" not in err

@@ -18,4 +18,8 @@ def main(args: list[str] | None = None) -> int:
         cli.main(args=args, prog_name="gpurouter", standalone_mode=True)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except Exception as error:  # a bug in a command: one line and 125, as on the run path, not a traceback
+        from gpurouter.job.entry import internal_error
+
+        return internal_error(error)
     return 0

@@ -116,8 +116,8 @@ def parse_threshold(text: str | int | float, probe: str | None) -> float:
     Raises:
         ValueError: the text does not parse, or its unit does not fit the probe.
     """
-    if isinstance(text, bool):
-        raise ValueError("must be a number or a string like '1h', '500MB' or '1920x1080'")
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):  # a TOML list or table too
+        raise ValueError(f"must be a number or a string like '1h', '500MB' or '1920x1080', got {text!r}")
     if isinstance(text, (int, float)):
         try:
             return parse_number(repr(float(text)))

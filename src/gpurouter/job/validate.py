@@ -165,10 +165,6 @@ def build_profile(name: str, table: Mapping[str, Any], source: str) -> Profile:
     if start_text is not None:
         if threshold_text != "auto":
             raise ConfigError(source, f"{where}.threshold_start", 'is only used with threshold = "auto"')
-        if not isinstance(start_text, (str, int, float)) or isinstance(start_text, bool):
-            raise ConfigError(
-                source, f"{where}.threshold_start", f'must be a threshold like "1h", got {start_text!r}'
-            )
         try:
             threshold_start = units.parse_threshold(start_text, probe)
         except ValueError as error:
