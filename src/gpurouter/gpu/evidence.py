@@ -5,9 +5,9 @@ For each `[residents.NAME]`, the first source that can answer decides:
 
 1. `nvml`: NVML's per-device process list, matched to the service. By default the service
    is the process that listens on the TCP port of its `status`/`unload`/`load` URL (when the
-   URL is on this box: `/proc/net/tcp{,6}` gives the socket inode, the fds of the GPU's
-   processes and their ancestors say which of them holds it) and its descendants (ollama keeps
-   models in child runners); with `process`, the processes
+   URL is on this box: the kernel's sock_diag (or `/proc/net/tcp{,6}`) gives the listening
+   socket, the fds of the GPU's processes and their ancestors say which of them holds it) and
+   its descendants (ollama keeps models in child runners); with `process`, the processes
    whose name (or whose command line, for a pattern with `*` or `?`) matches, and theirs.
    Loaded when they hold at least a quarter of `vram_mib` (a bare CUDA context is not a model).
 2. `status`: the service's own answer to its `status` action, in a known format: ollama

@@ -47,7 +47,7 @@ def parent_pid(pid: int) -> int | None:
 
 
 def lineage(pid: int) -> set[int]:
-    """`pid` and its ancestors (up to 64 generations; an empty set if it is gone)."""
+    """`pid` and its ancestors (up to 64 generations; just {pid} if it is gone or not ours to see)."""
     found: set[int] = set()
     while pid > 1 and len(found) < 64:
         found.add(pid)

@@ -115,7 +115,7 @@ def gather(
                 runs.setdefault(profile, []).append((float(metric), float(record["peak_vram_mib"])))
             beside = record.get("others_vram_mib")
             if _number(beside) and 0 <= beside <= EVIDENCE_MAX_PEAK_MIB:  # the bound fit.runs applies
-                others.setdefault(profile, []).append(float(record["others_vram_mib"]))
+                others.setdefault(profile, []).append(float(beside))
             devices = record.get("devices")
             if isinstance(devices, dict) and epoch is not None:
                 for index, figures in devices.items():
