@@ -392,9 +392,15 @@ def test_a_signal_to_gpurouter_cancels_the_slurm_step(sbox: SlurmBox, signum: in
     assert (end["slurm_job_id"], end["cancelled_by"]) == (start["slurm_job_id"], signal.Signals(signum).name)
 
 
-def test_kill_9_of_gpurouter_leaves_no_allocation_behind(sbox: SlurmBox) -> None:
-    job = sbox.start("sh", "-c", "sleep 60")  # sh -c: the route args land in $0, $1
+def test_kill_9_of_gpurouter_leaves_no_allocation_behind(sbox: SlurmBox, tmp_path: Path) -> None:
+    running = tmp_path / "task-running"
+    job = sbox.start("sh", "-c", f"touch {running}; sleep 60")  # sh -c: the route args land in $0, $1
     sbox.wait_for_start()
+    # The start record comes when srun launches the step. A kill -9 within ~30 ms of it (srun still
+    # setting the step up) was seen twice in ~30 runs to leave the allocation COMPLETING for ~70 s
+    # (slurmd: "Abandoning IO 60 secs after job shutdown initiated"): Slurm's, noted in issue 16's
+    # note. This test pins the running job's case: the task has started.
+    assert wait_for(running.exists, timeout=20)
     (srun,) = cluster.children_of(job.pid)
     assert cluster.squeue(sbox.job_name)[0]["state"] == "RUNNING"
     began = time.monotonic()
